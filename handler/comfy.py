@@ -1,0 +1,135 @@
+"""The ComfyUI HTTP and websocket API, as one small client over an injected requests session.
+
+Every call has a timeout; a connection failure becomes ComfyUnavailable (the worker is sick),
+a refused graph becomes ComfyRejected naming the node type.
+"""
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import websocket
+
+from handler.errors import ComfyRejected, ComfyUnavailable
+from handler.run_state import describe_rejection
+
+log = logging.getLogger(__name__)
+
+
+class ComfyClient:
+    """Talks to one ComfyUI server."""
+
+    def __init__(self, base_url: str, session: requests.Session, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._timeout_s = timeout_s
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self._session.request(
+                method, self.base_url + path, timeout=self._timeout_s, **kwargs
+            )
+        except requests.RequestException as exc:
+            raise ComfyUnavailable(f"ComfyUI is not reachable at {self.base_url}") from exc
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._request(method, path, **kwargs)
+        if response.status_code >= 500:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} on {path}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ComfyUnavailable(f"ComfyUI sent a non-JSON answer on {path}") from exc
+
+    def is_ready(self) -> bool:
+        """True when ComfyUI answers `/system_stats`."""
+        try:
+            return self._request("GET", "/system_stats").status_code == 200
+        except ComfyUnavailable:
+            return False
+
+    def wait_until_ready(self, timeout_s: float, interval_s: float = 0.5) -> bool:
+        """Wait for ComfyUI to answer, at most timeout_s; True if it did."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.is_ready():
+                return True
+            if time.monotonic() + interval_s > deadline:
+                return False
+            time.sleep(interval_s)
+
+    def object_info(self) -> dict[str, Any]:
+        """Every node definition the server knows."""
+        info = self._json("GET", "/object_info")
+        return info if isinstance(info, dict) else {}
+
+    def upload_image(self, data: bytes, filename: str) -> str:
+        """Upload into ComfyUI's input folder; returns the name LoadImage must use."""
+        files = {"image": (filename, data, "application/octet-stream")}
+        form = {"type": "input", "overwrite": "true"}
+        response = self._request("POST", "/upload/image", files=files, data=form)
+        if response.status_code != 200:
+            raise ComfyRejected(f"ComfyUI refused the image upload (HTTP {response.status_code})")
+        return str(response.json()["name"])
+
+    def queue_prompt(self, graph: Mapping[str, Any], client_id: str) -> str:
+        """Queue a graph for our websocket client; returns the prompt id."""
+        response = self._request("POST", "/prompt", json={"prompt": graph, "client_id": client_id})
+        if response.status_code == 400:
+            raise ComfyRejected(f"Processing failed: {describe_rejection(_body(response))}")
+        if response.status_code != 200:
+            raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} on /prompt")
+        return str(response.json()["prompt_id"])
+
+    def history(self, prompt_id: str) -> dict[str, Any] | None:
+        """The prompt's history entry, or None while ComfyUI has none."""
+        body = self._json("GET", f"/history/{prompt_id}")
+        entry = body.get(prompt_id) if isinstance(body, dict) else None
+        return entry if isinstance(entry, dict) else None
+
+    def view(self, image: Mapping[str, Any]) -> bytes:
+        """The bytes of a saved image record (`filename`, `subfolder`, `type`)."""
+        params = {key: str(image.get(key, "")) for key in ("filename", "subfolder", "type")}
+        response = self._request("GET", "/view", params=params)
+        if response.status_code != 200:
+            raise ComfyRejected(
+                f"ComfyUI could not return {params['filename']} (HTTP {response.status_code})"
+            )
+        return response.content
+
+    def interrupt(self, prompt_id: str) -> None:
+        """Stop the prompt if it runs and drop it if it still waits; best effort."""
+        for path, body in (
+            ("/interrupt", {"prompt_id": prompt_id}),
+            ("/queue", {"delete": [prompt_id]}),
+        ):
+            try:
+                self._request("POST", path, json=body)
+            except ComfyUnavailable:
+                log.warning("could not reach ComfyUI to interrupt %s", prompt_id)
+                return
+
+    def open_socket(self, client_id: str, timeout_s: float) -> websocket.WebSocket:
+        """A websocket subscribed to this client's messages (open it before queueing)."""
+        try:
+            return websocket.create_connection(
+                f"{_ws_url(self.base_url)}/ws?clientId={client_id}", timeout=timeout_s
+            )
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ComfyUnavailable(f"ComfyUI is not reachable at {self.base_url}") from exc
+
+
+def _ws_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _body(response: requests.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None

@@ -1,0 +1,238 @@
+"""One job's life in the worker: input -> reference image -> graph -> ComfyUI -> output image."""
+
+import base64
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import websocket
+
+from handler.comfy import ComfyClient
+from handler.config import HandlerSettings
+from handler.contract import JobParams, parse_input, unknown_fields
+from handler.errors import ComfyRejected, InvalidOutput, JobTimedOut
+from handler.reference_image import (
+    ImageLimits,
+    Resolver,
+    load_reference_image,
+    system_resolver,
+    verify_image,
+)
+from handler.run_state import Phase, RunState, fold, output_images, state_from_history
+from handler.workflow import Workflow
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[RunState], None]
+IDLE_CHECK_S = 5.0  # a silent socket this long makes us look at /history (missed messages)
+NO_OUTPUT = "No output image from SaveImage"
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job needs from the worker: settings, clients and the loaded graph."""
+
+    settings: HandlerSettings
+    comfy: ComfyClient
+    workflow: Workflow
+    http: requests.Session
+    resolve: Resolver = system_resolver
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each stage, returned as diagnostics."""
+
+    marks: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a block under a name."""
+        begun = time.monotonic()
+        try:
+            yield
+        finally:
+            self.marks[name] = round(time.monotonic() - begun, 3)
+
+    def report(self) -> dict[str, float]:
+        """Every stage plus the total."""
+        return {**self.marks, "total_s": round(time.monotonic() - self.started, 3)}
+
+
+def safe_token(job_id: str) -> str:
+    """A file-name-safe form of the job id, unique per job, for uploads and output prefixes."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "", job_id)[:64]
+    return f"{cleaned or 'job'}-{uuid.uuid4().hex[:8]}"
+
+
+def image_limits(settings: HandlerSettings) -> ImageLimits:
+    """The reference image caps from the settings."""
+    return ImageLimits(
+        max_bytes=settings.image_max_bytes,
+        max_pixels=settings.image_max_pixels,
+        fetch_timeout_s=settings.image_fetch_timeout_s,
+        allow_private_urls=settings.allow_private_image_urls,
+    )
+
+
+def graph_values(params: JobParams, image_name: str, token: str) -> dict[str, object]:
+    """The value for each binding name."""
+    return {
+        "image": image_name,
+        "prompt": params.prompt,
+        "seed": params.seed,
+        "steps": params.steps,
+        "cfg": params.cfg,
+        "megapixels": params.megapixels,
+        "filename_prefix": f"klein/{token}",
+    }
+
+
+def run_job(
+    job_id: str, raw_input: object, ctx: JobContext, progress: ProgressFn
+) -> dict[str, Any]:
+    """Run one job; returns the output dict or raises a HandlerError carrying the sentence."""
+    timings = Timings()
+    deadline = timings.started + ctx.settings.comfy_job_timeout_s
+    params = parse_input(raw_input)
+    if isinstance(raw_input, Mapping) and (ignored := unknown_fields(raw_input)):
+        log.info("job %s: ignoring unknown input fields %s", job_id, ignored)
+    with timings.stage("image_s"):
+        image = load_reference_image(
+            params.image, ctx.http, image_limits(ctx.settings), ctx.resolve
+        )
+    token = safe_token(job_id)
+    files: list[Path] = []
+    try:
+        with timings.stage("upload_s"):
+            uploaded = ctx.comfy.upload_image(image.data, f"klein_{token}.{image.extension}")
+        files.append(Path("input") / uploaded)
+        graph = ctx.workflow.apply(graph_values(params, uploaded, token))
+        with timings.stage("comfy_s"):
+            prompt_id = execute(ctx, graph, deadline, progress)
+            record, data = fetch_output(ctx, prompt_id, deadline)
+        files.append(Path("output") / str(record.get("subfolder", "")) / str(record["filename"]))
+    finally:
+        remove_local_files(ctx.settings.comfy_root, files)
+    result = verify_image(data, ctx.settings.image_max_pixels)
+    if result.format != "PNG":
+        raise InvalidOutput(f"ComfyUI returned a {result.format} file, not a PNG")
+    return {
+        "image": base64.b64encode(result.data).decode("ascii"),
+        "seed": params.seed,
+        "prompt_id": prompt_id,
+        "width": result.width,
+        "height": result.height,
+        "timings": timings.report(),
+    }
+
+
+def execute(
+    ctx: JobContext, graph: Mapping[str, Any], deadline: float, progress: ProgressFn
+) -> str:
+    """Queue the graph and follow it to the end; returns the prompt id of a successful run."""
+    client_id = uuid.uuid4().hex
+    socket = ctx.comfy.open_socket(client_id, timeout_s=ctx.settings.comfy_http_timeout_s)
+    try:
+        prompt_id = ctx.comfy.queue_prompt(graph, client_id)
+        try:
+            state = follow(ctx, socket, prompt_id, deadline, progress)
+        except JobTimedOut:
+            ctx.comfy.interrupt(prompt_id)
+            raise
+    finally:
+        with suppress(Exception):
+            socket.close()
+    if state.phase is not Phase.SUCCEEDED:
+        raise ComfyRejected(f"Processing failed: {state.error}")
+    return prompt_id
+
+
+def _check_deadline(ctx: JobContext, deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        seconds = f"{ctx.settings.comfy_job_timeout_s:g}"
+        raise JobTimedOut(
+            f"Timed out after {seconds} s waiting for ComfyUI; the prompt was interrupted"
+        )
+    return remaining
+
+
+def follow(
+    ctx: JobContext,
+    socket: websocket.WebSocket,
+    prompt_id: str,
+    deadline: float,
+    progress: ProgressFn,
+) -> RunState:
+    """Fold websocket messages until the prompt ends; fall back to /history if the socket drops."""
+    state = RunState(prompt_id)
+    while not state.done:
+        socket.settimeout(min(_check_deadline(ctx, deadline), IDLE_CHECK_S))
+        try:
+            raw = socket.recv()
+        except websocket.WebSocketTimeoutException:
+            state = _merge(state, state_from_history(prompt_id, ctx.comfy.history(prompt_id)))
+            continue
+        except (websocket.WebSocketException, OSError):
+            log.warning("prompt %s: websocket dropped, polling /history", prompt_id)
+            return poll_history(ctx, prompt_id, deadline, progress)
+        if isinstance(raw, str):
+            new_state = fold(state, json.loads(raw))
+            if new_state != state:
+                progress(new_state)
+            state = new_state
+    return state
+
+
+def _merge(current: RunState, from_history: RunState) -> RunState:
+    return from_history if from_history.done else current
+
+
+def poll_history(
+    ctx: JobContext, prompt_id: str, deadline: float, progress: ProgressFn
+) -> RunState:
+    """Wait for the prompt through `/history` alone, with the job's deadline."""
+    interval_s = ctx.settings.comfy_poll_interval_s
+    while True:
+        state = state_from_history(prompt_id, ctx.comfy.history(prompt_id))
+        if state.done:
+            progress(state)
+            return state
+        time.sleep(min(interval_s, _check_deadline(ctx, deadline)))
+        interval_s = min(interval_s * 1.5, 5.0)
+
+
+def fetch_output(
+    ctx: JobContext, prompt_id: str, deadline: float
+) -> tuple[Mapping[str, Any], bytes]:
+    """The saved output image's record and bytes (history can lag the websocket briefly)."""
+    while (entry := ctx.comfy.history(prompt_id)) is None:
+        time.sleep(min(ctx.settings.comfy_poll_interval_s, _check_deadline(ctx, deadline)))
+    images = output_images(entry, ctx.workflow.output_node)
+    if not images:
+        raise InvalidOutput(NO_OUTPUT)
+    return images[0], ctx.comfy.view(images[0])
+
+
+def remove_local_files(comfy_root: Path | None, relative_paths: list[Path]) -> None:
+    """Delete the job's input and output files when ComfyUI's folder is on this machine."""
+    if comfy_root is None:
+        return
+    root = comfy_root.resolve()
+    for relative in relative_paths:
+        path = (root / relative).resolve()
+        if root not in path.parents:
+            log.warning("not removing %s: outside %s", relative, root)
+            continue
+        with suppress(FileNotFoundError):
+            path.unlink()

@@ -1,0 +1,121 @@
+"""The RunPod side of the worker: start-up, warm-up, and the handler function RunPod calls."""
+
+import base64
+import io
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from PIL import Image
+
+from handler.comfy import ComfyClient
+from handler.config import HandlerSettings
+from handler.errors import ComfyUnavailable, HandlerError
+from handler.job import JobContext, ProgressFn, run_job
+from handler.run_state import RunState, progress_payload
+from handler.workflow import Workflow, load_workflow
+
+log = logging.getLogger(__name__)
+
+ProgressSink = Callable[[dict[str, Any], dict[str, Any]], None]  # (job, payload)
+
+
+class ProgressThrottle:
+    """Lets a progress report through when the node changes or the interval has passed."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last_at = float("-inf")
+        self._last_node: object = object()
+
+    def due(self, payload: dict[str, Any]) -> bool:
+        """True if this payload should be sent now."""
+        now = self._clock()
+        node = (payload.get("phase"), payload.get("node"))
+        if node == self._last_node and now - self._last_at < self._interval_s:
+            return False
+        self._last_at, self._last_node = now, node
+        return True
+
+
+class Worker:
+    """Holds the clients and the graph for the worker's life; `handle` runs one RunPod job."""
+
+    def __init__(self, settings: HandlerSettings, workflow: Workflow, report: ProgressSink) -> None:
+        self.settings = settings
+        session = requests.Session()
+        self.context = JobContext(
+            settings=settings,
+            comfy=ComfyClient(settings.comfy_api_url, session, settings.comfy_http_timeout_s),
+            workflow=workflow,
+            http=requests.Session(),
+        )
+        self._report = report
+
+    @classmethod
+    def from_settings(cls, settings: HandlerSettings, report: ProgressSink) -> "Worker":
+        """Load the configured graph (raising WorkflowError if it is unusable)."""
+        workflow = load_workflow(settings.comfy_workflow, settings.comfy_workflows_dir)
+        return cls(settings, workflow, report)
+
+    def wait_for_comfy(self) -> bool:
+        """Wait, bounded, for ComfyUI to answer; log clearly either way."""
+        url, timeout_s = self.settings.comfy_api_url, self.settings.comfy_startup_timeout_s
+        log.info("waiting up to %g s for ComfyUI at %s", timeout_s, url)
+        if self.context.comfy.wait_until_ready(timeout_s):
+            log.info("ComfyUI is ready at %s", url)
+            return True
+        log.error(
+            "ComfyUI did not answer at %s within %g s; jobs will fail until it does", url, timeout_s
+        )
+        return False
+
+    def warm_up(self) -> None:
+        """Run the graph once on a small generated image so the first job skips model loading."""
+        job = {"id": "warmup", "input": warmup_input()}
+        result = self.handle(job)
+        if "error" in result:
+            log.warning("warm-up failed: %s", result["error"])
+        else:
+            log.info("warm-up done in %s s", result.get("timings", {}).get("total_s"))
+
+    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """RunPod's handler: the output dict, or {"error": sentence} so RunPod marks it FAILED."""
+        job_id = str(job.get("id", "local"))
+        throttle = ProgressThrottle(self.settings.progress_interval_s)
+        node_types = self.context.workflow.node_types()
+
+        def progress(state: RunState) -> None:
+            payload = progress_payload(state, node_types)
+            if throttle.due(payload):
+                self._report(job, payload)
+
+        return self._run(job_id, job.get("input"), progress)
+
+    def _run(self, job_id: str, raw_input: object, progress: ProgressFn) -> dict[str, Any]:
+        try:
+            output = run_job(job_id, raw_input, self.context, progress)
+        except ComfyUnavailable as exc:
+            log.error("job %s: %s", job_id, exc)
+            return {"error": str(exc), "refresh_worker": True}
+        except HandlerError as exc:
+            log.warning("job %s failed: %s", job_id, exc)
+            return {"error": str(exc)}
+        except Exception as exc:  # a bug of ours must still give the job a clear end
+            log.exception("job %s: unexpected failure", job_id)
+            return {"error": f"Processing failed: internal error ({type(exc).__name__})"}
+        log.info(
+            "job %s done: %sx%s %s", job_id, output["width"], output["height"], output["timings"]
+        )
+        return output
+
+
+def warmup_input() -> dict[str, Any]:
+    """A tiny, quick job: a generated grey square, one step."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (128, 128, 128)).save(buffer, format="PNG")
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"prompt": "warm-up", "image_base64": encoded, "steps": 1, "seed": 1, "megapixels": 0.5}

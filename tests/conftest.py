@@ -1,0 +1,21 @@
+"""Shared pytest fixtures (keep each one small and documented; add new ones below)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.comfy_server import ComfyTestServer
+
+
+@pytest.fixture
+def comfy_server(tmp_path: Path) -> Iterator[ComfyTestServer]:
+    """A started ComfyUI protocol server rooted at tmp_path/"comfyui" (input/, output/)."""
+    from tests.comfy_server import ComfyTestServer
+
+    with ComfyTestServer(tmp_path / "comfyui") as server:
+        yield server

@@ -1,0 +1,257 @@
+"""The worker end to end against the ComfyUI protocol server: success, each error, deadline."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from handler.config import HandlerSettings
+from handler.worker import Worker
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_INPUT = json.loads((REPO / "handler" / "test_input.json").read_text())["input"]
+
+
+def png(size=(96, 64)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (20, 120, 220)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_worker(comfy_server, reports=None, **overrides) -> Worker:
+    settings = HandlerSettings(
+        comfy_api_url=comfy_server.url,
+        comfy_root=overrides.pop("comfy_root", comfy_server.input_dir.parent),
+        comfy_job_timeout_s=overrides.pop("comfy_job_timeout_s", 20),
+        comfy_poll_interval_s=0.05,
+        comfy_startup_timeout_s=2,
+        progress_interval_s=0,
+        **overrides,
+    )
+    sink = reports.append if reports is not None else (lambda payload: None)
+    return Worker.from_settings(settings, lambda job, payload: sink(payload))
+
+
+def run(worker: Worker, job_input: dict) -> dict:
+    return worker.handle({"id": "job-1", "input": job_input})
+
+
+def comfy_paths(comfy_server) -> list[str]:
+    return [path.split("?")[0] for _, path in comfy_server.calls]
+
+
+def test_a_job_returns_the_image_seed_prompt_id_and_real_size(comfy_server):
+    reports: list[dict] = []
+    worker = make_worker(comfy_server, reports)
+    output = run(worker, {**TEST_INPUT, "megapixels": 0.5, "seed": 42})
+    assert "error" not in output, output
+    image = Image.open(io.BytesIO(base64.b64decode(output["image"])))
+    assert image.format == "PNG"
+    assert (output["width"], output["height"]) == image.size
+    assert abs(output["width"] * output["height"] - 0.5 * 1024 * 1024) < 0.01 * 1024 * 1024
+    assert output["seed"] == 42
+    assert output["prompt_id"]
+    assert output["timings"]["total_s"] >= 0
+    assert {"/upload/image", "/prompt", "/view"} <= set(comfy_paths(comfy_server))
+    assert any(r.get("node") == "SamplerCustomAdvanced" and r.get("steps") for r in reports)
+
+
+def test_the_job_files_are_removed_from_a_local_comfyui_folder(comfy_server):
+    output = run(make_worker(comfy_server), TEST_INPUT)
+    assert "error" not in output, output
+    assert [p for p in comfy_server.input_dir.rglob("*") if p.is_file()] == []
+    assert [p for p in comfy_server.output_dir.rglob("*") if p.is_file()] == []
+
+
+def test_each_job_gets_its_own_upload_name_and_output_file(comfy_server):
+    worker = make_worker(comfy_server, comfy_root=None)
+    first, second = run(worker, TEST_INPUT), run(worker, TEST_INPUT)
+    assert first["prompt_id"] != second["prompt_id"]
+    uploads = [p.name for p in comfy_server.input_dir.rglob("*") if p.is_file()]
+    outputs = [p.name for p in comfy_server.output_dir.rglob("*") if p.is_file()]
+    assert len(set(uploads)) == 2
+    assert len(set(outputs)) == 2
+
+
+def test_a_random_seed_is_drawn_and_returned(comfy_server):
+    output = run(make_worker(comfy_server), {**TEST_INPUT, "seed": -1})
+    assert output["seed"] >= 1
+
+
+def test_missing_image_is_the_exact_error_and_reaches_no_comfyui(comfy_server):
+    output = run(make_worker(comfy_server), {"prompt": "edit prompt", "steps": 20})
+    assert output == {"error": "Missing required parameter: image"}
+    assert "/upload/image" not in comfy_paths(comfy_server)
+
+
+def test_out_of_range_steps_is_the_exact_error(comfy_server):
+    output = run(make_worker(comfy_server), {**TEST_INPUT, "steps": 80})
+    assert output == {"error": "Invalid parameter: steps must be between 1 and 40"}
+
+
+def test_a_non_image_is_refused_before_upload(comfy_server):
+    junk = base64.b64encode(b"this is not a picture").decode()
+    output = run(make_worker(comfy_server), {"prompt": "p", "image_base64": junk})
+    assert output == {"error": "Invalid parameter: image is not a readable image"}
+    assert "/upload/image" not in comfy_paths(comfy_server)
+
+
+@pytest.fixture
+def image_host():
+    """A local HTTP server: /ok.png serves a PNG, /hop redirects to it, /big streams too much."""
+    body = png()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/ok.png":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path.startswith("/hop"):
+                hops = int(self.path.removeprefix("/hop") or 1)
+                self.send_response(302)
+                self.send_header("Location", f"/hop{hops - 1}" if hops > 1 else "/ok.png")
+                self.end_headers()
+            elif self.path == "/big":
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"\0" * 3_000_000)
+            else:
+                self.send_response(404)
+                self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_image_url_is_fetched_through_redirects(comfy_server, image_host):
+    worker = make_worker(comfy_server, allow_private_image_urls=True)
+    output = run(worker, {"prompt": "p", "image_url": f"{image_host}/hop3"})
+    assert "error" not in output, output
+
+
+def test_more_than_three_redirects_is_refused(comfy_server, image_host):
+    worker = make_worker(comfy_server, allow_private_image_urls=True)
+    output = run(worker, {"prompt": "p", "image_url": f"{image_host}/hop4"})
+    assert output == {"error": "Could not fetch image_url: more than 3 redirects"}
+
+
+def test_an_image_over_the_byte_cap_is_refused(comfy_server, image_host):
+    worker = make_worker(comfy_server, allow_private_image_urls=True, image_max_bytes=1_000_000)
+    output = run(worker, {"prompt": "p", "image_url": f"{image_host}/big"})
+    assert output == {"error": "Invalid parameter: image is larger than 1 MB"}
+
+
+def test_an_http_error_from_the_image_host_is_reported(comfy_server, image_host):
+    worker = make_worker(comfy_server, allow_private_image_urls=True)
+    output = run(worker, {"prompt": "p", "image_url": f"{image_host}/missing.png"})
+    assert output == {"error": "Could not fetch image_url: HTTP 404"}
+
+
+def test_a_loopback_image_url_is_refused_by_default(comfy_server, image_host):
+    output = run(make_worker(comfy_server), {"prompt": "p", "image_url": f"{image_host}/ok.png"})
+    assert output == {"error": "Invalid parameter: image_url points to a private or local address"}
+    assert "/upload/image" not in comfy_paths(comfy_server)
+
+
+def test_an_execution_error_names_the_node_type(comfy_server):
+    comfy_server.behaviour = "fail"
+    output = run(make_worker(comfy_server), TEST_INPUT)
+    assert output["error"].startswith("Processing failed: SamplerCustomAdvanced: ")
+    assert "refresh_worker" not in output
+
+
+def test_missing_model_files_are_a_clear_processing_error(tmp_path):
+    from tests.comfy_server import ComfyTestServer
+
+    with ComfyTestServer(tmp_path, models_installed=False) as server:
+        output = run(make_worker(server), TEST_INPUT)
+    assert output["error"].startswith("Processing failed: ")
+    assert "Value not in list" in output["error"]
+    assert "qwen_3_8b_fp8mixed.safetensors" in output["error"]
+
+
+def test_a_stalled_run_is_interrupted_at_the_deadline(comfy_server):
+    comfy_server.behaviour = "stall"
+    output = run(make_worker(comfy_server, comfy_job_timeout_s=1.5), TEST_INPUT)
+    assert output == {
+        "error": "Timed out after 1.5 s waiting for ComfyUI; the prompt was interrupted"
+    }
+    assert comfy_server.interrupts >= 1
+
+
+def test_a_dropped_socket_falls_back_to_history(comfy_server):
+    comfy_server.behaviour = "drop_socket"
+    output = run(make_worker(comfy_server), TEST_INPUT)
+    assert "error" not in output, output
+    assert any(path.startswith("/history/") for path in comfy_paths(comfy_server))
+
+
+def test_history_lagging_behind_the_socket_is_tolerated(comfy_server):
+    comfy_server.behaviour = "slow_history"
+    output = run(make_worker(comfy_server), TEST_INPUT)
+    assert "error" not in output, output
+
+
+def test_comfyui_gone_fails_the_job_and_asks_for_a_fresh_worker(comfy_server):
+    worker = make_worker(comfy_server)
+    url = comfy_server.url
+    comfy_server.stop()
+    output = run(worker, TEST_INPUT)
+    assert output == {"error": f"ComfyUI is not reachable at {url}", "refresh_worker": True}
+
+
+def test_the_startup_wait_is_bounded(tmp_path):
+    settings = HandlerSettings(comfy_api_url="http://127.0.0.1:9", comfy_startup_timeout_s=0.5)
+    worker = Worker.from_settings(settings, lambda job, payload: None)
+    assert worker.wait_for_comfy() is False
+
+
+def handler_process(comfy_url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "COMFY_API_URL": comfy_url,
+        "COMFY_STARTUP_TIMEOUT_S": "5",
+        "COMFY_JOB_TIMEOUT_S": "30",
+        "RUNPOD_DEBUG_LEVEL": "INFO",
+    }
+    env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    return subprocess.run(
+        [sys.executable, "-m", "handler", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+
+
+def test_python_m_handler_runs_test_input_json(comfy_server):
+    done = handler_process(comfy_server.url, cwd=REPO / "handler")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "completed successfully" in done.stdout + done.stderr
+
+
+def test_python_m_handler_with_a_missing_image_fails_with_the_sentence(comfy_server):
+    job = json.dumps({"input": {"prompt": "edit prompt"}})
+    done = handler_process(comfy_server.url, "--test_input", job, cwd=REPO)
+    assert done.returncode == 1
+    assert "Missing required parameter: image" in done.stdout + done.stderr
