@@ -1,0 +1,45 @@
+"""Waiting and retrying as arithmetic: poll intervals, backoff, and title cleaning. Pure."""
+
+import random
+import re
+
+FALLBACK_TITLE = "I2I 작품"
+TITLE_MAX_CHARS = 10
+HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
+QUOTES = "\"'`“”‘’「」『』《》〈〉«»"
+TRAILING = ".,!?;:。、！？…~·- "
+
+
+def poll_interval_s(elapsed_s: float, min_s: float, max_s: float) -> float:
+    """Next /status poll: quick while a job is young, about a tenth of its age later on."""
+    return max(min_s, min(max_s, elapsed_s / 10))
+
+
+def backoff_s(
+    attempt: int,
+    base_s: float = 1.0,
+    cap_s: float = 60.0,
+    retry_after_s: float | None = None,
+    jitter: float = 0.1,
+) -> float:
+    """Delay before retry number `attempt` (1-based): exponential, capped, honouring Retry-After."""
+    delay = min(cap_s, base_s * 2.0 ** max(0, attempt - 1))
+    if retry_after_s is not None:
+        delay = max(delay, min(cap_s, retry_after_s))
+    spread: float = random.uniform(0, jitter)  # noqa: S311 - jitter, not security
+    return delay * (1 + spread)
+
+
+def has_hangul(text: str) -> bool:
+    """True if the text has any Korean letters (then it is translated)."""
+    return bool(HANGUL.search(text))
+
+
+def clean_title(answer: str | None) -> str:
+    """First line of the model's answer, unquoted, without trailing punctuation, 10 characters."""
+    lines = [line.strip() for line in (answer or "").splitlines() if line.strip()]
+    title = lines[0] if lines else ""
+    title = re.sub(r"^(제목|title)\s*[:：]\s*", "", title, flags=re.IGNORECASE)
+    title = title.strip(QUOTES + " ").rstrip(TRAILING).strip(QUOTES + " ")
+    title = title[:TITLE_MAX_CHARS].strip()
+    return title or FALLBACK_TITLE

@@ -1,0 +1,127 @@
+"""RunPod Serverless's REST API (`/run`, `/status`, `/cancel`) over an injected httpx client."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from aiolimiter import AsyncLimiter
+
+from orchestrator.errors import NeedsOperator, Permanent, RunPodJobGone, Transient
+
+FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+
+@dataclass(frozen=True)
+class RunPodJob:
+    """One `/status` answer."""
+
+    id: str
+    status: str
+    output: Any = None
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True for COMPLETED, FAILED, CANCELLED and TIMED_OUT."""
+        return self.status in FINAL_STATUSES
+
+
+class RunPodClient:
+    """One endpoint; every call rate-limited below RunPod's own limits."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        endpoint_id: str,
+        api_key: str | None,
+        *,
+        run_per_10s: int = 900,
+        status_per_10s: int = 1800,
+    ) -> None:
+        self._http = http
+        self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._run_limit = AsyncLimiter(run_per_10s, 10)
+        self._status_limit = AsyncLimiter(status_per_10s, 10)
+
+    async def _call(self, method: str, path: str, limiter: AsyncLimiter, **kwargs: Any) -> Any:
+        async with limiter:
+            try:
+                response = await self._http.request(
+                    method, self._base + path, headers=self._headers, **kwargs
+                )
+            except httpx.HTTPError as exc:
+                raise Transient(f"RunPod unreachable: {type(exc).__name__}") from exc
+        raise_for_status(response, path)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
+
+    async def run(
+        self,
+        job_input: Mapping[str, Any],
+        webhook: str | None = None,
+        execution_timeout_ms: int | None = None,
+    ) -> str:
+        """Submit a job; returns RunPod's job id."""
+        body: dict[str, Any] = {"input": dict(job_input)}
+        if webhook:
+            body["webhook"] = webhook
+        if execution_timeout_ms:
+            body["policy"] = {"executionTimeout": execution_timeout_ms}
+        answer = await self._call("POST", "/run", self._run_limit, json=body)
+        if not isinstance(answer, dict) or not answer.get("id"):
+            raise Transient("RunPod accepted the job without an id")
+        return str(answer["id"])
+
+    async def status(self, job_id: str) -> RunPodJob:
+        """The job's status; RunPodJobGone once RunPod has forgotten it."""
+        answer = await self._call("GET", f"/status/{job_id}", self._status_limit)
+        return parse_status(job_id, answer)
+
+    async def cancel(self, job_id: str) -> None:
+        """Ask RunPod to cancel; a job it no longer knows needs no cancelling."""
+        try:
+            await self._call("POST", f"/cancel/{job_id}", self._run_limit)
+        except RunPodJobGone:
+            return
+
+
+def parse_status(job_id: str, answer: object) -> RunPodJob:
+    """A RunPodJob from a `/status` body (or a completion webhook's body)."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("status"), str):
+        raise Transient("RunPod sent a status without a status field")
+    error = answer.get("error")
+    return RunPodJob(
+        id=str(answer.get("id") or job_id),
+        status=answer["status"],
+        output=answer.get("output"),
+        error=str(error) if error is not None else None,
+    )
+
+
+def raise_for_status(response: httpx.Response, path: str) -> None:
+    """Translate RunPod's HTTP errors into what the flow should do."""
+    code = response.status_code
+    if code < 400:
+        return
+    if code == 404 and path.startswith(("/status/", "/cancel/")):
+        raise RunPodJobGone(f"RunPod does not know job {path.rsplit('/', 1)[-1]}")
+    if code == 429:
+        raise Transient("RunPod rate limit (429)", retry_after_s=_retry_after(response))
+    if code in (401, 403):
+        raise NeedsOperator(f"RunPod refused the API key (HTTP {code}); check RUNPOD_API_KEY")
+    if code >= 500 or code == 408:
+        raise Transient(f"RunPod answered HTTP {code} on {path.split('/')[1]}")
+    raise Permanent(f"RunPod refused the request (HTTP {code} on {path.split('/')[1]})")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -1,0 +1,57 @@
+"""The orchestrator's settings, read from the environment once, at the entry point."""
+
+import socket
+import uuid
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KLEIN_TEMPLATE_ID = "82064257-1bef-45d8-a6ba-715f33c887cc"
+
+
+def default_worker_id() -> str:
+    """A name for this process in `locked_by`: host, and a random part so restarts differ."""
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+
+
+class Settings(BaseSettings):
+    """Everything the orchestrator can be told; names match the environment variables."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    database_url: str | None = None
+    klein_template_id: str = KLEIN_TEMPLATE_ID
+    runpod_api_key: SecretStr | None = None
+    runpod_endpoint_id: str | None = None
+    runpod_api_base: str = "https://api.runpod.ai/v2"
+    openrouter_api_key: SecretStr | None = None
+    openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    translate_model: str = "openai/gpt-4o-mini"
+    title_model: str = "openai/gpt-4o-mini"
+    storage_backend: str | None = None  # "supabase" or "local"; default from SUPABASE_URL
+    supabase_url: str | None = None
+    supabase_service_role_key: SecretStr | None = None
+    storage_bucket: str = "works"
+    local_storage_dir: Path = Path(".klein/storage")
+    public_base_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    max_in_flight: int = Field(16, ge=1)
+    job_timeout_s: float = Field(600.0, gt=0)
+    sweep_interval_s: float = Field(5.0, gt=0)
+    lease_s: float = Field(30.0, gt=0)
+    heartbeat_interval_s: float = Field(10.0, gt=0)
+    poll_min_interval_s: float = Field(1.0, gt=0)
+    poll_max_interval_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    klein_host: str = "127.0.0.1"
+    klein_port: int = 8080
+    worker_id: str = Field(default_factory=default_worker_id)
+
+    @property
+    def uses_supabase_storage(self) -> bool:
+        """Supabase Storage when asked for, or when a Supabase URL is set and nothing else is."""
+        if self.storage_backend:
+            return self.storage_backend == "supabase"
+        return bool(self.supabase_url)

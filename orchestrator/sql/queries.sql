@@ -1,0 +1,194 @@
+-- The orchestrator's SQL, one named query per block ("-- name: x"); loaded by orchestrator/db.py.
+-- Every write after the claim is fenced on locked_by, so a process that lost its lease cannot
+-- move a job; every transition names the status it expects, and zero rows means someone else
+-- moved it first.
+
+-- name: claim_jobs
+-- Take up to `limit` jobs of the Klein template: pending ones that are due, and taken ones whose
+-- holder stopped renewing its lease (a dead replica). Highest priority first, then oldest.
+WITH picked AS (
+    SELECT j.id
+    FROM generation_jobs j
+    JOIN works w ON w.id = j.work_id
+    JOIN templates t ON t.id = w.template_id
+    WHERE w.template_id = %(template_id)s
+      AND t.is_active
+      AND ((j.status = 'pending' AND (j.not_before IS NULL OR j.not_before <= now()))
+           OR (j.status = 'taken' AND j.lease_expires_at < now()))
+    ORDER BY j.priority DESC, j.created_at ASC
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+),
+claimed AS (
+    UPDATE generation_jobs j
+    SET status = 'taken',
+        taken_at = CASE WHEN j.status = 'pending' THEN now() ELSE j.taken_at END,
+        locked_by = %(worker_id)s,
+        lease_expires_at = now() + make_interval(secs => %(lease_s)s),
+        updated_at = now()
+    FROM picked
+    WHERE j.id = picked.id
+    RETURNING j.id, j.work_id, j.runpod_job_id, j.submitted_at, j.attempts, j.webhook_token
+),
+marked AS (
+    UPDATE works w
+    SET status = 'taken', updated_at = now()
+    FROM claimed c
+    WHERE w.id = c.work_id AND w.status = 'pending'
+    RETURNING w.id
+)
+SELECT c.id, c.work_id, c.runpod_job_id, c.submitted_at, c.attempts, c.webhook_token,
+       w.user_id, w.input_data, w.status AS work_status, w.generation_metadata
+FROM claimed c
+JOIN works w ON w.id = c.work_id;
+
+-- name: renew_leases
+-- One statement a heartbeat: every job this process holds gets a fresh lease. The ids returned
+-- are the jobs it still holds; any other in-flight job was lost and must stop.
+UPDATE generation_jobs
+SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+WHERE locked_by = %(worker_id)s AND status = 'taken'
+RETURNING id;
+
+-- name: release_job
+-- Hand a job over at shutdown: its lease ends now, so another process resumes it at once.
+UPDATE generation_jobs
+SET lease_expires_at = now() - interval '1 second', updated_at = now()
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
+RETURNING id;
+
+-- name: retry_later
+-- A transient failure: back to pending, due again after a delay. A job already submitted keeps
+-- its runpod_job_id and resumes by awaiting it.
+UPDATE generation_jobs
+SET status = 'pending', locked_by = NULL, lease_expires_at = NULL,
+    not_before = now() + make_interval(secs => %(delay_s)s),
+    last_error = %(error)s, updated_at = now()
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
+RETURNING id;
+
+-- name: cancelled_jobs
+-- Which of the given in-flight jobs the user cancelled (the work or the job row set cancelled).
+SELECT j.id, j.runpod_job_id
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id = ANY(%(job_ids)s::uuid[]) AND (w.status = 'cancelled' OR j.status = 'cancelled');
+
+-- name: record_submission
+-- Right after RunPod accepted the job: its id, so a restart resumes instead of resubmitting.
+UPDATE generation_jobs
+SET runpod_job_id = %(runpod_job_id)s, submitted_at = now(), attempts = attempts + 1,
+    webhook_token = %(webhook_token)s, last_error = NULL, updated_at = now()
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
+RETURNING id, submitted_at;
+
+-- name: mark_work_processing
+UPDATE works
+SET status = 'processing', runpod_job_id = %(runpod_job_id)s,
+    generation_metadata = %(metadata)s, updated_at = now()
+WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
+RETURNING id;
+
+-- name: forget_submission
+-- RunPod no longer knows the job (its result expired): submit again, counted in attempts.
+UPDATE generation_jobs
+SET runpod_job_id = NULL, submitted_at = NULL, webhook_token = NULL,
+    last_error = %(error)s, updated_at = now()
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
+RETURNING id;
+
+-- name: upsert_file
+-- The output's files row; its id is derived from the work, so finalizing twice writes one row.
+INSERT INTO files (id, user_id, bucket_id, path, width, height, file_url)
+VALUES (%(file_id)s, %(user_id)s, %(bucket_id)s, %(path)s, %(width)s, %(height)s, %(file_url)s)
+ON CONFLICT (id) DO UPDATE
+SET width = EXCLUDED.width, height = EXCLUDED.height, file_url = EXCLUDED.file_url
+RETURNING id;
+
+-- name: complete_work
+UPDATE works
+SET status = 'completed', output_file_id = %(file_id)s, thumbnail_file_id = %(file_id)s,
+    title = %(title)s, output_data_json = %(output_data)s, tags = %(tags)s,
+    generation_metadata = coalesce(generation_metadata, '{}'::jsonb) || %(metadata_patch)s,
+    error_message = NULL, completed_at = now(), updated_at = now()
+WHERE id = %(work_id)s AND status IN ('taken', 'processing')
+RETURNING id;
+
+-- name: fail_work
+UPDATE works
+SET status = 'failed', error_message = %(error)s, failed_at = now(), updated_at = now()
+WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
+RETURNING id;
+
+-- name: cancel_work
+-- The user's cancellation: the status may already be cancelled (the web app set it).
+UPDATE works
+SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), updated_at = now()
+WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing', 'cancelled')
+RETURNING id;
+
+-- name: finish_job
+-- The job's terminal status, fenced: only the holder may end it.
+UPDATE generation_jobs
+SET status = %(status)s, finished_at = now(), last_error = %(error)s,
+    lease_expires_at = NULL, updated_at = now()
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status IN ('taken', 'cancelled')
+RETURNING id;
+
+-- name: settle_unclaimed_cancellations
+-- Cancellations of jobs nobody holds: a pending job whose work was cancelled, or a work whose
+-- pending job was cancelled. Both rows end cancelled, with cancelled_at set once.
+WITH jobs AS (
+    UPDATE generation_jobs j
+    SET status = 'cancelled', finished_at = now(), updated_at = now()
+    FROM works w
+    WHERE w.id = j.work_id AND j.status = 'pending' AND w.status = 'cancelled'
+    RETURNING j.id
+),
+works_done AS (
+    UPDATE works w
+    SET status = 'cancelled', cancelled_at = coalesce(w.cancelled_at, now()), updated_at = now()
+    FROM generation_jobs j
+    WHERE j.work_id = w.id AND j.status = 'cancelled' AND j.locked_by IS NULL
+      AND w.status IN ('pending', 'taken', 'processing')
+    RETURNING w.id
+)
+SELECT (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM works_done) AS works;
+
+-- name: job_by_webhook_token
+SELECT id, runpod_job_id FROM generation_jobs WHERE webhook_token = %(token)s;
+
+-- name: job_for_intake
+-- What a webhook may say about a job id: whether it is ours and still waiting.
+SELECT j.id, j.status, w.template_id
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id = %(job_id)s;
+
+-- name: insert_work
+INSERT INTO works (id, user_id, template_id, input_data, status)
+VALUES (%(work_id)s, %(user_id)s, %(template_id)s, %(input_data)s, 'pending')
+RETURNING id;
+
+-- name: insert_job
+INSERT INTO generation_jobs (id, work_id, status, priority)
+VALUES (%(job_id)s, %(work_id)s, 'pending', %(priority)s)
+RETURNING id;
+
+-- name: job_status
+SELECT j.id AS job_id, j.status AS job_status, j.attempts, j.last_error, j.runpod_job_id,
+       w.id AS work_id, w.status AS work_status, w.title, w.error_message, w.output_data_json,
+       w.generation_metadata, w.created_at, w.completed_at, w.failed_at, w.cancelled_at
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id = %(id)s OR w.id = %(id)s
+ORDER BY j.created_at DESC
+LIMIT 1;
+
+-- name: recent_jobs
+SELECT j.id AS job_id, j.status AS job_status, w.status AS work_status, w.title,
+       w.error_message, j.created_at
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+ORDER BY j.created_at DESC
+LIMIT %(limit)s;

@@ -1,0 +1,111 @@
+"""The orchestrator's pure decisions: payload, metadata, poll intervals, backoff, titles."""
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from handler.errors import InvalidInput
+from orchestrator.payload import build_submission, validate
+from orchestrator.policy import (
+    FALLBACK_TITLE,
+    backoff_s,
+    clean_title,
+    has_hangul,
+    poll_interval_s,
+)
+from orchestrator.storage import output_path
+
+USER, WORK = str(uuid.uuid4()), str(uuid.uuid4())
+
+
+def test_submission_carries_the_translated_prompt_and_the_drawn_seed():
+    params = validate(
+        {"prompt": "배경을 바꿔", "image_url": "https://x.org/a.png"}, USER, WORK, lambda: 99
+    )
+    when = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
+    submission = build_submission(params, "Change the background", "llm", when)
+    assert submission.input == {
+        "prompt": "Change the background",
+        "image_url": "https://x.org/a.png",
+        "seed": 99,
+        "steps": 4,
+        "cfg": 1.0,
+        "megapixels": 1.0,
+    }
+    assert submission.metadata == {
+        "prompt": "Change the background",
+        "original_prompt": "배경을 바꿔",
+        "model": "XiCON_KLEIN_I2I",
+        "width": None,
+        "height": None,
+        "seed": 99,
+        "steps": 4,
+        "cfg": 1.0,
+        "megapixels": 1.0,
+        "has_image_input": True,
+        "submitted_at": "2026-11-27T05:00:00Z",
+        "translation": "llm",
+    }
+
+
+def test_base64_images_are_sent_as_base64():
+    params = validate({"prompt": "p", "image_base64": "AAAA"}, USER, WORK)
+    submission = build_submission(params, "p", "skipped", datetime.now(UTC))
+    assert submission.input["image_base64"] == "AAAA"
+    assert "image_url" not in submission.input
+
+
+@pytest.mark.parametrize(("user_id", "work_id"), [(None, WORK), ("x", WORK), (USER, "../etc")])
+def test_ids_that_are_not_uuids_fail_before_any_gpu_time(user_id, work_id):
+    with pytest.raises(InvalidInput, match="must be a UUID"):
+        validate({"prompt": "p", "image_url": "https://x.org/a.png"}, user_id, work_id)
+
+
+def test_storage_path_is_built_from_normalised_uuids():
+    assert output_path(USER.upper(), WORK) == f"{USER}/{WORK}/output.png"
+
+
+def test_poll_interval_starts_quick_and_is_bounded():
+    assert poll_interval_s(0, 1, 10) == 1
+    assert poll_interval_s(40, 1, 10) == 4
+    assert poll_interval_s(10_000, 1, 10) == 10
+
+
+@given(st.integers(min_value=1, max_value=50), st.floats(min_value=0, max_value=1000) | st.none())
+def test_backoff_is_capped_and_honours_retry_after(attempt, retry_after):
+    delay = backoff_s(attempt, base_s=1, cap_s=60, retry_after_s=retry_after, jitter=0.1)
+    assert 1 <= delay <= 66
+    if retry_after is not None:
+        assert delay >= min(60, retry_after)
+
+
+@pytest.mark.parametrize(
+    ("answer", "title"),
+    [
+        ('"해변의 노을"', "해변의 노을"),
+        ("제목: 바다 위의 배.", "바다 위의 배"),
+        ("「겨울 숲」\n설명이 이어집니다", "겨울 숲"),
+        ("아주아주아주아주긴제목입니다", "아주아주아주아주긴제"),
+        ("", FALLBACK_TITLE),
+        (None, FALLBACK_TITLE),
+        ("...", FALLBACK_TITLE),
+    ],
+)
+def test_titles_are_cleaned_like_the_seed(answer, title):
+    assert clean_title(answer) == title
+
+
+@given(st.text())
+def test_any_answer_gives_a_title_of_at_most_ten_characters(answer):
+    title = clean_title(answer)
+    assert 0 < len(title) <= 10
+    assert "\n" not in title
+
+
+def test_hangul_detection():
+    assert has_hangul("배경을 해변으로 바꿔줘")
+    assert has_hangul("make it 밝게")
+    assert not has_hangul("Replace the sky")
