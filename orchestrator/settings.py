@@ -36,15 +36,15 @@ class Settings(BaseSettings):
     local_storage_dir: Path = Path(".klein/storage")
     public_base_url: str | None = None
     webhook_secret: SecretStr | None = None
-    max_in_flight: int = Field(16, ge=1)
-    job_timeout_s: float = Field(600.0, gt=0)
-    sweep_interval_s: float = Field(5.0, gt=0)
-    lease_s: float = Field(30.0, gt=0)
-    heartbeat_interval_s: float = Field(10.0, gt=0)
-    poll_min_interval_s: float = Field(1.0, gt=0)
-    poll_max_interval_s: float = Field(10.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
-    shutdown_grace_s: float = Field(10.0, ge=0)
+    max_in_flight: int = Field(default=16, ge=1)
+    job_timeout_s: float = Field(default=600.0, gt=0)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    lease_s: float = Field(default=30.0, gt=0)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    poll_min_interval_s: float = Field(default=1.0, gt=0)
+    poll_max_interval_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
     klein_host: str = "127.0.0.1"
     klein_port: int = 8080
     worker_id: str = Field(default_factory=default_worker_id)

@@ -5,7 +5,11 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator.errors import Permanent
+import httpx
+from storage3 import AsyncStorageClient
+from storage3.exceptions import StorageApiError
+
+from orchestrator.errors import NeedsOperator, Permanent, Transient
 
 OUTPUT_NAME = "output.png"
 
@@ -49,3 +53,47 @@ def _write_atomically(target: Path, data: bytes) -> None:
     partial = target.with_name(target.name + ".part")
     partial.write_bytes(data)
     partial.replace(target)
+
+
+class SupabaseStorage:
+    """Supabase Storage's object API through storage3's async client (upsert, image/png)."""
+
+    def __init__(self, client: AsyncStorageClient, bucket: str) -> None:
+        self._client = client
+        self.bucket = bucket
+
+    async def put_png(self, path: str, data: bytes) -> str:
+        """Upload with upsert (a retried upload overwrites) and return the public URL."""
+        bucket = self._client.from_(self.bucket)
+        try:
+            await bucket.upload(path, data, {"content-type": "image/png", "upsert": "true"})
+        except StorageApiError as exc:
+            raise _storage_error(exc) from exc
+        except httpx.HTTPError as exc:
+            raise Transient(f"Supabase Storage unreachable: {type(exc).__name__}") from exc
+        return str(await bucket.get_public_url(path))
+
+
+def _storage_error(exc: StorageApiError) -> Exception:
+    try:
+        status = int(exc.status)
+    except (TypeError, ValueError):
+        status = 500
+    if status in (401, 403):
+        return NeedsOperator(
+            f"Supabase Storage refused the key ({status}); check SUPABASE_SERVICE_ROLE_KEY"
+        )
+    if status == 404:
+        return Permanent(f"Supabase Storage: {exc.message}")
+    return Transient(f"Supabase Storage answered {status}: {exc.message}")
+
+
+def supabase_storage(
+    url: str, service_key: str, bucket: str, timeout_s: float = 60.0
+) -> SupabaseStorage:
+    """A SupabaseStorage for a project URL and its service-role key."""
+    headers = {"apikey": service_key, "Authorization": f"Bearer {service_key}"}
+    client = AsyncStorageClient(
+        f"{url.rstrip('/')}/storage/v1/", headers, http_client=httpx.AsyncClient(timeout=timeout_s)
+    )
+    return SupabaseStorage(client, bucket)

@@ -172,7 +172,9 @@ def types_match(received: Any, wanted: Any) -> bool:
     return bool({t.strip() for t in received.split(",")} & {t.strip() for t in wanted.split(",")})
 
 
-def find_outputs(prompt: dict[str, Any], info: dict[str, Any]) -> tuple[list[str], dict | None]:
+def find_outputs(
+    prompt: dict[str, Any], info: dict[str, Any]
+) -> tuple[list[str], dict[str, Any] | None]:
     """The output node ids, or the error for a node without a known class_type."""
     outputs = []
     for node_id, node in prompt.items():
@@ -201,7 +203,9 @@ def _convert(value: Any, input_type: Any) -> Any:
     return convert(value) if convert is not None else value
 
 
-def _range_or_list_error(name: str, value: Any, input_type: Any, extra: dict) -> dict | None:
+def _range_or_list_error(
+    name: str, value: Any, input_type: Any, extra: dict[str, Any]
+) -> dict[str, Any] | None:
     config = [input_type, extra]
     if "min" in extra and value < extra["min"]:
         message = f"Value {value} smaller than min of {extra['min']}"
@@ -225,7 +229,8 @@ def _range_or_list_error(name: str, value: Any, input_type: Any, extra: dict) ->
     multiselect = extra.get("multiselect", False) and isinstance(value, list)
     if all(v in options for v in value) if multiselect else value in options:
         return None
-    list_info, shown_config = str(options), config
+    list_info = str(options)
+    shown_config: list[Any] | None = config
     if len(options) > 20:  # ComfyUI does not send back long model lists
         list_info, shown_config = f"(list of length {len(options)})", None
     return _error(
@@ -298,13 +303,18 @@ class _Validator:
         return result
 
     def _check_link(
-        self, name: str, link: list[Any], input_type: Any, extra: dict, errors: list[dict]
+        self,
+        name: str,
+        link: list[Any],
+        input_type: Any,
+        extra: dict[str, Any],
+        errors: list[dict[str, Any]],
     ) -> bool:
         config = [input_type, extra]
         if len(link) != 2:
             message = "Bad linked input, must be a length-2 list of [node_id, slot_index]"
-            details = {"input_name": name, "input_config": config, "received_value": link}
-            errors.append(_error("bad_linked_input", message, name, details))
+            bad = {"input_name": name, "input_config": config, "received_value": link}
+            errors.append(_error("bad_linked_input", message, name, bad))
             return True
         source_id, slot = link
         source_class = self.prompt[source_id]["class_type"]  # KeyError: ComfyUI's behaviour
@@ -345,8 +355,8 @@ class _Validator:
         inputs: dict[str, Any],
         name: str,
         input_type: Any,
-        extra: dict,
-        errors: list[dict],
+        extra: dict[str, Any],
+        errors: list[dict[str, Any]],
         *,
         own_check: bool,
     ) -> None:
@@ -368,7 +378,7 @@ class _Validator:
         if not own_check and (error := _range_or_list_error(name, value, input_type, extra)):
             errors.append(error)
 
-    def _check_image_file(self, inputs: dict[str, Any], errors: list[dict]) -> None:
+    def _check_image_file(self, inputs: dict[str, Any], errors: list[dict[str, Any]]) -> None:
         image = inputs.get("image")
         if image is None or isinstance(image, list) or self.image_exists(str(image)):
             return
@@ -540,7 +550,9 @@ def format_inputs(node: dict[str, Any]) -> dict[str, list[Any]]:
     return formatted
 
 
-def progress_entry(prompt_id: str, node_id: str, value: float, top: float, state: str) -> dict:
+def progress_entry(
+    prompt_id: str, node_id: str, value: float, top: float, state: str
+) -> dict[str, Any]:
     """One node's entry in a progress_state message."""
     return {
         "value": value,
@@ -948,8 +960,8 @@ class ComfyTestServer:
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
         if not result.ok:
-            reply = {"error": result.error, "node_errors": result.node_errors}
-            return web.json_response(reply, status=400)
+            rejection = {"error": result.error, "node_errors": result.node_errors}
+            return web.json_response(rejection, status=400)
         extra_data["create_time"] = now_ms()
         item = QueueItem(number, prompt_id, prompt, extra_data, result.outputs, self.behaviour)
         bisect.insort(self._pending, item, key=lambda queued: queued.number)
@@ -1141,8 +1153,10 @@ class ComfyTestServer:
             if node["class_type"] != "LoadImage":
                 continue
             path = self._input_path(str(node["inputs"].get("image")))
-            is_file = path is not None and path.is_file()
-            changed[node_id] = hashlib.sha256(path.read_bytes()).hexdigest() if is_file else None
+            if path is None or not path.is_file():
+                changed[node_id] = None
+                continue
+            changed[node_id] = hashlib.sha256(path.read_bytes()).hexdigest()
         return changed
 
     async def _replay_cached(self, run: _Run, node_id: str, signature: str) -> None:
@@ -1310,12 +1324,10 @@ def main(argv: list[str] | None = None) -> int:
         sampler_steps=args.sampler_steps,
         port=args.port,
     )
-    with server:
-        print(
-            f"ComfyUI test server on {server.url} (root {server.root}); Ctrl-C stops it", flush=True
-        )
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+    with contextlib.suppress(KeyboardInterrupt), server:
+        banner = f"ComfyUI test server on {server.url} (root {server.root}); Ctrl-C stops it"
+        print(banner, flush=True)
+        threading.Event().wait()
     return 0
 
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.fakes.fixtures import openrouter_server, storage_server  # noqa: F401
+
 if TYPE_CHECKING:
     from tests.comfy_server import ComfyTestServer
 

@@ -1,0 +1,116 @@
+"""Running the local endpoint: in the foreground (`serve`) or on a background thread."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import uvicorn
+
+from orchestrator.endpoint.app import create_app
+from orchestrator.endpoint.config import EndpointConfig
+from orchestrator.endpoint.engine import LocalEndpoint
+from orchestrator.endpoint.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 10.0
+STARTUP_POLL_S = 0.01
+SHUTDOWN_TIMEOUT_S = 10.0
+# A /runsync may be waiting for minutes; shutting down must not wait for it.
+GRACEFUL_SHUTDOWN_S = 2
+
+
+def serve(
+    config: EndpointConfig, runner: JobRunner, host: str = "127.0.0.1", port: int = 8000
+) -> None:
+    """Serve the endpoint until interrupted; clients use `http://{host}:{port}/v2` as API base."""
+    log.warning("local RunPod endpoint: a development tool, not for production")
+    uvicorn.run(
+        create_app(config, runner),
+        host=host,
+        port=port,
+        ws="none",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+    )
+
+
+class EndpointServer:
+    """The endpoint on a background thread, on `port` (0: a free one); a context manager."""
+
+    def __init__(
+        self,
+        config: EndpointConfig,
+        runner: JobRunner,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.app = create_app(config, runner, clock=clock)
+        self._host, self._port = host, port
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                ws="none",
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            )
+        )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> LocalEndpoint:
+        """The job table and its test hook (`inject`)."""
+        endpoint: LocalEndpoint = self.app.state.endpoint
+        return endpoint
+
+    @property
+    def api_base(self) -> str:
+        """What `RUNPOD_API_BASE` should be: `http://host:port/v2`."""
+        return f"http://{self._host}:{self._port}/v2"
+
+    @property
+    def url(self) -> str:
+        """This endpoint's own base: `{api_base}/{endpoint_id}`."""
+        return f"{self.api_base}/{self.config.endpoint_id}"
+
+    def start(self) -> None:
+        """Bind, start serving, and return once the server answers (or raise RuntimeError)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, self._port))
+        self._port = sock.getsockname()[1]
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="local-endpoint", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the local endpoint did not start on {self.api_base}")
+            time.sleep(STARTUP_POLL_S)
+
+    def stop(self) -> None:
+        """Stop serving and wait for the server thread (bounded)."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(SHUTDOWN_TIMEOUT_S)
+
+    def __enter__(self) -> EndpointServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
