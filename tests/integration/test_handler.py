@@ -255,3 +255,11 @@ def test_python_m_handler_with_a_missing_image_fails_with_the_sentence(comfy_ser
     done = handler_process(comfy_server.url, "--test_input", job, cwd=REPO)
     assert done.returncode == 1
     assert "Missing required parameter: image" in done.stdout + done.stderr
+
+
+def test_warm_up_runs_the_graph_once_on_a_generated_image(comfy_server):
+    worker = make_worker(comfy_server)
+    worker.warm_up()
+    paths = comfy_paths(comfy_server)
+    assert paths.count("/prompt") == 1
+    assert "/view" in paths
