@@ -3,14 +3,15 @@
 import re
 import sys
 
-LONG_BASE64 = re.compile(r"(['\"]image['\"]: ['\"])([A-Za-z0-9+/=]{40})[A-Za-z0-9+/=]+")
+# RunPod's logger may split a long result over several lines, so any long base64 run is cut.
+LONG_BASE64 = re.compile(r"([A-Za-z0-9+/=]{40})[A-Za-z0-9+/=]{160,}")
 
 
 def main() -> int:
     """Copy stdin to stdout; exit 1 if the job failed."""
     failed = False
     for line in sys.stdin:
-        sys.stdout.write(LONG_BASE64.sub(r"\1\2...", line))
+        sys.stdout.write(LONG_BASE64.sub(r"\1...", line))
         failed = failed or "failed with error" in line
     return 1 if failed else 0
 
