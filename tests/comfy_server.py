@@ -20,7 +20,6 @@ import math
 import mimetypes
 import os
 import random
-import socket
 import threading
 import time
 import traceback
@@ -29,12 +28,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NamedTuple
 
 from aiohttp import web
 from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
+
+from tests.background_server import BackgroundServer
 
 log = logging.getLogger(__name__)
 
@@ -644,8 +644,10 @@ class _Connection:
 # --------------------------------------------------------------------------- the server
 
 
-class ComfyTestServer:
+class ComfyTestServer(BackgroundServer):
     """ComfyUI's HTTP + websocket API on 127.0.0.1, run on its own loop in a thread."""
+
+    thread_name = "comfy-test-server"
 
     def __init__(
         self,
@@ -669,15 +671,11 @@ class ComfyTestServer:
         self.node_delay_s = node_delay_s
         self.sampler_steps = sampler_steps
         self.cache_outputs = cache_outputs
-        self.port = port
-        self.url = ""
+        super().__init__(port=port)
         self.calls: list[tuple[str, str]] = []
         self.interrupts = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._reset_state()
+        self._prepare()
 
     # ---- lifecycle (called from the test's thread)
 
@@ -692,52 +690,7 @@ class ComfyTestServer:
             raise ValueError(f"behaviour must be one of {BEHAVIOURS}, not {value!r}")
         self._behaviour = value
 
-    def start(self) -> ComfyTestServer:
-        """Bind 127.0.0.1 (the same port again after a stop) and serve in a background thread."""
-        if self._thread is not None:
-            raise RuntimeError("server already started")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", self.port))
-        except OSError:
-            sock.close()
-            raise
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._reset_state()
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._thread = threading.Thread(
-            target=self._run_loop, name="comfy-test-server", daemon=True
-        )
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._astart(sock), loop).result(timeout=10)
-        return self
-
-    def stop(self) -> None:
-        """Stop as a dying ComfyUI would: sockets dropped, runs abandoned, port closed."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
-            return
-        with contextlib.suppress(RuntimeError):
-            asyncio.run_coroutine_threadsafe(self._astop(), loop).result(timeout=10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._loop = self._thread = None
-
-    def __enter__(self) -> ComfyTestServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _reset_state(self) -> None:
+    def _prepare(self) -> None:
         self._pending: list[QueueItem] = []
         self._running: QueueItem | None = None
         self._history: dict[str, dict[str, Any]] = {}
@@ -748,34 +701,21 @@ class ComfyTestServer:
         self._number = 0
         self._last_node: str | None = None
 
-    def _run_loop(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _astart(self, sock: socket.socket) -> None:
-        self._wakeup = asyncio.Event()
-        self._interrupt = asyncio.Event()
-
+    def _middlewares(self) -> list[Any]:
         @web.middleware
         async def record(request: web.Request, handler: Any) -> web.StreamResponse:
             self.calls.append((request.method, request.path_qs))
             response: web.StreamResponse = await handler(request)
             return response
 
-        app = web.Application(middlewares=[record], client_max_size=100 * 1024 * 1024)
-        app.add_routes(self._routes())
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await web.SockSite(self._runner, sock).start()
+        return [record]
+
+    async def _started(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._interrupt = asyncio.Event()
         self._worker = asyncio.create_task(self._work())
 
-    async def _astop(self) -> None:
+    async def _stopping(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -783,8 +723,8 @@ class ComfyTestServer:
         for connection in self._connections:
             if connection.transport is not None:
                 connection.transport.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+
+    async def _stopped(self) -> None:
         current = asyncio.current_task()
         leftovers = [t for t in asyncio.all_tasks() if t is not current]
         for task in leftovers:

@@ -1,5 +1,6 @@
-"""The common part of the protocol fakes: an aiohttp app on 127.0.0.1, run on its own loop in a
-thread, plus a queue of scripted answers (failures and stalls) that the tests fill.
+"""The common part of the protocol servers (ComfyUI, OpenRouter, Storage): an aiohttp app on
+127.0.0.1, run on its own loop in a thread, plus a queue of scripted answers (failures and
+stalls) that the tests fill.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class BackgroundServer:
             raise
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self._prepare()
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(target=self._run_loop, name=self.thread_name, daemon=True)
@@ -133,6 +135,22 @@ class BackgroundServer:
     def _routes(self) -> list[web.RouteDef]:
         raise NotImplementedError
 
+    def _middlewares(self) -> list[Any]:
+        """aiohttp middlewares for the app (none by default)."""
+        return []
+
+    def _prepare(self) -> None:
+        """Reset per-run state before serving (test thread)."""
+
+    async def _started(self) -> None:
+        """After the site is up: start background tasks."""
+
+    async def _stopping(self) -> None:
+        """Before the app is torn down: end background tasks, drop connections."""
+
+    async def _stopped(self) -> None:
+        """After the app is torn down."""
+
     async def _scripted_answer(self) -> web.Response | None:
         """Play the next scripted answer: wait its delay, then its response (None: go on)."""
         item = self.script.pop()
@@ -166,15 +184,18 @@ class BackgroundServer:
 
     async def _astart(self, sock: socket.socket) -> None:
         self._closing = asyncio.Event()
-        app = web.Application(client_max_size=100 * 1024 * 1024)
+        app = web.Application(middlewares=self._middlewares(), client_max_size=100 * 1024 * 1024)
         app.add_routes(self._routes())
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
+        await self._started()
 
     async def _astop(self) -> None:
         if self._closing is not None:
             self._closing.set()
+        await self._stopping()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self._stopped()
