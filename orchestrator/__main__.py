@@ -1,16 +1,22 @@
-"""`klein` (or `python -m orchestrator`): the orchestrator's command line.
+"""`klein` (or `python -m orchestrator`): migrate, serve, submit, status.
 
-Implemented so far: `migrate`. `serve`, `submit`, `status` and `endpoint` come with issues 3/4.
+Configuration comes from the environment (see README); flags override a few of it.
 """
 
 import argparse
 import asyncio
 import logging
 import sys
+import threading
+import uuid
+from collections.abc import Callable
 
 import psycopg
+from pydantic import ValidationError
 
+from orchestrator import console, logs
 from orchestrator.migrate import MigrationError, apply_migrations, migrations_dir
+from orchestrator.serve import Address, ConfigError, run_server
 from orchestrator.settings import Settings
 
 log = logging.getLogger("klein")
@@ -22,26 +28,165 @@ async def migrate(database_url: str) -> list[str]:
         return await apply_migrations(conn, migrations_dir())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the command and run it; exit codes: 0 done, 1 failed, 2 bad usage."""
-    parser = argparse.ArgumentParser(prog="klein", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    root = argparse.ArgumentParser(prog="klein", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply supabase/migrations to DATABASE_URL")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings()
-    if args.command == "migrate":
-        if not settings.database_url:
-            print("klein migrate: set DATABASE_URL", file=sys.stderr)
-            return 2
-        try:
-            applied = asyncio.run(migrate(settings.database_url))
-        except (MigrationError, psycopg.Error) as exc:
-            print(f"klein migrate: {exc}", file=sys.stderr)
-            return 1
-        print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}")
+    serve = commands.add_parser("serve", help="HTTP (webhooks, health, metrics) and the job worker")
+    serve.add_argument("--host", help="listen address (KLEIN_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (KLEIN_PORT, default 8080)")
+    submit = commands.add_parser("submit", help="create a work and its job, as the web app does")
+    submit.add_argument("image", help="a local image file, or an http(s) URL")
+    submit.add_argument("prompt", help="the edit instruction (Korean is translated)")
+    submit.add_argument("--seed", type=int)
+    submit.add_argument("--steps", type=int)
+    submit.add_argument("--cfg", type=float)
+    submit.add_argument("--megapixels", type=float)
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--user-id", default=None, help="the owner (default: a new UUID)")
+    submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    submit.add_argument("--timeout", type=float, default=900.0, help="seconds --wait follows it")
+    endpoint = commands.add_parser(
+        "endpoint",
+        help="DEVELOPMENT TOOL: a local RunPod REST API that runs the real handler",
+        description=(
+            "A development tool, not for production: serves RunPod Serverless's REST API "
+            "(/v2/{endpoint_id}/run, runsync, status, cancel, health, purge-queue) and runs each "
+            "job with this project's handler against COMFY_API_URL. Point the orchestrator's "
+            "RUNPOD_API_BASE at http://HOST:PORT/v2 and RUNPOD_ENDPOINT_ID at --endpoint-id."
+        ),
+    )
+    endpoint.add_argument("--host", default="127.0.0.1")
+    endpoint.add_argument("--port", type=int, default=8000)
+    endpoint.add_argument("--endpoint-id", default="local")
+    endpoint.add_argument("--workers", type=int, default=1, help="jobs run at once")
+    endpoint.add_argument("--execution-timeout-s", type=float, default=600.0)
+    endpoint.add_argument("--result-retention-s", type=float, default=1800.0)
+    status = commands.add_parser("status", help="one job (by job or work id), or the latest jobs")
+    status.add_argument("id", nargs="?")
+    status.add_argument("--json", action="store_true", help="print the whole row")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; exit codes: 0 done, 1 failed, 2 bad usage or configuration."""
+    args = parser().parse_args(argv)
+    logs.configure()
+    try:
+        settings = Settings()
+        return COMMANDS[args.command](args, settings)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        return _fail(args, f"bad configuration: {error['loc']}: {error['msg']}", 2)
+    except ConfigError as exc:
+        return _fail(args, str(exc), 2)
+    except (MigrationError, psycopg.Error, OSError) as exc:
+        return _fail(args, str(exc) or type(exc).__name__, 1)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """One line on stderr, never a traceback."""
+    print(f"klein {args.command}: {' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def _database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise ConfigError("set DATABASE_URL (a PostgreSQL URL)")
+    return settings.database_url
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply the migrations."""
+    applied = asyncio.run(migrate(_database_url(settings)))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}")
     return 0
 
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve until SIGTERM."""
+    address = Address(args.host or settings.klein_host, args.port or settings.klein_port)
+    asyncio.run(run_server(settings, address))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    """Insert a job; with --wait, follow it to the end (exit 1 unless it completed)."""
+    options = {
+        name: getattr(args, name)
+        for name in ("seed", "steps", "cfg", "megapixels")
+        if getattr(args, name) is not None
+    }
+    request = console.SubmitRequest(
+        image=args.image,
+        prompt=args.prompt,
+        user_id=args.user_id or str(uuid.uuid4()),
+        template_id=settings.klein_template_id,
+        priority=args.priority,
+        options=options,
+    )
+    with psycopg.connect(_database_url(settings), autocommit=True) as conn:
+        job_id, work_id = console.submit(conn, request)
+        print(f"submitted job {job_id} (work {work_id})", flush=True)
+        if not args.wait:
+            return 0
+        row = console.wait_for(lambda: console.job_status(conn, job_id), args.timeout)
+    if row is None or row["work_status"] not in console.FINISHED:
+        return _fail(args, f"job {job_id} did not finish within {args.timeout:g} s", 1)
+    return 0 if row["work_status"] == "completed" else 1
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Print one job, or the latest ones."""
+    with psycopg.connect(_database_url(settings)) as conn:
+        if args.id is None:
+            for row in console.recent(conn):
+                print(console.describe(row))
+            return 0
+        try:
+            uuid.UUID(args.id)
+        except ValueError:
+            return _fail(args, f"not a job or work id: {args.id}", 2)
+        found = console.job_status(conn, args.id)
+    if found is None:
+        return _fail(args, f"no job or work {args.id}", 1)
+    print(console.as_json(found) if args.json else console.describe(found))
+    return 0
+
+
+def cmd_endpoint(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the local RunPod-compatible endpoint until interrupted."""
+    from handler.config import HandlerSettings  # noqa: PLC0415 - needs the handler extra
+    from handler.workflow import WorkflowError  # noqa: PLC0415
+    from orchestrator.endpoint import EndpointConfig, serve  # noqa: PLC0415
+    from orchestrator.endpoint.handler_runner import HandlerRunner  # noqa: PLC0415
+
+    api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
+    config = EndpointConfig(
+        endpoint_id=args.endpoint_id,
+        api_key=api_key,
+        workers=args.workers,
+        execution_timeout_ms=int(args.execution_timeout_s * 1000),
+        result_retention_s=args.result_retention_s,
+    )
+    try:
+        runner = HandlerRunner(HandlerSettings())
+    except WorkflowError as exc:
+        raise ConfigError(f"the handler's graph cannot be used: {exc}") from exc
+    # Logs whether ComfyUI answers, without holding the endpoint back: jobs queue meanwhile.
+    threading.Thread(target=runner.wait_for_comfy, daemon=True).start()
+    serve(config, runner, host=args.host, port=args.port)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+    "migrate": cmd_migrate,
+    "serve": cmd_serve,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "endpoint": cmd_endpoint,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,7 +9,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,8 @@ from handler.reference_image import verify_image
 from orchestrator.db import Database, fetch_one
 from orchestrator.errors import FencedOut, NeedsOperator, Permanent, RunPodJobGone, Transient
 from orchestrator.jobs import ClaimedJob, JobStatus, WorkStatus
+from orchestrator.logs import bind_job
+from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.payload import build_submission, validate
 from orchestrator.policy import backoff_s, clean_title, has_hangul, poll_interval_s
@@ -33,6 +35,7 @@ TAGS = ["I2I", "Image_to_Image", "AI생성"]
 FILES_NAMESPACE = uuid.UUID("6f0c7a52-64c7-4f5e-9a37-5d1b1f3f2c11")
 INVALID_OUTPUT = "RunPod returned an invalid image"
 TRANSLATE_TRIES = 3
+OUTCOME_LABELS = {JobStatus.PENDING: "retry_later", JobStatus.TAKEN: "handed_over"}
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,18 @@ class FlowDeps:
     openrouter: OpenRouterClient | None
     storage: Storage
     settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 async def run_job(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> JobStatus:
     """Carry a claimed job to a terminal state (or back to pending on a transient failure)."""
+    bind_job(job.id, job.work_id)
+    outcome = await _run_guarded(job, deps, wake)
+    deps.metrics.jobs.labels(OUTCOME_LABELS.get(outcome, outcome.value)).inc()
+    return outcome
+
+
+async def _run_guarded(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> JobStatus:
     try:
         return await _run(job, deps, wake)
     except FencedOut:
@@ -57,7 +68,7 @@ async def run_job(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> JobSt
         log.error("job %s: %s; the job waits for an operator", job.id, exc)
         return await retry_later(job, deps, str(exc), delay_s=60.0)
     except Transient as exc:
-        delay = backoff_s(job.attempts + 1, base_s=2.0, retry_after_s=exc.retry_after_s)
+        delay = backoff_s(job.retries + 1, base_s=2.0, cap_s=300.0, retry_after_s=exc.retry_after_s)
         return await retry_later(job, deps, str(exc), delay_s=delay)
     except (Permanent, InvalidInput) as exc:
         return await fail(job, deps, str(exc))
@@ -71,9 +82,11 @@ async def _run(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> JobStatu
     runpod_id, submitted_at = job.runpod_job_id, job.submitted_at
     for _attempt in range(deps.settings.max_attempts):
         if runpod_id is None or submitted_at is None:
-            runpod_id, submitted_at = await submit(job, deps)
+            with deps.metrics.stage_seconds.labels("submit").time():
+                runpod_id, submitted_at = await submit(job, deps)
         try:
-            result = await await_result(job, runpod_id, submitted_at, deps, wake)
+            with deps.metrics.stage_seconds.labels("await").time():
+                result = await await_result(job, runpod_id, submitted_at, deps, wake)
         except RunPodJobGone as exc:
             log.warning("job %s: %s; submitting again", job.id, exc)
             await forget_submission(job, deps, str(exc))
@@ -205,9 +218,13 @@ async def complete(job: ClaimedJob, output: object, deps: FlowDeps) -> JobStatus
     """Store the image, title it, and finalize everything in one transaction."""
     data, width, height = decode_output(output)
     path = output_path(job.user_id or "", job.work_id)
-    url = await deps.storage.put_png(path, data)
-    title = await make_title(data, deps.openrouter)
-    await finalize(job, deps, path=path, url=url, title=title, size=(width, height))
+    stage = deps.metrics.stage_seconds
+    with stage.labels("store").time():
+        url = await deps.storage.put_png(path, data)
+    with stage.labels("title").time():
+        title = await make_title(data, deps.openrouter)
+    with stage.labels("finalize").time():
+        await finalize(job, deps, path=path, url=url, title=title, size=(width, height))
     log.info("job %s: completed (%dx%d, %r)", job.id, width, height, title)
     return JobStatus.COMPLETED
 

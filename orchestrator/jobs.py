@@ -43,6 +43,7 @@ class ClaimedJob:
     runpod_job_id: str | None
     submitted_at: datetime | None
     attempts: int
+    retries: int
     webhook_token: str | None
     generation_metadata: Mapping[str, Any] | None
 
@@ -58,6 +59,7 @@ class ClaimedJob:
             runpod_job_id=row["runpod_job_id"],
             submitted_at=row["submitted_at"],
             attempts=row["attempts"],
+            retries=row["retries"],
             webhook_token=row["webhook_token"],
             generation_metadata=row["generation_metadata"],
         )

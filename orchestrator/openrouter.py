@@ -5,6 +5,7 @@ from aiolimiter import AsyncLimiter
 from openai.types.chat import ChatCompletionMessageParam
 
 from orchestrator.errors import NeedsOperator, Permanent, Transient
+from orchestrator.metrics import Metrics
 
 TRANSLATE_SYSTEM_PROMPT = (
     "You translate Korean user prompts to English for image generation. "
@@ -23,11 +24,13 @@ class OpenRouterClient:
         translate_model: str,
         title_model: str,
         requests_per_minute: int = 90,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._translate_model = translate_model
         self._title_model = title_model
         self._limit = AsyncLimiter(requests_per_minute, 60)
+        self._metrics = metrics
 
     async def translate(self, text: str) -> str:
         """English for a Korean prompt."""
@@ -48,6 +51,10 @@ class OpenRouterClient:
         ]
         return await self._complete(self._title_model, messages, max_tokens=40)
 
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.calls.labels("openrouter", outcome).inc()
+
     async def _complete(
         self, model: str, messages: list[ChatCompletionMessageParam], max_tokens: int
     ) -> str:
@@ -60,9 +67,12 @@ class OpenRouterClient:
                     temperature=0.2,
                 )
             except openai.APIStatusError as exc:
+                self._count(str(exc.status_code))
                 raise translate_status_error(exc) from exc
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+                self._count(type(exc).__name__)
                 raise Transient(f"OpenRouter unreachable: {type(exc).__name__}") from exc
+        self._count("200")
         if not completion.choices:
             raise Transient("OpenRouter returned no choices")
         return completion.choices[0].message.content or ""

@@ -8,6 +8,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from orchestrator.errors import NeedsOperator, Permanent, RunPodJobGone, Transient
+from orchestrator.metrics import Metrics
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
@@ -39,12 +40,14 @@ class RunPodClient:
         *,
         run_per_10s: int = 900,
         status_per_10s: int = 1800,
+        metrics: Metrics | None = None,
     ) -> None:
         self._http = http
         self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._run_limit = AsyncLimiter(run_per_10s, 10)
         self._status_limit = AsyncLimiter(status_per_10s, 10)
+        self._metrics = metrics
 
     async def _call(self, method: str, path: str, limiter: AsyncLimiter, **kwargs: Any) -> Any:
         async with limiter:
@@ -53,12 +56,18 @@ class RunPodClient:
                     method, self._base + path, headers=self._headers, **kwargs
                 )
             except httpx.HTTPError as exc:
+                self._count(type(exc).__name__)
                 raise Transient(f"RunPod unreachable: {type(exc).__name__}") from exc
+        self._count(str(response.status_code))
         raise_for_status(response, path)
         try:
             return response.json()
         except ValueError as exc:
             raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.calls.labels("runpod", outcome).inc()
 
     async def run(
         self,

@@ -45,8 +45,9 @@ class Orchestrator:
         self._stopping = asyncio.Event()
         self.in_flight: dict[str, InFlight] = {}
 
-    def nudge(self) -> None:
+    def nudge(self, source: str = "other") -> None:
         """Ask the claimer to look for work now (webhook, LISTEN, sweep)."""
+        self.deps.metrics.wakeups.labels(source).inc()
         self._wakeup.set()
 
     def wake_job(self, job_id: str) -> bool:
@@ -69,6 +70,9 @@ class Orchestrator:
 
     def stop(self) -> None:
         """Stop claiming; in-flight jobs are handed over (their leases released)."""
+        if self._stopping.is_set():
+            return
+        log.info("stopping: no new claims; handing in-flight jobs over")
         self._stopping.set()
         self._wakeup.set()
 
@@ -95,6 +99,7 @@ class Orchestrator:
         wake = asyncio.Event()
         task = asyncio.create_task(self._drive(job, wake), name=f"job-{job.id}")
         self.in_flight[job.id] = InFlight(job=job, task=task, wake=wake)
+        self.deps.metrics.in_flight.set(len(self.in_flight))
 
     async def _drive(self, job: ClaimedJob, wake: asyncio.Event) -> None:
         try:
@@ -105,6 +110,7 @@ class Orchestrator:
                 await asyncio.shield(cancel(job, self.deps, entry.runpod_job_id))
         finally:
             self.in_flight.pop(job.id, None)
+            self.deps.metrics.in_flight.set(len(self.in_flight))
             self._wakeup.set()
 
     async def _heartbeat_loop(self) -> None:
@@ -138,9 +144,9 @@ class Orchestrator:
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     failures = 0
-                    self.nudge()  # anything inserted while we were not listening
+                    self.nudge("listen")  # anything inserted while we were not listening
                     async for _notice in conn.notifies():
-                        self.nudge()
+                        self.nudge("listen")
             except psycopg.Error as exc:
                 failures += 1
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
@@ -150,7 +156,7 @@ class Orchestrator:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             await self.deps.db.one("settle_unclaimed_cancellations")
-            self.nudge()
+            self.nudge("sweep")
 
     async def _hand_over(self) -> None:
         entries = list(self.in_flight.values())

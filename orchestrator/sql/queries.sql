@@ -28,7 +28,8 @@ claimed AS (
         updated_at = now()
     FROM picked
     WHERE j.id = picked.id
-    RETURNING j.id, j.work_id, j.runpod_job_id, j.submitted_at, j.attempts, j.webhook_token
+    RETURNING j.id, j.work_id, j.runpod_job_id, j.submitted_at, j.attempts, j.retries,
+              j.webhook_token
 ),
 marked AS (
     UPDATE works w
@@ -37,7 +38,7 @@ marked AS (
     WHERE w.id = c.work_id AND w.status = 'pending'
     RETURNING w.id
 )
-SELECT c.id, c.work_id, c.runpod_job_id, c.submitted_at, c.attempts, c.webhook_token,
+SELECT c.id, c.work_id, c.runpod_job_id, c.submitted_at, c.attempts, c.retries, c.webhook_token,
        w.user_id, w.input_data, w.status AS work_status, w.generation_metadata
 FROM claimed c
 JOIN works w ON w.id = c.work_id;
@@ -61,7 +62,7 @@ RETURNING id;
 -- A transient failure: back to pending, due again after a delay. A job already submitted keeps
 -- its runpod_job_id and resumes by awaiting it.
 UPDATE generation_jobs
-SET status = 'pending', locked_by = NULL, lease_expires_at = NULL,
+SET status = 'pending', locked_by = NULL, lease_expires_at = NULL, retries = retries + 1,
     not_before = now() + make_interval(secs => %(delay_s)s),
     last_error = %(error)s, updated_at = now()
 WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'

@@ -108,6 +108,9 @@ ALTER TABLE public.generation_jobs
     -- Reliability (not in the seed). Submissions so far; a resubmission after RunPod forgot a
     -- job counts here.
     ADD COLUMN IF NOT EXISTS attempts         integer NOT NULL DEFAULT 0,
+    -- Transient failures so far (RunPod or OpenRouter down, rate limits): the retry backoff grows
+    -- with it.
+    ADD COLUMN IF NOT EXISTS retries          integer NOT NULL DEFAULT 0,
     -- The orchestrator process holding the job; every write after the claim is fenced on it.
     ADD COLUMN IF NOT EXISTS locked_by        text,
     -- Renewed while the holder lives; once past, any process may claim the job again.

@@ -1,0 +1,124 @@
+"""`klein submit` and `klein status`: what the web app does, from a terminal."""
+
+import base64
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from handler.contract import is_http_url
+from orchestrator.db import queries
+
+FINISHED = ("completed", "failed", "cancelled")
+LABELS = {
+    "pending": "queued",
+    "taken": "starting...",
+    "processing": "generating...",
+    "completed": "done",
+    "failed": "failed",
+    "cancelled": "cancelled",
+}
+
+
+@dataclass(frozen=True)
+class SubmitRequest:
+    """One job as the web app would create it."""
+
+    image: str
+    prompt: str
+    user_id: str
+    template_id: str
+    priority: int = 0
+    options: dict[str, Any] | None = None
+
+
+def input_data(image: str, prompt: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """`works.input_data`: the image as image_url (a URL) or image_base64 (a file's bytes)."""
+    data: dict[str, Any] = {"prompt": prompt, **(options or {})}
+    if is_http_url(image):
+        data["image_url"] = image
+    else:
+        data["image_base64"] = base64.b64encode(Path(image).read_bytes()).decode("ascii")
+    return data
+
+
+def submit(conn: psycopg.Connection[Any], request: SubmitRequest) -> tuple[str, str]:
+    """Insert the works and generation_jobs rows; returns (job_id, work_id)."""
+    work_id, job_id = str(uuid.uuid4()), str(uuid.uuid4())
+    with conn.transaction():
+        conn.execute(
+            queries()["insert_work"],
+            {
+                "work_id": work_id,
+                "user_id": request.user_id,
+                "template_id": request.template_id,
+                "input_data": Jsonb(input_data(request.image, request.prompt, request.options)),
+            },
+        )
+        conn.execute(
+            queries()["insert_job"],
+            {"job_id": job_id, "work_id": work_id, "priority": request.priority},
+        )
+    return job_id, work_id
+
+
+def job_status(conn: psycopg.Connection[Any], job_or_work_id: str) -> dict[str, Any] | None:
+    """The job and its work, by either id."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(queries()["job_status"], {"id": job_or_work_id})
+        return cursor.fetchone()
+
+
+def recent(conn: psycopg.Connection[Any], limit: int = 20) -> list[dict[str, Any]]:
+    """The latest jobs, newest first."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        cursor.execute(queries()["recent_jobs"], {"limit": limit})
+        return cursor.fetchall()
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One line for a job's state, as the web app's UI would show it."""
+    status = row["work_status"] or row["job_status"]
+    line = f"{row['job_id']}  {LABELS.get(status, status)}"
+    if status == "completed":
+        output = row.get("output_data_json") or {}
+        line += f"  {row.get('title')!r}  {output.get('image_url')}"
+    elif status == "failed":
+        line += f"  {row.get('error_message')}"
+    return line
+
+
+def wait_for(
+    fetch: Callable[[], dict[str, Any] | None],
+    timeout_s: float,
+    out: TextIO = sys.stdout,
+    interval_s: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any] | None:
+    """Follow a job until it ends or timeout_s passes, printing each change of state."""
+    deadline, last = clock() + timeout_s, None
+    while True:
+        row = fetch()
+        if row is not None:
+            state = (row["work_status"], row["job_status"])
+            if state != last:
+                print(describe(row), file=out, flush=True)
+                last = state
+            if row["work_status"] in FINISHED and row["job_status"] in FINISHED:
+                return row
+        if clock() + interval_s > deadline:
+            return row
+        time.sleep(interval_s)
+
+
+def as_json(row: dict[str, Any]) -> str:
+    """A row as JSON (datetimes as text)."""
+    return json.dumps(row, default=str, ensure_ascii=False, indent=2)

@@ -1,0 +1,166 @@
+"""`klein serve`: the HTTP app and the orchestrator's loops in one process, stopped by SIGTERM."""
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from dataclasses import dataclass
+
+import httpx
+import openai
+import psycopg
+import uvicorn
+from fastapi import FastAPI
+
+from orchestrator.db import Database
+from orchestrator.flow import FlowDeps
+from orchestrator.http import create_app
+from orchestrator.metrics import Metrics
+from orchestrator.openrouter import OpenRouterClient
+from orchestrator.runpod import RunPodClient
+from orchestrator.service import Orchestrator
+from orchestrator.settings import Settings
+from orchestrator.storage import LocalStorage, Storage, supabase_storage
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(Exception):
+    """A setting that is missing or wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where the HTTP app listens."""
+
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        """The URL this process answers on (for local storage links)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+
+def require(settings: Settings) -> tuple[str, str]:
+    """DATABASE_URL and RUNPOD_ENDPOINT_ID, or a ConfigError naming what is missing."""
+    if not settings.database_url:
+        raise ConfigError("set DATABASE_URL (a PostgreSQL URL) and run `klein migrate` once")
+    if not settings.runpod_endpoint_id:
+        raise ConfigError("set RUNPOD_ENDPOINT_ID (and RUNPOD_API_KEY, or RUNPOD_API_BASE)")
+    return settings.database_url, settings.runpod_endpoint_id
+
+
+def make_storage(settings: Settings, address: Address) -> Storage:
+    """Supabase Storage when configured, else a local folder served by this process."""
+    if settings.uses_supabase_storage:
+        if not settings.supabase_url or not settings.supabase_service_role_key:
+            raise ConfigError(
+                "STORAGE_BACKEND=supabase needs SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY"
+            )
+        key = settings.supabase_service_role_key.get_secret_value()
+        return supabase_storage(settings.supabase_url, key, settings.storage_bucket)
+    public = settings.public_base_url or address.base_url
+    return LocalStorage(settings.local_storage_dir, settings.storage_bucket, public)
+
+
+async def check_schema(db: Database) -> None:
+    """Fail clearly when the migrations were never applied."""
+    async with db.transaction() as conn:
+        cursor = await conn.execute("SELECT to_regclass('public.generation_jobs') IS NOT NULL")
+        row = await cursor.fetchone()
+    if not row or not row[0]:
+        raise ConfigError("the database has no generation_jobs table; run `klein migrate` first")
+
+
+async def run_server(settings: Settings, address: Address) -> None:
+    """Serve until SIGTERM/SIGINT, then hand in-flight jobs over and exit."""
+    database_url, endpoint_id = require(settings)
+    metrics = Metrics()
+    async with AsyncExitStack() as stack:
+        db = Database(database_url, max_size=max(4, min(20, settings.max_in_flight // 4 + 4)))
+        try:
+            await db.open()
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot reach the database: {type(exc).__name__}") from exc
+        stack.push_async_callback(db.close)
+        await check_schema(db)
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
+        api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
+        deps = FlowDeps(
+            db=db,
+            runpod=RunPodClient(
+                http, settings.runpod_api_base, endpoint_id, api_key, metrics=metrics
+            ),
+            openrouter=await _openrouter(settings, stack, metrics),
+            storage=make_storage(settings, address),
+            settings=settings,
+            metrics=metrics,
+        )
+        orchestrator = Orchestrator(deps, database_url)
+        root = None if settings.uses_supabase_storage else settings.local_storage_dir
+        app = create_app(settings, db, orchestrator, metrics, storage_root=root)
+        await _serve_until_signal(app, address, orchestrator, settings)
+
+
+async def _openrouter(
+    settings: Settings, stack: AsyncExitStack, metrics: Metrics
+) -> OpenRouterClient | None:
+    if settings.openrouter_api_key is None:
+        log.warning(
+            "OPENROUTER_API_KEY is not set: Korean prompts go on untranslated "
+            "and titles use the fallback"
+        )
+        return None
+    client = openai.AsyncOpenAI(
+        base_url=settings.openrouter_base_url,
+        api_key=settings.openrouter_api_key.get_secret_value(),
+        max_retries=0,
+        timeout=60,
+    )
+    await stack.enter_async_context(client)
+    return OpenRouterClient(
+        client,
+        translate_model=settings.translate_model,
+        title_model=settings.title_model,
+        metrics=metrics,
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, leaving SIGTERM/SIGINT to us: the orchestrator must hand over before exit."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install nothing."""
+        yield
+
+
+async def _serve_until_signal(
+    app: FastAPI, address: Address, orchestrator: Orchestrator, settings: Settings
+) -> None:
+    config = uvicorn.Config(
+        app, host=address.host, port=address.port, log_level="warning", lifespan="off"
+    )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        orchestrator.stop()
+        server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop)
+    log.info("serving on %s (worker %s)", address.base_url, settings.worker_id)
+    web = asyncio.create_task(server.serve())
+    work = asyncio.create_task(orchestrator.run())
+    done, _ = await asyncio.wait({web, work}, return_when=asyncio.FIRST_COMPLETED)
+    stop()
+    try:
+        await asyncio.wait_for(asyncio.gather(web, work), timeout=settings.shutdown_grace_s + 5)
+    except TimeoutError:
+        log.error("shutdown took longer than %g s; leaving", settings.shutdown_grace_s + 5)
+    for task in done:
+        task.result()  # a loop that died re-raises here
