@@ -15,8 +15,8 @@ import psycopg
 from pydantic import ValidationError
 
 from orchestrator import console, logs
+from orchestrator.errors import ConfigError
 from orchestrator.migrate import MigrationError, apply_migrations, migrations_dir
-from orchestrator.serve import Address, ConfigError, run_server
 from orchestrator.settings import Settings
 
 log = logging.getLogger("klein")
@@ -106,6 +106,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serve until SIGTERM."""
+    from orchestrator.serve import Address, run_server  # noqa: PLC0415 - heavy; serve only
+
     address = Address(args.host or settings.klein_host, args.port or settings.klein_port)
     asyncio.run(run_server(settings, address))
     return 0

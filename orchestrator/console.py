@@ -101,7 +101,9 @@ def wait_for(
     timeout_s: float,
     out: TextIO = sys.stdout,
     interval_s: float = 0.5,
+    *,
     clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any] | None:
     """Follow a job until it ends or timeout_s passes, printing each change of state."""
     deadline, last = clock() + timeout_s, None
@@ -116,7 +118,7 @@ def wait_for(
                 return row
         if clock() + interval_s > deadline:
             return row
-        time.sleep(interval_s)
+        sleep(interval_s)
 
 
 def as_json(row: dict[str, Any]) -> str:

@@ -58,19 +58,21 @@ class Database:
         await self.pool.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
-        """A connection inside one transaction, committed on success."""
-        async with self.pool.connection() as conn, conn.transaction():
+    async def transaction(
+        self, timeout_s: float | None = None
+    ) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection inside one transaction, committed on success; waits at most timeout_s."""
+        async with self.pool.connection(timeout=timeout_s) as conn, conn.transaction():
             yield conn
 
-    async def all(self, name: str, **params: Any) -> list[Row]:
+    async def all(self, name: str, /, **params: Any) -> list[Row]:
         """A named query in its own transaction."""
         async with self.transaction() as conn:
             return await fetch_all(conn, name, **params)
 
-    async def one(self, name: str, **params: Any) -> Row | None:
+    async def one(self, name: str, /, timeout_s: float | None = None, **params: Any) -> Row | None:
         """A named query in its own transaction; its first row."""
-        async with self.transaction() as conn:
+        async with self.transaction(timeout_s) as conn:
             return await fetch_one(conn, name, **params)
 
     async def ping(self) -> bool:

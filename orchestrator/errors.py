@@ -5,6 +5,10 @@ class OrchestratorError(Exception):
     """Base of every error the flow handles."""
 
 
+class ConfigError(Exception):
+    """A setting that is missing or wrong; the message says which and how to fix it."""
+
+
 class Transient(OrchestratorError):
     """Worth retrying later: rate limits, 5xx, timeouts, a remote service down."""
 
@@ -23,6 +27,10 @@ class Permanent(OrchestratorError):
 
 class RunPodJobGone(OrchestratorError):
     """RunPod no longer knows the job (its result expired): it must be submitted again."""
+
+
+class WorkCancelled(OrchestratorError):
+    """The user cancelled the work while its result was being stored."""
 
 
 class FencedOut(OrchestratorError):

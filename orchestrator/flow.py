@@ -18,7 +18,14 @@ from PIL import Image
 from handler.errors import InvalidInput
 from handler.reference_image import verify_image
 from orchestrator.db import Database, fetch_one
-from orchestrator.errors import FencedOut, NeedsOperator, Permanent, RunPodJobGone, Transient
+from orchestrator.errors import (
+    FencedOut,
+    NeedsOperator,
+    Permanent,
+    RunPodJobGone,
+    Transient,
+    WorkCancelled,
+)
 from orchestrator.jobs import ClaimedJob, JobStatus, WorkStatus
 from orchestrator.logs import bind_job
 from orchestrator.metrics import Metrics
@@ -59,11 +66,17 @@ async def run_job(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> JobSt
 
 
 async def _run_guarded(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> JobStatus:
+    # Outermost: a fence met while recording a failure stops the job quietly too.
     try:
-        return await _run(job, deps, wake)
+        return await _run_settled(job, deps, wake)
     except FencedOut:
         log.warning("job %s: another process holds it now; stopping", job.id)
         return JobStatus.TAKEN
+
+
+async def _run_settled(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> JobStatus:
+    try:
+        return await _run(job, deps, wake)
     except NeedsOperator as exc:
         log.error("job %s: %s; the job waits for an operator", job.id, exc)
         return await retry_later(job, deps, str(exc), delay_s=60.0)
@@ -72,6 +85,8 @@ async def _run_guarded(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> 
         return await retry_later(job, deps, str(exc), delay_s=delay)
     except (Permanent, InvalidInput) as exc:
         return await fail(job, deps, str(exc))
+    except WorkCancelled:
+        return await cancel(job, deps)
 
 
 async def _run(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> JobStatus:
@@ -284,6 +299,8 @@ async def finalize(
             metadata_patch={"width": width, "height": height},
         )
         if work is None:
+            if await fetch_one(conn, "work_is_cancelled", work_id=job.work_id):
+                raise WorkCancelled(job.work_id)  # rolls the files row back too
             raise Permanent("the work was no longer in progress when its image arrived")
         await _finish_in(conn, job, deps, JobStatus.COMPLETED, None)
 

@@ -87,7 +87,8 @@ def create_app(
         except (ValueError, BadBody) as exc:
             return JSONResponse({"error": f"malformed body: {exc}"}, status_code=422)
         try:
-            row = await db.one("job_for_intake", job_id=job_id)
+            # Supabase's webhook sender gives up after a few seconds: answer within two.
+            row = await db.one("job_for_intake", timeout_s=2.0, job_id=job_id)
         except psycopg.Error:
             waker.nudge("webhook")
             return JSONResponse({"error": "database unavailable; retry later"}, status_code=503)

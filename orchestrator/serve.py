@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from orchestrator.db import Database
+from orchestrator.errors import ConfigError
 from orchestrator.flow import FlowDeps
 from orchestrator.http import create_app
 from orchestrator.metrics import Metrics
@@ -21,13 +22,9 @@ from orchestrator.openrouter import OpenRouterClient
 from orchestrator.runpod import RunPodClient
 from orchestrator.service import Orchestrator
 from orchestrator.settings import Settings
-from orchestrator.storage import LocalStorage, Storage, supabase_storage
+from orchestrator.storage import LocalStorage, Storage, SupabaseStorage, supabase_storage
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(Exception):
-    """A setting that is missing or wrong; the message says which and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +85,9 @@ async def run_server(settings: Settings, address: Address) -> None:
         stack.push_async_callback(db.close)
         await check_schema(db)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
+        storage = make_storage(settings, address)
+        if isinstance(storage, SupabaseStorage):
+            stack.push_async_callback(storage.aclose)
         api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
         deps = FlowDeps(
             db=db,
@@ -95,7 +95,7 @@ async def run_server(settings: Settings, address: Address) -> None:
                 http, settings.runpod_api_base, endpoint_id, api_key, metrics=metrics
             ),
             openrouter=await _openrouter(settings, stack, metrics),
-            storage=make_storage(settings, address),
+            storage=storage,
             settings=settings,
             metrics=metrics,
         )

@@ -73,6 +73,10 @@ class SupabaseStorage:
             raise Transient(f"Supabase Storage unreachable: {type(exc).__name__}") from exc
         return str(await bucket.get_public_url(path))
 
+    async def aclose(self) -> None:
+        """Close the HTTP client supabase_storage() opened for it."""
+        await self._client.session.aclose()
+
 
 def _storage_error(exc: StorageApiError) -> Exception:
     try:

@@ -115,6 +115,9 @@ SET status = 'completed', output_file_id = %(file_id)s, thumbnail_file_id = %(fi
 WHERE id = %(work_id)s AND status IN ('taken', 'processing')
 RETURNING id;
 
+-- name: work_is_cancelled
+SELECT id FROM works WHERE id = %(work_id)s AND status = 'cancelled';
+
 -- name: fail_work
 UPDATE works
 SET status = 'failed', error_message = %(error)s, failed_at = now(), updated_at = now()

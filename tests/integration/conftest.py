@@ -18,6 +18,7 @@ if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
 from orchestrator.migrate import apply_migrations, migrations_dir  # noqa: E402
+from tests.integration.flowkit import endpoint_for  # noqa: E402, F401
 from tests.pg import ServerUnavailableError, fresh_database, server_url  # noqa: E402
 
 

@@ -1,22 +1,6 @@
 """`klein migrate` as a user runs it."""
 
-import os
-import subprocess
-import sys
-
-
-def klein(*args: str, database_url: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    if database_url:
-        env["DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
+from tests.integration.clikit import klein
 
 
 def test_migrate_applies_then_has_nothing_to_do(pg_url):

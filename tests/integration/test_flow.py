@@ -3,124 +3,13 @@
 
 import asyncio
 import base64
-import io
 import threading
-import uuid
 
 import httpx
-import openai
 import psycopg
-import pytest
-from PIL import Image
 
-from orchestrator.claim import claim_jobs
-from orchestrator.db import Database
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.server import EndpointServer
-from orchestrator.flow import FlowDeps, run_job
 from orchestrator.jobs import JobStatus
-from orchestrator.openrouter import OpenRouterClient
-from orchestrator.runpod import RunPodClient
-from orchestrator.settings import KLEIN_TEMPLATE_ID, Settings
-from orchestrator.storage import LocalStorage
-
-
-def png_b64(size=(320, 240)) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (40, 90, 200)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-class ScriptedWorker:
-    """A RunPod worker double: answers each job with `output`, counting calls."""
-
-    def __init__(self, output=None, block: threading.Event | None = None):
-        self.output = output or {
-            "image": png_b64(),
-            "seed": 1,
-            "prompt_id": "p",
-            "width": 320,
-            "height": 240,
-        }
-        self.block = block
-        self.inputs: list[dict] = []
-
-    def run(self, job_id, job_input):
-        self.inputs.append(job_input)
-        if self.block is not None:
-            self.block.wait(10)
-        return dict(self.output)
-
-
-def insert(url, input_data) -> tuple[str, str]:
-    work_id, job_id, user_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO works (id, user_id, template_id, input_data) VALUES (%s, %s, %s, %s)",
-            (work_id, user_id, KLEIN_TEMPLATE_ID, psycopg.types.json.Jsonb(input_data)),
-        )
-        conn.execute("INSERT INTO generation_jobs (id, work_id) VALUES (%s, %s)", (job_id, work_id))
-    return str(job_id), str(work_id)
-
-
-def rows(url, job_id):
-    with psycopg.connect(url) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        cur.execute(
-            "SELECT j.status AS job_status, j.attempts, j.finished_at, j.last_error, w.* "
-            "FROM generation_jobs j JOIN works w ON w.id = j.work_id WHERE j.id = %s",
-            (job_id,),
-        )
-        job = cur.fetchone()
-        cur.execute("SELECT * FROM files WHERE id = %s", (job["output_file_id"],))
-        return job, cur.fetchone()
-
-
-async def drive(url, endpoint, openrouter_server, tmp_path, job_id, **settings_overrides):
-    settings = Settings(
-        database_url=url,
-        runpod_api_base=endpoint.api_base,
-        runpod_endpoint_id="local",
-        worker_id="w1",
-        poll_min_interval_s=0.05,
-        poll_max_interval_s=0.2,
-        **settings_overrides,
-    )
-    db = Database(url)
-    await db.open()
-    llm = openai.AsyncOpenAI(
-        base_url=openrouter_server.base_url, api_key="sk-or-v1-test-key", max_retries=0
-    )
-    async with httpx.AsyncClient(timeout=10) as http, llm:
-        deps = FlowDeps(
-            db=db,
-            runpod=RunPodClient(http, settings.runpod_api_base, "local", None),
-            openrouter=OpenRouterClient(llm, translate_model="t", title_model="v"),
-            storage=LocalStorage(tmp_path / "storage", "works", "http://127.0.0.1:8080"),
-            settings=settings,
-        )
-        try:
-            jobs = await claim_jobs(
-                db, template_id=KLEIN_TEMPLATE_ID, worker_id="w1", lease_s=30, limit=5
-            )
-            [job] = [j for j in jobs if j.id == job_id]
-            return await run_job(job, deps, asyncio.Event())
-        finally:
-            await db.close()
-
-
-@pytest.fixture
-def endpoint_for():
-    servers = []
-
-    def start(worker, **config):
-        server = EndpointServer(EndpointConfig(endpoint_id="local", **config), worker)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
+from tests.integration.flowkit import ScriptedWorker, drive, insert, png_b64, rows
 
 
 def test_a_korean_job_completes_with_every_field_written(

@@ -1,0 +1,321 @@
+"""One job through the flow when an outside system misbehaves: RunPod's rate limit and 5xx,
+OpenRouter's 402 and 5xx, Supabase Storage, a user's cancellation, a repeated finalize.
+Real PostgreSQL and local protocol servers, as in test_flow.py."""
+
+import asyncio
+import uuid
+
+import httpx
+import psycopg
+import pytest
+
+from orchestrator import flow
+from orchestrator.errors import Permanent, WorkCancelled
+from orchestrator.flow import finalize, run_job
+from orchestrator.jobs import JobStatus
+from orchestrator.storage import output_path, supabase_storage
+from tests.fakes.openrouter import is_image_request
+from tests.fakes.storage import DEFAULT_SERVICE_KEY
+from tests.integration.flowkit import (
+    ScriptedWorker,
+    claim,
+    drive,
+    execute,
+    flow_deps,
+    insert,
+    png_b64,
+    rows,
+)
+
+KOREAN = "배경을 해변으로 바꿔줘"
+
+
+def runpod_jobs(endpoint) -> int:
+    """How many jobs the local endpoint was ever given."""
+    return sum(endpoint.endpoint.health()["jobs"].values())
+
+
+def test_runpod_rate_limit_on_run_sends_the_job_back_to_pending_for_later(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    endpoint.endpoint.inject(429, times=1, route="run")
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.PENDING
+    job, _ = rows(migrated_url, job_id)
+    assert (job["job_status"], job["retries"], job["deferred"]) == ("pending", 1, True)
+    assert "429" in job["last_error"]
+    assert job["locked_by"] is None
+    assert job["status"] == "taken"  # the work is not failed; it waits for the next claim
+    assert (job["error_message"], job["failed_at"]) == (None, None)
+    assert worker.inputs == []
+
+
+def test_runpod_status_errors_are_waited_out(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    endpoint.endpoint.inject(500, times=2, route="status")
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.COMPLETED
+    job, file = rows(migrated_url, job_id)
+    assert (job["job_status"], job["status"], job["attempts"]) == ("completed", "completed", 1)
+    assert file is not None
+    assert len(worker.inputs) == 1
+
+
+def test_openrouter_out_of_credits_releases_the_job_before_any_gpu_spend(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    openrouter_server.fail_next(402)
+    job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.PENDING
+    job, _ = rows(migrated_url, job_id)
+    assert (job["job_status"], job["retries"], job["deferred"]) == ("pending", 1, True)
+    assert "402" in job["last_error"]
+    assert (job["status"], job["error_message"]) == ("taken", None)
+    assert len(openrouter_server.requests) == 1  # no retries burnt on a billing problem
+    assert runpod_jobs(endpoint) == 0
+    assert worker.inputs == []
+
+
+def test_translation_failing_three_times_sends_the_korean_prompt_as_it_is(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    openrouter_server.fail_next(500, times=3)
+    job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.COMPLETED
+    job, _ = rows(migrated_url, job_id)
+    assert worker.inputs[0]["prompt"] == KOREAN
+    meta = job["generation_metadata"]
+    assert (meta["translation"], meta["prompt"], meta["original_prompt"]) == (
+        "fallback",
+        KOREAN,
+        KOREAN,
+    )
+    translations = [r for r in openrouter_server.requests if not is_image_request(r)]
+    assert len(translations) == 3
+
+
+def test_a_failing_title_model_gives_the_fallback_title(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    endpoint = endpoint_for(ScriptedWorker())
+    openrouter_server.fail_next(500)
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.COMPLETED
+    job, _ = rows(migrated_url, job_id)
+    assert (job["status"], job["title"]) == ("completed", "I2I 작품")
+    assert [is_image_request(r) for r in openrouter_server.requests] == [True]
+
+
+def test_an_english_prompt_is_not_translated(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.COMPLETED
+    job, _ = rows(migrated_url, job_id)
+    assert worker.inputs[0]["prompt"] == "make it red"
+    assert job["generation_metadata"]["translation"] == "skipped"
+    assert not any(not is_image_request(r) for r in openrouter_server.requests)
+
+
+def drive_with_supabase(url, endpoint, openrouter_server, tmp_path, job_id, *, storage_server):
+    """drive(), storing through Supabase Storage's API (the fake) instead of a local folder."""
+
+    async def run():
+        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
+        try:
+            return await drive(url, endpoint, openrouter_server, tmp_path, job_id, storage=storage)
+        finally:
+            await storage.aclose()
+
+    return asyncio.run(run())
+
+
+def test_supabase_storage_gets_the_png_and_files_gets_its_public_url(
+    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
+):
+    endpoint = endpoint_for(ScriptedWorker())
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    status = drive_with_supabase(
+        migrated_url, endpoint, openrouter_server, tmp_path, job_id, storage_server=storage_server
+    )
+    assert status is JobStatus.COMPLETED
+    job, file = rows(migrated_url, job_id)
+    path = f"{job['user_id']}/{work_id}/output.png"
+    stored = storage_server.objects[("works", path)]
+    assert stored.content_type == "image/png"
+    assert stored.data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [u.upsert for u in storage_server.uploads] == [True]
+    public = storage_server.public_url("works", path)
+    assert (file["bucket_id"], file["path"], file["file_url"]) == ("works", path, public)
+    assert job["output_data_json"]["image_url"] == public
+
+
+def test_a_storage_outage_sends_the_job_back_to_pending_without_failing_the_work(
+    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
+):
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    storage_server.fail_next(500)
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    status = drive_with_supabase(
+        migrated_url, endpoint, openrouter_server, tmp_path, job_id, storage_server=storage_server
+    )
+    assert status is JobStatus.PENDING
+    job, file = rows(migrated_url, job_id)
+    assert (job["job_status"], job["retries"], job["deferred"]) == ("pending", 1, True)
+    assert "500" in job["last_error"]
+    assert (job["status"], job["error_message"], file) == ("processing", None, None)
+    assert job["runpod_job_id"] is not None  # the next claim awaits this result, not a new one
+    assert len(worker.inputs) == 1
+
+
+def test_a_work_cancelled_before_the_claim_is_cancelled_without_runpod(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    execute(migrated_url, "UPDATE works SET status = 'cancelled' WHERE id = %s", (work_id,))
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.CANCELLED
+    job, _ = rows(migrated_url, job_id)
+    assert (job["job_status"], job["status"]) == ("cancelled", "cancelled")
+    assert job["cancelled_at"] is not None
+    assert job["finished_at"] is not None
+    assert runpod_jobs(endpoint) == 0
+    assert worker.inputs == []
+
+
+def files_count(url, work_id) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM files f JOIN works w ON f.path = w.user_id || '/' || w.id "
+            "|| '/output.png' WHERE w.id = %s",
+            (work_id,),
+        ).fetchone()
+    return row[0]
+
+
+def test_finalizing_a_work_twice_leaves_one_files_row(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    endpoint = endpoint_for(ScriptedWorker())
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+
+    async def finalize_twice():
+        async with flow_deps(migrated_url, endpoint, openrouter_server, tmp_path) as deps:
+            job = await claim(deps, job_id)
+            path = output_path(job.user_id, work_id)
+            done = {"path": path, "url": "http://x/1.png", "title": "첫 제목", "size": (8, 6)}
+            await finalize(job, deps, **done)
+            with pytest.raises(Permanent, match="no longer in progress"):
+                await finalize(job, deps, **(done | {"url": "http://x/2.png", "title": "다시"}))
+
+    asyncio.run(finalize_twice())
+    job, file = rows(migrated_url, job_id)
+    assert files_count(migrated_url, work_id) == 1
+    assert (job["status"], job["title"], file["file_url"]) == (
+        "completed",
+        "첫 제목",
+        "http://x/1.png",
+    )
+    assert job["job_status"] == "completed"
+
+
+def test_a_stale_holder_finishing_after_another_completed_the_work_changes_nothing(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """w1's lease expires while it awaits RunPod; w2 resumes the same RunPod job and completes
+    it; then w1 gets the result too and finalizes. w1 must stop quietly: one files row, w2's
+    result kept, no error escaping run_job."""
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    runpod_id = httpx.post(f"{endpoint.url}/run", json={"input": {"prompt": "p"}}).json()["id"]
+    execute(
+        migrated_url,
+        "UPDATE generation_jobs SET runpod_job_id = %s, submitted_at = now(), attempts = 1 "
+        "WHERE id = %s",
+        (runpod_id, job_id),
+    )
+    execute(migrated_url, "UPDATE works SET status = 'processing' WHERE id = %s", (work_id,))
+
+    async def two_holders():
+        async with (
+            flow_deps(migrated_url, endpoint, openrouter_server, tmp_path) as first,
+            flow_deps(
+                migrated_url, endpoint, openrouter_server, tmp_path, worker_id="w2"
+            ) as second,
+        ):
+            stale = await claim(first, job_id)
+            execute(
+                migrated_url,
+                "UPDATE generation_jobs SET lease_expires_at = now() - interval '1 s' "
+                "WHERE id = %s",
+                (job_id,),
+            )
+            fresh = await claim(second, job_id)
+            assert await run_job(fresh, second, asyncio.Event()) is JobStatus.COMPLETED
+            return await run_job(stale, first, asyncio.Event())
+
+    assert asyncio.run(two_holders()) is JobStatus.TAKEN
+    job, file = rows(migrated_url, job_id)
+    assert (job["job_status"], job["status"], job["locked_by"]) == ("completed", "completed", "w2")
+    assert files_count(migrated_url, work_id) == 1
+    assert len(worker.inputs) == 1
+    assert uuid.UUID(str(file["id"])) == uuid.UUID(str(job["output_file_id"]))
+
+
+def test_a_cancellation_while_the_image_is_stored_cancels_the_job_too(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """The user cancels after RunPod finished but before finalize: both rows end cancelled and
+    no files row is left behind."""
+    endpoint = endpoint_for(ScriptedWorker())
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+
+    async def cancelled_mid_store():
+        async with flow_deps(migrated_url, endpoint, openrouter_server, tmp_path) as deps:
+            job = await claim(deps, job_id)
+            execute(migrated_url, "UPDATE works SET status = 'cancelled' WHERE id = %s", (work_id,))
+            output = {"image": png_b64(), "seed": 1, "prompt_id": "p"}
+            return await flow.complete(job, output, deps)
+
+    with pytest.raises(WorkCancelled):
+        asyncio.run(cancelled_mid_store())
+    assert files_count(migrated_url, work_id) == 0
+
+
+def test_run_job_turns_a_cancellation_during_store_into_a_cancelled_job(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    class CancelsWhileRunning(ScriptedWorker):
+        def run(self, job_id, job_input):
+            execute(migrated_url, "UPDATE works SET status = 'cancelled' WHERE id = %s", (work_id,))
+            return super().run(job_id, job_input)
+
+    endpoint = endpoint_for(CancelsWhileRunning())
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.CANCELLED
+    job, _ = rows(migrated_url, job_id)
+    assert (job["job_status"], job["status"]) == ("cancelled", "cancelled")
+    assert job["cancelled_at"] is not None
+    assert files_count(migrated_url, work_id) == 0
