@@ -33,7 +33,7 @@ class ComfyClient:
                 method, self.base_url + path, timeout=self._timeout_s, **kwargs
             )
         except requests.RequestException as exc:
-            raise ComfyUnavailable(f"ComfyUI is not reachable at {self.base_url}") from exc
+            raise ComfyUnavailable(unreachable(self.base_url)) from exc
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._request(method, path, **kwargs)
@@ -119,7 +119,15 @@ class ComfyClient:
                 f"{_ws_url(self.base_url)}/ws?clientId={client_id}", timeout=timeout_s
             )
         except (OSError, websocket.WebSocketException) as exc:
-            raise ComfyUnavailable(f"ComfyUI is not reachable at {self.base_url}") from exc
+            raise ComfyUnavailable(unreachable(self.base_url)) from exc
+
+
+def unreachable(base_url: str) -> str:
+    """The sentence for a ComfyUI that does not answer, with how to point at one."""
+    return (
+        f"ComfyUI is not reachable at {base_url}; start ComfyUI there "
+        "or set COMFY_API_URL to a running ComfyUI"
+    )
 
 
 def _ws_url(base_url: str) -> str:

@@ -485,5 +485,8 @@ def test_comfyui_unreachable_fails_the_job_saying_where_it_looked(handler_client
     comfy_server.stop()
     body = wait_status(handler_client, submit(handler_client, TEST_INPUT), TERMINAL)
     assert body["status"] == "FAILED"
-    assert body["error"] == f"ComfyUI is not reachable at {url}"
+    assert body["error"] == (
+        f"ComfyUI is not reachable at {url}; start ComfyUI there "
+        "or set COMFY_API_URL to a running ComfyUI"
+    )
     assert "output" not in body, "refresh_worker is the SDK's flag, not output"

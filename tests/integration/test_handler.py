@@ -215,7 +215,11 @@ def test_comfyui_gone_fails_the_job_and_asks_for_a_fresh_worker(comfy_server):
     url = comfy_server.url
     comfy_server.stop()
     output = run(worker, TEST_INPUT)
-    assert output == {"error": f"ComfyUI is not reachable at {url}", "refresh_worker": True}
+    assert output == {
+        "error": f"ComfyUI is not reachable at {url}; start ComfyUI there "
+        "or set COMFY_API_URL to a running ComfyUI",
+        "refresh_worker": True,
+    }
 
 
 def test_the_startup_wait_is_bounded(tmp_path):
