@@ -164,3 +164,36 @@ def test_a_job_runpod_forgot_is_submitted_again(
     job, _ = rows(migrated_url, job_id)
     assert job["attempts"] == 2
     assert len(worker.inputs) == 1
+
+
+def test_runpod_timing_the_job_out_fails_the_work(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    release = threading.Event()
+    endpoint = endpoint_for(ScriptedWorker(block=release), execution_timeout_ms=300)
+    job_id, _ = insert(migrated_url, {"prompt": "p", "image_base64": png_b64()})
+    try:
+        status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    finally:
+        release.set()
+    assert status is JobStatus.FAILED
+    job, _ = rows(migrated_url, job_id)
+    assert job["error_message"] == "Timed out on RunPod (execution timeout reached)"
+    assert job["failed_at"] is not None
+
+
+def test_a_job_cancelled_on_runpod_cancels_the_work(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    class CancelledOnRunPod(ScriptedWorker):
+        def run(self, job_id, job_input):
+            httpx.post(f"{endpoint.url}/cancel/{job_id}")
+            return super().run(job_id, job_input)
+
+    endpoint = endpoint_for(CancelledOnRunPod())
+    job_id, _ = insert(migrated_url, {"prompt": "p", "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is JobStatus.CANCELLED
+    job, _ = rows(migrated_url, job_id)
+    assert (job["job_status"], job["status"]) == ("cancelled", "cancelled")
+    assert job["cancelled_at"] is not None
