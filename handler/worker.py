@@ -61,15 +61,19 @@ class Worker:
         workflow = load_workflow(settings.comfy_workflow, settings.comfy_workflows_dir)
         return cls(settings, workflow, report)
 
-    def wait_for_comfy(self) -> bool:
-        """Wait, bounded, for ComfyUI to answer; log clearly either way."""
-        url, timeout_s = self.settings.comfy_api_url, self.settings.comfy_startup_timeout_s
+    def wait_for_comfy(self, timeout_s: float | None = None) -> bool:
+        """Wait, bounded (COMFY_STARTUP_TIMEOUT_S by default), for ComfyUI; log either way."""
+        url = self.settings.comfy_api_url
+        timeout_s = self.settings.comfy_startup_timeout_s if timeout_s is None else timeout_s
         log.info("waiting up to %g s for ComfyUI at %s", timeout_s, url)
         if self.context.comfy.wait_until_ready(timeout_s):
             log.info("ComfyUI is ready at %s", url)
             return True
         log.error(
-            "ComfyUI did not answer at %s within %g s; jobs will fail until it does", url, timeout_s
+            "ComfyUI did not answer at %s within %g s; jobs will fail until it does "
+            "(start ComfyUI there, or set COMFY_API_URL to a running ComfyUI)",
+            url,
+            timeout_s,
         )
         return False
 

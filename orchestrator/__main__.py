@@ -9,12 +9,15 @@ import logging
 import sys
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import psycopg
 from pydantic import ValidationError
 
-from orchestrator import console, logs
+from handler.errors import InvalidInput
+from orchestrator import console, embedded, logs
+from orchestrator.embedded import embedded_postgres
 from orchestrator.errors import ConfigError
 from orchestrator.migrate import MigrationError, apply_migrations, migrations_dir
 from orchestrator.settings import Settings
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         error = exc.errors()[0]
         return _fail(args, f"bad configuration: {error['loc']}: {error['msg']}", 2)
-    except ConfigError as exc:
+    except (ConfigError, InvalidInput) as exc:
         return _fail(args, str(exc), 2)
     except (MigrationError, psycopg.Error, OSError) as exc:
         return _fail(args, str(exc) or type(exc).__name__, 1)
@@ -91,25 +94,40 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     return code
 
 
-def _database_url(settings: Settings) -> str:
-    if not settings.database_url:
-        raise ConfigError("set DATABASE_URL (a PostgreSQL URL)")
-    return settings.database_url
+@contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """DATABASE_URL; without it, the embedded PostgreSQL (started or joined, and migrated)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    log.info("no DATABASE_URL: using the embedded PostgreSQL in %s", settings.local_database_dir)
+    with embedded_postgres(settings.local_database_dir) as url:
+        asyncio.run(migrate(url))
+        yield url
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     """Apply the migrations."""
-    applied = asyncio.run(migrate(_database_url(settings)))
+    if not settings.database_url:
+        with database_url(settings):
+            print(f"the embedded database in {settings.local_database_dir} is migrated")
+        return 0
+    applied = asyncio.run(migrate(settings.database_url))
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}")
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve until SIGTERM."""
+    """Serve until SIGTERM, with the embedded defaults for what is not configured."""
     from orchestrator.serve import Address, run_server  # noqa: PLC0415 - heavy; serve only
 
     address = Address(args.host or settings.klein_host, args.port or settings.klein_port)
-    asyncio.run(run_server(settings, address))
+    with ExitStack() as stack:
+        url = stack.enter_context(database_url(settings))
+        settings = settings.model_copy(update={"database_url": url})
+        if embedded.wants_local_endpoint(settings):
+            settings = stack.enter_context(embedded.local_endpoint(settings))
+        asyncio.run(run_server(embedded.with_runpod_defaults(settings), address))
     return 0
 
 
@@ -128,7 +146,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         priority=args.priority,
         options=options,
     )
-    with psycopg.connect(_database_url(settings), autocommit=True) as conn:
+    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as conn:
         job_id, work_id = console.submit(conn, request)
         print(f"submitted job {job_id} (work {work_id})", flush=True)
         if not args.wait:
@@ -141,7 +159,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Print one job, or the latest ones."""
-    with psycopg.connect(_database_url(settings)) as conn:
+    with database_url(settings) as url, psycopg.connect(url) as conn:
         if args.id is None:
             for row in console.recent(conn):
                 print(console.describe(row))

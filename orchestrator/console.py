@@ -15,9 +15,15 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from handler.contract import is_http_url
+from handler.errors import InvalidInput
+from handler.reference_image import verify_image
 from orchestrator.db import queries
 
 FINISHED = ("completed", "failed", "cancelled")
+UNCLAIMED_HINT = (
+    "  (still queued after {seconds:g} s: is `klein serve` running against this database?)"
+)
+MAX_PIXELS = 40_000_000  # the worker's IMAGE_MAX_PIXELS default
 LABELS = {
     "pending": "queued",
     "taken": "starting...",
@@ -46,7 +52,17 @@ def input_data(image: str, prompt: str, options: dict[str, Any] | None) -> dict[
     if is_http_url(image):
         data["image_url"] = image
     else:
-        data["image_base64"] = base64.b64encode(Path(image).read_bytes()).decode("ascii")
+        data["image_base64"] = base64.b64encode(read_image(Path(image))).decode("ascii")
+    return data
+
+
+def read_image(path: Path) -> bytes:
+    """A local image's bytes, refused here (InvalidInput) if it is not one: no job is created."""
+    data = path.read_bytes()
+    try:
+        verify_image(data, max_pixels=MAX_PIXELS)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{path}: {exc}") from None
     return data
 
 
@@ -102,11 +118,14 @@ def wait_for(
     out: TextIO = sys.stdout,
     interval_s: float = 0.5,
     *,
+    hint_after_s: float = 15.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any] | None:
-    """Follow a job until it ends or timeout_s passes, printing each change of state."""
-    deadline, last = clock() + timeout_s, None
+    """Follow a job until it ends or timeout_s passes, printing each change of state (and, once,
+    a hint when nothing has picked the job up for a while)."""
+    started = clock()
+    deadline, last, hinted = started + timeout_s, None, False
     while True:
         row = fetch()
         if row is not None:
@@ -116,6 +135,9 @@ def wait_for(
                 last = state
             if row["work_status"] in FINISHED and row["job_status"] in FINISHED:
                 return row
+            if not hinted and state == ("pending", "pending") and clock() - started >= hint_after_s:
+                print(UNCLAIMED_HINT.format(seconds=hint_after_s), file=out, flush=True)
+                hinted = True
         if clock() + interval_s > deadline:
             return row
         sleep(interval_s)

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KLEIN_TEMPLATE_ID = "82064257-1bef-45d8-a6ba-715f33c887cc"
+DEFAULT_RUNPOD_API_BASE = "https://api.runpod.ai/v2"
 
 
 def default_worker_id() -> str:
@@ -24,7 +25,7 @@ class Settings(BaseSettings):
     klein_template_id: str = KLEIN_TEMPLATE_ID
     runpod_api_key: SecretStr | None = None
     runpod_endpoint_id: str | None = None
-    runpod_api_base: str = "https://api.runpod.ai/v2"
+    runpod_api_base: str = DEFAULT_RUNPOD_API_BASE
     openrouter_api_key: SecretStr | None = None
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
     translate_model: str = "openai/gpt-4o-mini"
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     supabase_service_role_key: SecretStr | None = None
     storage_bucket: str = "works"
     local_storage_dir: Path = Path(".klein/storage")
+    # The embedded defaults (no DATABASE_URL; no RunPod endpoint): see orchestrator/embedded.py.
+    local_database_dir: Path = Path(".klein/pgdata")
+    local_endpoint_workers: int = Field(default=1, ge=1)
     public_base_url: str | None = None
     webhook_secret: SecretStr | None = None
     max_in_flight: int = Field(default=16, ge=1)

@@ -26,11 +26,11 @@ class HandlerRunner:
         # Built now so an unusable graph fails at start, not at the first job.
         self._idle: list[Worker] = [self._new_worker()]
 
-    def wait_for_comfy(self) -> bool:
-        """Wait, bounded by the settings, for ComfyUI to answer; log either way."""
+    def wait_for_comfy(self, timeout_s: float | None = None) -> bool:
+        """Wait, bounded (by the settings unless given), for ComfyUI to answer; log either way."""
         worker = self._take_worker()
         try:
-            return worker.wait_for_comfy()
+            return worker.wait_for_comfy(timeout_s)
         finally:
             self._give_back(worker)
 

@@ -12,12 +12,6 @@ def test_migrate_applies_then_has_nothing_to_do(pg_url):
     assert "applied 0 migration(s): none needed" in second.stdout
 
 
-def test_migrate_without_a_database_says_what_to_set():
-    done = klein("migrate", database_url=None)
-    assert done.returncode == 2
-    assert "set DATABASE_URL" in done.stderr
-
-
 def test_migrate_against_an_unreachable_database_is_one_clear_line():
     done = klein("migrate", database_url="postgresql://nobody@127.0.0.1:9/none?connect_timeout=2")
     assert done.returncode == 1

@@ -138,3 +138,14 @@ def test_submit_with_a_missing_image_file_is_one_line_and_creates_nothing(migrat
     assert "missing.png" in line
     assert "No such file" in line
     assert (count(migrated_url, "works"), count(migrated_url, "generation_jobs")) == (0, 0)
+
+
+def test_submit_of_a_file_that_is_not_an_image_is_refused_before_any_row(migrated_url, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a picture")
+    done = klein("submit", "notes.txt", "x", database_url=migrated_url, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (
+        "klein submit: notes.txt: Invalid parameter: image is not a readable image\n"
+    )
+    assert (count(migrated_url, "works"), count(migrated_url, "generation_jobs")) == (0, 0)

@@ -112,3 +112,22 @@ def test_a_job_not_yet_visible_prints_nothing_and_returns_none_at_the_deadline()
 
 def test_describe_falls_back_to_the_job_status_without_a_work_status():
     assert describe(row(None, "cancelled")) == f"{JOB}  cancelled"
+
+
+def test_a_job_nobody_claims_gets_one_hint_that_klein_serve_may_not_be_running():
+    fetch = scripted(row("pending", "pending"))
+    clock, out = FakeClock(), io.StringIO()
+    result = wait_for(fetch, 40.0, out=out, clock=clock, sleep=clock.sleep, hint_after_s=15.0)
+    lines = out.getvalue().splitlines()
+    assert result["work_status"] == "pending"
+    assert lines[0] == f"{JOB}  queued"
+    assert lines[1:] == [
+        "  (still queued after 15 s: is `klein serve` running against this database?)"
+    ]
+
+
+def test_a_job_claimed_before_the_hint_is_due_gets_no_hint():
+    done = row("completed", "completed", title="t", output_data_json={"image_url": "u"})
+    fetch = scripted(row("pending", "pending"), row("taken", "taken"), done)
+    _, lines, _ = follow(fetch)
+    assert not any("still queued" in line for line in lines)
