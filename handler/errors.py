@@ -25,5 +25,9 @@ class JobTimedOut(HandlerError):
     """The job passed its deadline; the prompt was interrupted."""
 
 
+class JobStopped(HandlerError):
+    """The job was stopped from outside (cancelled on the endpoint); the prompt was interrupted."""
+
+
 class InvalidOutput(HandlerError):
     """ComfyUI finished but produced no usable image."""

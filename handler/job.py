@@ -4,6 +4,7 @@ import base64
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -18,7 +19,7 @@ import websocket
 from handler.comfy import ComfyClient
 from handler.config import HandlerSettings
 from handler.contract import JobParams, parse_input, unknown_fields
-from handler.errors import ComfyRejected, InvalidOutput, JobTimedOut
+from handler.errors import ComfyRejected, InvalidOutput, JobStopped, JobTimedOut
 from handler.reference_image import (
     ImageLimits,
     Resolver,
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[RunState], None]
 IDLE_CHECK_S = 5.0  # a silent socket this long makes us look at /history (missed messages)
+STOP_CHECK_S = 0.5  # how soon a stop request is noticed while the socket is silent
 NO_OUTPUT = "No output image from SaveImage"
 
 
@@ -45,6 +47,8 @@ class JobContext:
     workflow: Workflow
     http: requests.Session
     resolve: Resolver = system_resolver
+    # Set from another thread to stop the running job (the local endpoint's /cancel).
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -146,7 +150,7 @@ def execute(
         prompt_id = ctx.comfy.queue_prompt(graph, client_id)
         try:
             state = follow(ctx, socket, prompt_id, deadline, progress)
-        except JobTimedOut:
+        except (JobTimedOut, JobStopped):
             ctx.comfy.interrupt(prompt_id)
             raise
     finally:
@@ -158,6 +162,8 @@ def execute(
 
 
 def _check_deadline(ctx: JobContext, deadline: float) -> float:
+    if ctx.stop.is_set():
+        raise JobStopped("Stopped: the job was cancelled; the prompt was interrupted")
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         seconds = f"{ctx.settings.comfy_job_timeout_s:g}"
@@ -176,16 +182,20 @@ def follow(
 ) -> RunState:
     """Fold websocket messages until the prompt ends; fall back to /history if the socket drops."""
     state = RunState(prompt_id)
+    heard_at = time.monotonic()
     while not state.done:
-        socket.settimeout(min(_check_deadline(ctx, deadline), IDLE_CHECK_S))
+        socket.settimeout(min(_check_deadline(ctx, deadline), STOP_CHECK_S))
         try:
             raw = socket.recv()
         except websocket.WebSocketTimeoutException:
-            state = _merge(state, state_from_history(prompt_id, ctx.comfy.history(prompt_id)))
+            if time.monotonic() - heard_at >= IDLE_CHECK_S:
+                state = _merge(state, state_from_history(prompt_id, ctx.comfy.history(prompt_id)))
+                heard_at = time.monotonic()
             continue
         except (websocket.WebSocketException, OSError):
             log.warning("prompt %s: websocket dropped, polling /history", prompt_id)
             return poll_history(ctx, prompt_id, deadline, progress)
+        heard_at = time.monotonic()
         if isinstance(raw, str):
             new_state = fold(state, json.loads(raw))
             if new_state != state:
@@ -208,7 +218,7 @@ def poll_history(
         if state.done:
             progress(state)
             return state
-        time.sleep(min(interval_s, _check_deadline(ctx, deadline)))
+        ctx.stop.wait(min(interval_s, _check_deadline(ctx, deadline)))
         interval_s = min(interval_s * 1.5, 5.0)
 
 
@@ -217,7 +227,7 @@ def fetch_output(
 ) -> tuple[Mapping[str, Any], bytes]:
     """The saved output image's record and bytes (history can lag the websocket briefly)."""
     while (entry := ctx.comfy.history(prompt_id)) is None:
-        time.sleep(min(ctx.settings.comfy_poll_interval_s, _check_deadline(ctx, deadline)))
+        ctx.stop.wait(min(ctx.settings.comfy_poll_interval_s, _check_deadline(ctx, deadline)))
     images = output_images(entry, ctx.workflow.output_node)
     if not images:
         raise InvalidOutput(NO_OUTPUT)

@@ -97,7 +97,13 @@ class Worker:
             if throttle.due(payload):
                 self._report(job, payload)
 
+        self.context.stop.clear()
         return self._run(job_id, job.get("input"), progress)
+
+    def stop(self) -> None:
+        """Stop the job running now (from another thread): its prompt is interrupted, and it
+        returns an error within about half a second."""
+        self.context.stop.set()
 
     def _run(self, job_id: str, raw_input: object, progress: ProgressFn) -> dict[str, Any]:
         try:

@@ -10,7 +10,7 @@ from orchestrator.endpoint.app import create_app
 from orchestrator.endpoint.config import EndpointConfig
 from orchestrator.endpoint.engine import LocalEndpoint
 from orchestrator.endpoint.jobs import JobStatus
-from orchestrator.endpoint.runner import JobRunner, ProgressSource
+from orchestrator.endpoint.runner import JobRunner, ProgressSource, Stoppable
 from orchestrator.endpoint.server import EndpointServer, serve
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "JobStatus",
     "LocalEndpoint",
     "ProgressSource",
+    "Stoppable",
     "create_app",
     "serve",
 ]

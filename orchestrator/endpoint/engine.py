@@ -22,7 +22,7 @@ from orchestrator.endpoint import jobs
 from orchestrator.endpoint.config import EndpointConfig
 from orchestrator.endpoint.jobs import Job, JobRequest, JobStatus, Outcome
 from orchestrator.endpoint.limits import Injections
-from orchestrator.endpoint.runner import JobRunner, ProgressSource
+from orchestrator.endpoint.runner import JobRunner, ProgressSource, Stoppable
 from orchestrator.endpoint.webhook import deliver_webhook
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,11 @@ class LocalEndpoint:
         if job is None:
             return None
         if job.status not in jobs.TERMINAL:
+            running = job.status is JobStatus.IN_PROGRESS
             self._end(job, Outcome(JobStatus.CANCELLED))
             log.info("job %s cancelled", job_id)
+            if running:
+                self._stop_runner(job_id)
         return {"id": job_id, "status": self._jobs[job_id].status.value}
 
     def purge_queue(self) -> int:
@@ -188,6 +191,12 @@ class LocalEndpoint:
         if job is not None and job.status is JobStatus.IN_PROGRESS:
             self._end(job, Outcome(JobStatus.TIMED_OUT))
             log.warning("job %s timed out after %g s", job_id, job.request.execution_timeout_s)
+            self._stop_runner(job_id)
+
+    def _stop_runner(self, job_id: str) -> None:
+        """Tell a runner that can stop early (the real handler interrupts ComfyUI) to do so."""
+        if isinstance(self._runner, Stoppable):
+            self._runner.stop(job_id)
 
     def _end(self, job: Job, outcome: Outcome) -> None:
         job = jobs.finished(job, outcome, self._clock())

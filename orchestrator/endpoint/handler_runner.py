@@ -23,6 +23,7 @@ class HandlerRunner:
         self._settings = settings
         self._lock = threading.Lock()
         self._progress: dict[str, dict[str, Any]] = {}
+        self._running: dict[str, Worker] = {}
         # Built now so an unusable graph fails at start, not at the first job.
         self._idle: list[Worker] = [self._new_worker()]
 
@@ -37,16 +38,26 @@ class HandlerRunner:
     def run(self, job_id: str, job_input: dict[str, Any]) -> dict[str, Any]:
         """Run one job on an idle Worker; the handler's output dict (or `{"error": ...}`)."""
         worker = self._take_worker()
+        with self._lock:
+            self._running[job_id] = worker
         try:
             output = worker.handle({"id": job_id, "input": job_input})
         finally:
             with self._lock:
                 self._progress.pop(job_id, None)
+                self._running.pop(job_id, None)
         if output.get("refresh_worker"):
             log.warning("job %s asked for a fresh worker; this one is dropped", job_id)
         else:
             self._give_back(worker)
         return output
+
+    def stop(self, job_id: str) -> None:
+        """Stop a running job (cancelled or timed out): ComfyUI's prompt is interrupted."""
+        with self._lock:
+            worker = self._running.get(job_id)
+        if worker is not None:
+            worker.stop()
 
     def progress(self, job_id: str) -> dict[str, Any] | None:
         """The job's latest progress report, as RunPod's progress_update would show it."""

@@ -20,3 +20,12 @@ class ProgressSource(Protocol):
     def progress(self, job_id: str) -> dict[str, Any] | None:
         """The last report for this job, or None; shown as `output` while IN_PROGRESS."""
         ...
+
+
+@runtime_checkable
+class Stoppable(Protocol):
+    """A runner that can stop a running job early (when it is cancelled or times out)."""
+
+    def stop(self, job_id: str) -> None:
+        """Ask the job to end now; must not block."""
+        ...

@@ -490,3 +490,34 @@ def test_comfyui_unreachable_fails_the_job_saying_where_it_looked(handler_client
         "or set COMFY_API_URL to a running ComfyUI"
     )
     assert "output" not in body, "refresh_worker is the SDK's flag, not output"
+
+
+def wait_for_interrupt(comfy_server) -> int:
+    deadline = time.monotonic() + WAIT_S
+    while comfy_server.interrupts == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return comfy_server.interrupts
+
+
+def wait_for_prompt(client: httpx.Client, job_id: str, comfy_server) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while ("POST", "/prompt") not in comfy_server.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.get(f"/status/{job_id}").json()["status"] == "IN_PROGRESS"
+
+
+def test_cancelling_a_running_job_interrupts_its_comfyui_prompt(handler_client, comfy_server):
+    comfy_server.behaviour = "stall"
+    job_id = submit(handler_client, TEST_INPUT)
+    wait_for_prompt(handler_client, job_id, comfy_server)
+    assert handler_client.post(f"/cancel/{job_id}").json()["status"] == "CANCELLED"
+    assert wait_for_interrupt(comfy_server) >= 1, "the GPU is not left busy with a cancelled job"
+    assert handler_client.get(f"/status/{job_id}").json()["status"] == "CANCELLED"
+
+
+def test_a_timed_out_job_interrupts_its_comfyui_prompt(handler_client, comfy_server):
+    comfy_server.behaviour = "stall"
+    job_id = submit(handler_client, TEST_INPUT, policy={"executionTimeout": 1500})
+    wait_for_prompt(handler_client, job_id, comfy_server)
+    assert wait_status(handler_client, job_id, TERMINAL)["status"] == "TIMED_OUT"
+    assert wait_for_interrupt(comfy_server) >= 1

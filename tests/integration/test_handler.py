@@ -197,6 +197,28 @@ def test_a_stalled_run_is_interrupted_at_the_deadline(comfy_server):
     assert comfy_server.interrupts >= 1
 
 
+def test_a_stopped_job_interrupts_its_prompt_and_ends_long_before_its_deadline(comfy_server):
+    comfy_server.behaviour = "stall"
+    worker = make_worker(comfy_server, comfy_job_timeout_s=30)
+    outputs: list[dict] = []
+    thread = threading.Thread(target=lambda: outputs.append(run(worker, TEST_INPUT)))
+    thread.start()
+    while ("POST", "/prompt") not in comfy_server.calls and thread.is_alive():
+        thread.join(0.02)
+    worker.stop()
+    thread.join(5)  # the deadline is 30 s away: ending now means the stop was heard
+    assert not thread.is_alive()
+    assert outputs == [{"error": "Stopped: the job was cancelled; the prompt was interrupted"}]
+    assert comfy_server.interrupts >= 1
+
+
+def test_a_worker_runs_its_next_job_normally_after_a_stop(comfy_server):
+    worker = make_worker(comfy_server)
+    worker.stop()  # between jobs: nothing runs, and the next job must not inherit it
+    output = run(worker, TEST_INPUT)
+    assert "error" not in output, output
+
+
 def test_a_dropped_socket_falls_back_to_history(comfy_server):
     comfy_server.behaviour = "drop_socket"
     output = run(make_worker(comfy_server), TEST_INPUT)
