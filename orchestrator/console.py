@@ -105,8 +105,8 @@ def describe(row: dict[str, Any]) -> str:
     status = row["work_status"] or row["job_status"]
     line = f"{row['job_id']}  {LABELS.get(status, status)}"
     if status == "completed":
-        output = row.get("output_data_json") or {}
-        line += f"  {row.get('title')!r}  {output.get('image_url')}"
+        image_url = row.get("image_url") or (row.get("output_data_json") or {}).get("image_url")
+        line += f"  {row.get('title')!r}  {image_url}"
     elif status == "failed":
         line += f"  {row.get('error_message')}"
     return line

@@ -100,6 +100,23 @@ def test_status_finds_a_job_by_its_id_or_its_works_and_lists_recent_ones(migrate
     assert listing.stdout.splitlines() == [f"{job_id}  queued", f"{first}  queued"]
 
 
+def test_status_lists_a_completed_job_with_its_title_and_image_url(migrated_url):
+    url = "http://127.0.0.1:8080/storage/works/u/w/output.png"
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        job_id, work_id = console.submit(conn, url_request("https://e.com/1.png"))
+        conn.execute(
+            "UPDATE works SET status = 'completed', title = '해변', output_data_json = %s"
+            " WHERE id = %s",
+            (psycopg.types.json.Jsonb({"image_url": url}), work_id),
+        )
+        conn.execute("UPDATE generation_jobs SET status = 'completed' WHERE id = %s", (job_id,))
+    expected = f"{job_id}  done  '해변'  {url}"
+    listing = klein("status", database_url=migrated_url)
+    assert listing.stdout.splitlines() == [expected]
+    one = klein("status", job_id, database_url=migrated_url)
+    assert one.stdout.splitlines() == [expected]
+
+
 def test_status_of_something_that_is_not_an_id_is_a_usage_error(migrated_url):
     done = klein("status", "not-a-uuid", database_url=migrated_url)
     assert done.returncode == 2
