@@ -1,6 +1,8 @@
-"""`klein` (or `python -m orchestrator`): migrate, serve, submit, status.
+"""`klein` (or `python -m orchestrator`): migrate, serve, submit, status, endpoint.
 
-Configuration comes from the environment (see README); flags override a few of it.
+Configuration comes from the environment (see README); flags override a few of it. With nothing
+configured, `klein` runs PostgreSQL itself (data in .klein/pgdata) and `klein serve` runs jobs on
+a local RunPod endpoint with this project's handler against COMFY_API_URL.
 """
 
 import argparse
@@ -35,8 +37,19 @@ def parser() -> argparse.ArgumentParser:
     """The command line."""
     root = argparse.ArgumentParser(prog="klein", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="apply supabase/migrations to DATABASE_URL")
-    serve = commands.add_parser("serve", help="HTTP (webhooks, health, metrics) and the job worker")
+    commands.add_parser(
+        "migrate", help="apply supabase/migrations to DATABASE_URL (or the embedded database)"
+    )
+    serve = commands.add_parser(
+        "serve",
+        help="HTTP (webhooks, health, metrics) and the job worker",
+        description=(
+            "The HTTP app and the job worker, until SIGTERM. Without DATABASE_URL it runs an "
+            "embedded PostgreSQL (LOCAL_DATABASE_DIR); without RUNPOD_ENDPOINT_ID (and "
+            "RUNPOD_API_BASE) a local RunPod endpoint that runs this project's handler against "
+            "COMFY_API_URL; without SUPABASE_URL it stores images in LOCAL_STORAGE_DIR."
+        ),
+    )
     serve.add_argument("--host", help="listen address (KLEIN_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (KLEIN_PORT, default 8080)")
     submit = commands.add_parser("submit", help="create a work and its job, as the web app does")
