@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from PIL import Image
 
 from tests.comfy_server import scaled_size
 from tests.e2e.servekit import REPO_ROOT, SHORT_TIMINGS, KleinServe, base_env, free_port
+from tests.integration import clikit
 
 SAMPLE = REPO_ROOT / "samples" / "portrait.png"
 KOREAN_PROMPT = "배경을 해변으로 바꿔줘"
@@ -42,15 +42,9 @@ def nothing_configured(tmp_path: Path) -> dict[str, str]:
 
 
 def klein(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """`klein ARGS` as a user types it, in the repository folder."""
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=SUBMIT_TIMEOUT_S + 10,
-        check=False,
+    """`klein ARGS` as a user types it, in the repository folder, with nothing configured."""
+    return clikit.klein(
+        *args, database_url=None, cwd=REPO_ROOT, timeout_s=SUBMIT_TIMEOUT_S + 10, env=env
     )
 
 

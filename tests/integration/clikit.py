@@ -7,10 +7,15 @@ from pathlib import Path
 
 
 def klein(
-    *args: str, database_url: str | None, cwd: Path | None = None, timeout_s: float = 50
+    *args: str,
+    database_url: str | None,
+    cwd: Path | None = None,
+    timeout_s: float = 50,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
-    """`python -m orchestrator ARGS` with DATABASE_URL set (or unset when None)."""
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    """`python -m orchestrator ARGS` in `env` (default: this one) with DATABASE_URL set (or
+    unset when None)."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "DATABASE_URL"}
     if database_url:
         env["DATABASE_URL"] = database_url
     return subprocess.run(
