@@ -78,6 +78,8 @@ class Orchestrator:
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before the claim, so a wake-up arriving during it is kept, not lost.
+            self._wakeup.clear()
             room = self.settings.max_in_flight - len(self.in_flight)
             jobs = await claim_jobs(
                 self.deps.db,
@@ -90,7 +92,6 @@ class Orchestrator:
                 self._start(job)
             if jobs and len(jobs) == room:
                 continue  # a full batch: there may be more, and room will free up
-            self._wakeup.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.settings.sweep_interval_s)
 

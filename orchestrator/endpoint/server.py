@@ -35,6 +35,7 @@ def serve(
         host=host,
         port=port,
         ws="none",
+        access_log=False,  # a line for every /status poll drowns the jobs' own lines
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
     )
 

@@ -26,6 +26,7 @@ from PIL import Image
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from handler.config import HandlerSettings
 from orchestrator.endpoint.server import EndpointServer
 from orchestrator.settings import KLEIN_TEMPLATE_ID, Settings
 
@@ -100,17 +101,15 @@ class ScriptedRunner:
         }
 
 
-class KleinServe:
-    """One `python -m orchestrator serve` process; its stdout and stderr go to `log_path`."""
+class ServiceProcess:
+    """One `python -m orchestrator ...` process; its stdout and stderr go to `log_path`."""
 
-    def __init__(self, worker_id: str, env: dict[str, str], log_path: Path) -> None:
-        self.worker_id = worker_id
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
         self.log_path = log_path
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "orchestrator", *args],
                 env=env,
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
@@ -122,19 +121,19 @@ class KleinServe:
         """Everything the process wrote so far."""
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Poll GET /readyz until it answers 200; fail with the log if the process dies first."""
+    def wait_answering(self, url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Poll GET `url` until it answers 200; fail with the log if the process dies first."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"klein serve {self.worker_id} exited with {self.process.returncode}")
+                pytest.fail(f"{self.name} exited with {self.process.returncode}")
             try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(url, timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(POLL_S)
-        pytest.fail(f"klein serve {self.worker_id} was not ready within {timeout_s:g} s")
+        pytest.fail(f"{self.name} was not ready within {timeout_s:g} s")
 
     def kill(self) -> None:
         """SIGKILL: the process dies at whatever line it is on."""
@@ -153,6 +152,35 @@ class KleinServe:
             self.process.wait(STOP_TIMEOUT_S)
 
 
+class KleinServe(ServiceProcess):
+    """One `python -m orchestrator serve` process on a free port."""
+
+    def __init__(self, worker_id: str, env: dict[str, str], log_path: Path) -> None:
+        self.worker_id = worker_id
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        args = ["serve", "--port", str(self.port)]
+        super().__init__(f"klein serve {worker_id}", args, env, log_path)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Poll GET /readyz until it answers 200; fail with the log if the process dies first."""
+        self.wait_answering(f"{self.base_url}/readyz", timeout_s)
+
+
+def stop_all(processes: list[ServiceProcess]) -> None:
+    """SIGTERM to every one at once, then SIGKILL to any still running after a bound (teardown
+    of processes that need not stop in order)."""
+    running = [p.process for p in processes if p.process.poll() is None]
+    for process in running:
+        process.terminate()
+    for process in running:
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT_S)
+
+
 def free_port() -> int:
     """A port nothing listens on right now."""
     with socket.socket() as sock:
@@ -161,11 +189,31 @@ def free_port() -> int:
 
 
 def base_env() -> dict[str, str]:
-    """This environment without any orchestrator setting, so the host's own cannot leak in."""
-    names = {name.upper() for name in Settings.model_fields}
+    """This environment without any orchestrator or handler setting, so the host's own (a real
+    COMFY_API_URL, say) cannot leak in."""
+    fields = [*Settings.model_fields, *HandlerSettings.model_fields]
+    names = {name.upper() for name in fields}
     env = {key: value for key, value in os.environ.items() if key.upper() not in names}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def serve_env(
+    database_url: str, api_base: str, storage_dir: Path, worker_id: str
+) -> dict[str, str]:
+    """`klein serve`'s environment: the test database, a RunPod API, local storage, short
+    timings; nothing from the host's own settings."""
+    return (
+        base_env()
+        | SHORT_TIMINGS
+        | {
+            "DATABASE_URL": database_url,
+            "RUNPOD_API_BASE": api_base,
+            "RUNPOD_ENDPOINT_ID": "local",
+            "LOCAL_STORAGE_DIR": str(storage_dir),
+            "WORKER_ID": worker_id,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- the web app's side
@@ -173,8 +221,12 @@ def base_env() -> dict[str, str]:
 
 def insert_job(url: str, prompt: str) -> tuple[str, str]:
     """A pending Klein work and its job, as the web app inserts them: (job_id, work_id)."""
+    return insert_work(url, {"prompt": prompt, "image_base64": png_b64(INPUT_SIZE, (40, 90, 200))})
+
+
+def insert_work(url: str, input_data: dict[str, Any]) -> tuple[str, str]:
+    """A pending Klein work with this `input_data`, and its job: (job_id, work_id)."""
     work_id, job_id, user_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    input_data = {"prompt": prompt, "image_base64": png_b64(INPUT_SIZE, (40, 90, 200))}
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO works (id, user_id, template_id, input_data) VALUES (%s, %s, %s, %s)",

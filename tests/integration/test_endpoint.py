@@ -444,6 +444,8 @@ def handler_client(start, comfy_server, monkeypatch) -> httpx.Client:
     monkeypatch.setenv("COMFY_API_URL", comfy_server.url)  # as `klein endpoint` would be set up
     settings = HandlerSettings(
         comfy_root=comfy_server.root,
+        comfy_workflow="flux2_klein_9b_i2i",  # not the host's COMFY_WORKFLOW
+        comfy_workflows_dir=REPO / "comfy_workflows",
         comfy_job_timeout_s=20,
         comfy_poll_interval_s=0.05,
         comfy_startup_timeout_s=2,
