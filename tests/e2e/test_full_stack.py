@@ -44,6 +44,18 @@ def finished(row: dict[str, Any]) -> bool:
     return row["status"] in FINISHED
 
 
+def submit(stack: Stack, input_data: dict[str, Any]) -> tuple[str, str]:
+    """A work and job inserted as the web app does, announced as Supabase's webhook does."""
+    job_id, work_id = insert_work(stack.database_url, input_data)
+    assert stack.post_webhook(job_id).status_code == 200
+    return job_id, work_id
+
+
+def until_finished(stack: Stack, job_id: str, timeout_s: float = 15.0) -> dict[str, Any]:
+    """The job's row once its work has reached a terminal state."""
+    return wait_for_job(stack.database_url, job_id, finished, "the work finishes", timeout_s)
+
+
 def prompts_queued(comfy: ComfyTestServer) -> int:
     """How many graphs ComfyUI was asked to run."""
     return comfy.calls.count(("POST", "/prompt"))
@@ -110,10 +122,9 @@ def test_a_korean_prompt_is_translated_edited_titled_and_stored(
     openrouter_server.reply = lambda body: (
         TITLE_ANSWER if is_image_request(body) else default_reply(body)
     )
-    job_id, work_id = insert_work(stack.database_url, korean_job())
-    assert stack.post_webhook(job_id).status_code == 200
+    job_id, work_id = submit(stack, korean_job())
 
-    row = wait_for_job(stack.database_url, job_id, finished, "the work finishes")
+    row = until_finished(stack, job_id)
 
     assert row["status"] == "completed", row["error_message"]
     assert row["job_status"] == "completed"
@@ -148,10 +159,9 @@ def test_a_korean_prompt_is_translated_edited_titled_and_stored(
 
 
 def test_a_work_without_an_image_fails_before_any_gpu_time(stack, comfy_server):
-    job_id, _ = insert_work(stack.database_url, {"prompt": KOREAN_PROMPT})
-    assert stack.post_webhook(job_id).status_code == 200
+    job_id, _ = submit(stack, {"prompt": KOREAN_PROMPT})
 
-    row = wait_for_job(stack.database_url, job_id, finished, "the work finishes")
+    row = until_finished(stack, job_id)
 
     assert row["status"] == "failed"
     assert row["error_message"] == "Missing required parameter: image"
@@ -168,10 +178,9 @@ def test_an_image_url_the_worker_cannot_fetch_fails_the_work_with_its_sentence(
     stack, comfy_server, image_host
 ):
     url = image_host.url_of("missing.png")
-    job_id, _ = insert_work(stack.database_url, {"prompt": "make the sky purple", "image_url": url})
-    assert stack.post_webhook(job_id).status_code == 200
+    job_id, _ = submit(stack, {"prompt": "make the sky purple", "image_url": url})
 
-    row = wait_for_job(stack.database_url, job_id, finished, "the work finishes")
+    row = until_finished(stack, job_id)
 
     assert row["status"] == "failed"
     assert row["error_message"] == "Could not fetch image_url: HTTP 404"
@@ -184,10 +193,9 @@ def test_an_image_url_the_worker_cannot_fetch_fails_the_work_with_its_sentence(
 
 def test_a_comfyui_node_error_fails_the_work_naming_the_node(stack, comfy_server):
     comfy_server.behaviour = "fail"
-    job_id, _ = insert_work(stack.database_url, english_job())
-    assert stack.post_webhook(job_id).status_code == 200
+    job_id, _ = submit(stack, english_job())
 
-    row = wait_for_job(stack.database_url, job_id, finished, "the work finishes")
+    row = until_finished(stack, job_id)
 
     assert row["status"] == "failed"
     error = row["error_message"]
@@ -203,8 +211,7 @@ def test_a_comfyui_node_error_fails_the_work_naming_the_node(stack, comfy_server
 
 def test_a_user_cancellation_mid_run_cancels_the_work_and_the_runpod_job(stack, comfy_server):
     comfy_server.behaviour = "stall"
-    job_id, work_id = insert_work(stack.database_url, english_job())
-    assert stack.post_webhook(job_id).status_code == 200
+    job_id, work_id = submit(stack, english_job())
     wait_for(
         lambda: (job_row(stack.database_url, job_id)["status"], prompts_running(comfy_server.url)),
         lambda seen: seen == ("processing", 1),
@@ -232,10 +239,9 @@ def test_a_user_cancellation_mid_run_cancels_the_work_and_the_runpod_job(stack, 
 def test_a_runpod_execution_timeout_fails_the_work(full_stack, comfy_server):
     comfy_server.behaviour = "stall"
     stack = full_stack(comfy_server.url, comfy_server.root, "--execution-timeout-s", "2")
-    job_id, _ = insert_work(stack.database_url, english_job())
-    assert stack.post_webhook(job_id).status_code == 200
+    job_id, _ = submit(stack, english_job())
 
-    row = wait_for_job(stack.database_url, job_id, finished, "the work finishes")
+    row = until_finished(stack, job_id)
 
     assert row["status"] == "failed"
     assert row["error_message"] == "Timed out on RunPod (execution timeout reached)"
@@ -253,10 +259,9 @@ def test_a_runpod_execution_timeout_fails_the_work(full_stack, comfy_server):
 )
 def test_a_job_completes_against_a_real_comfyui(full_stack):
     stack = full_stack(REAL_COMFY_URL, None, COMFY_WORKFLOW="smoke_scale")
-    job_id, work_id = insert_work(stack.database_url, korean_job())
-    assert stack.post_webhook(job_id).status_code == 200
+    job_id, work_id = submit(stack, korean_job())
 
-    row = wait_for_job(stack.database_url, job_id, finished, "the work finishes", timeout_s=40)
+    row = until_finished(stack, job_id, timeout_s=40)
 
     assert row["status"] == "completed", row["error_message"]
     assert row["job_status"] == "completed"
