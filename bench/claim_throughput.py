@@ -62,7 +62,7 @@ from bench.benchkit import (
 )
 from orchestrator.claim import claim_jobs
 from orchestrator.db import Database, fetch_one
-from orchestrator.flow import FILES_NAMESPACE, TAGS
+from orchestrator.finalize import FILES_NAMESPACE, TAGS
 from orchestrator.jobs import ClaimedJob
 from orchestrator.settings import KLEIN_TEMPLATE_ID
 from orchestrator.storage import output_path

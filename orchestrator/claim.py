@@ -16,9 +16,13 @@ async def claim_jobs(
     return [ClaimedJob.from_row(row) for row in rows]
 
 
-async def renew_leases(db: Database, *, worker_id: str, lease_s: float) -> set[str]:
-    """Extend every lease this process holds; returns the ids it still holds."""
-    rows = await db.all("renew_leases", worker_id=worker_id, lease_s=lease_s)
+async def renew_leases(
+    db: Database, *, job_ids: list[str], worker_id: str, lease_s: float
+) -> set[str]:
+    """Extend the leases of the given jobs (the ones a live task drives); returns those held."""
+    if not job_ids:
+        return set()
+    rows = await db.all("renew_leases", job_ids=job_ids, worker_id=worker_id, lease_s=lease_s)
     return {str(row["id"]) for row in rows}
 
 

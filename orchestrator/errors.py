@@ -18,7 +18,17 @@ class Transient(OrchestratorError):
 
 
 class NeedsOperator(Transient):
-    """A credential or billing problem (401, 402): logged loudly; the job waits, unburnt."""
+    """A credential, billing or configuration problem (401, 402, 403, an endpoint that does not
+    exist): logged loudly, shown by /readyz; the job waits for the fix without spending retries."""
+
+    def __init__(self, message: str, service: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+class SubmissionUnknown(Transient):
+    """`/run` was sent but its answer was lost (a read timeout, a dropped connection): RunPod may
+    have accepted the job, so submitting again at once could pay for a second GPU run."""
 
 
 class Permanent(OrchestratorError):

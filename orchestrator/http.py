@@ -30,6 +30,13 @@ class Waker(Protocol):
     def wake_job(self, job_id: str) -> bool:
         """Poll one in-flight job's RunPod status now."""
 
+    async def runpod_callback(self, token: str, runpod_id: str | None) -> bool:
+        """Handle RunPod's completion webhook for a job's token; False if no job has it."""
+
+    @property
+    def operator_problems(self) -> dict[str, str]:
+        """Open problems only an operator can fix, by service."""
+
 
 class BadBody(ValueError):
     """A webhook body we cannot read a job id from."""
@@ -47,6 +54,16 @@ def job_id_from_body(body: object) -> str:
         return str(uuid.UUID(job_id))
     except ValueError:
         raise BadBody("record.id must be a UUID") from None
+
+
+def runpod_id_from_body(body: bytes) -> str | None:
+    """The RunPod job id in a completion webhook's body (the job's status object), if any."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    job_id = parsed.get("id") if isinstance(parsed, dict) else None
+    return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 200 else None
 
 
 def intake_verdict(row: Mapping[str, Any] | None, template_id: str) -> str | None:
@@ -99,10 +116,8 @@ def create_app(
         return JSONResponse({"job_id": job_id, "accepted": False, "reason": reason})
 
     @app.post("/runpod/webhook/{token}")
-    async def runpod_done(token: str) -> JSONResponse:
-        row = await db.one("job_by_webhook_token", token=token)
-        if row is not None:
-            waker.wake_job(str(row["id"]))
+    async def runpod_done(token: str, request: Request) -> JSONResponse:
+        await waker.runpod_callback(token, runpod_id_from_body(await request.body()))
         return JSONResponse({"ok": True})
 
     @app.get("/healthz")
@@ -111,9 +126,13 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        if await db.ping():
-            return JSONResponse({"status": "ready"})
-        return JSONResponse({"status": "database unreachable"}, status_code=503)
+        if not await db.ping():
+            return JSONResponse({"status": "database unreachable"}, status_code=503)
+        problems = waker.operator_problems
+        if problems:
+            body = {"status": "waiting for an operator", "problems": problems}
+            return JSONResponse(body, status_code=503)
+        return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

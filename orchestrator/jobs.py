@@ -28,6 +28,16 @@ class WorkStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class Outcome(StrEnum):
+    """How one run of a job's flow in this process ended (the `klein_jobs_total` label)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY_LATER = "retry_later"  # back to pending, due after a delay
+    HANDED_OVER = "handed_over"  # another process holds it now, or it was released
+
+
 WORK_FINISHED = frozenset({WorkStatus.COMPLETED, WorkStatus.FAILED, WorkStatus.CANCELLED})
 
 
@@ -44,6 +54,7 @@ class ClaimedJob:
     submitted_at: datetime | None
     attempts: int
     retries: int
+    abandoned: int
     webhook_token: str | None
     generation_metadata: Mapping[str, Any] | None
 
@@ -60,6 +71,7 @@ class ClaimedJob:
             submitted_at=row["submitted_at"],
             attempts=row["attempts"],
             retries=row["retries"],
+            abandoned=row["abandoned"],
             webhook_token=row["webhook_token"],
             generation_metadata=row["generation_metadata"],
         )

@@ -27,6 +27,24 @@ class Metrics:
             ["service", "outcome"],
             registry=self.registry,
         )
+        self.operator_problems = Gauge(
+            "klein_needs_operator",
+            "1 while a service refuses us for a reason only an operator can fix",
+            ["service"],
+            registry=self.registry,
+        )
+        self.loop_failures = Counter(
+            "klein_loop_failures_total",
+            "Exceptions that escaped a service loop (it restarted after a backoff)",
+            ["loop"],
+            registry=self.registry,
+        )
+        self.orphans = Counter(
+            "klein_orphan_runpod_jobs_total",
+            "RunPod jobs that were not the recorded submission of their job, by what was done",
+            ["action"],
+            registry=self.registry,
+        )
         self.wakeups = Counter(
             "klein_wakeups_total", "Claimer wake-ups by source", ["source"], registry=self.registry
         )

@@ -82,9 +82,11 @@ def translate_status_error(exc: openai.APIStatusError) -> Exception:
     """What an OpenRouter HTTP error means for the job."""
     code = exc.status_code
     if code == 401:
-        return NeedsOperator("OpenRouter refused the API key (401); check OPENROUTER_API_KEY")
+        return NeedsOperator(
+            "OpenRouter refused the API key (401); check OPENROUTER_API_KEY", "openrouter"
+        )
     if code == 402:
-        return NeedsOperator("OpenRouter is out of credits (402)")
+        return NeedsOperator("OpenRouter is out of credits (402)", "openrouter")
     if code == 429 or code >= 500 or code in (408, 502, 503):
         retry_after = exc.response.headers.get("retry-after") if exc.response else None
         return Transient(f"OpenRouter answered {code}", retry_after_s=_seconds(retry_after))

@@ -2,6 +2,7 @@
 
 import random
 import re
+from enum import Enum
 
 FALLBACK_TITLE = "I2I 작품"
 TITLE_MAX_CHARS = 10
@@ -43,3 +44,38 @@ def clean_title(answer: str | None) -> str:
     title = title.strip(QUOTES + " ").rstrip(TRAILING).strip(QUOTES + " ")
     title = title[:TITLE_MAX_CHARS].strip()
     return title or FALLBACK_TITLE
+
+
+# The worker's sentences for a sick worker (handler/comfy.py: ComfyUI unreachable, or answering
+# with an HTTP error or garbage). The worker also asks RunPod to replace itself (refresh_worker),
+# so the job deserves another worker rather than a failure.
+WORKER_FAULT_PREFIX = "ComfyUI "
+
+
+def is_worker_fault(status: str, error: str | None) -> bool:
+    """True for a RunPod job that failed because its worker was sick, not because of the job."""
+    return status == "FAILED" and (error or "").startswith(WORKER_FAULT_PREFIX)
+
+
+def internal_error(exc: BaseException) -> str:
+    """The sentence a user sees for an exception nobody planned for (the traceback is logged)."""
+    return f"internal error ({type(exc).__name__})"
+
+
+class CallbackAction(Enum):
+    """What a RunPod completion webhook asks of the job its token names."""
+
+    WAKE = "wake"  # the recorded submission finished: poll it now
+    ADOPT = "adopt"  # a submission whose id was lost, and the job still waits: it is the result
+    CANCEL = "cancel"  # a stray submission (the job has another, or is over): stop it
+
+
+def callback_action(
+    recorded_id: str | None, job_status: str, runpod_id: str | None
+) -> CallbackAction:
+    """Decide from the job's row and the webhook body's RunPod id."""
+    if runpod_id is None or runpod_id == recorded_id:
+        return CallbackAction.WAKE
+    if recorded_id is None and job_status in ("pending", "taken"):
+        return CallbackAction.ADOPT
+    return CallbackAction.CANCEL

@@ -7,7 +7,13 @@ from typing import Any
 import httpx
 from aiolimiter import AsyncLimiter
 
-from orchestrator.errors import NeedsOperator, Permanent, RunPodJobGone, Transient
+from orchestrator.errors import (
+    NeedsOperator,
+    Permanent,
+    RunPodJobGone,
+    SubmissionUnknown,
+    Transient,
+)
 from orchestrator.metrics import Metrics
 
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
@@ -44,6 +50,7 @@ class RunPodClient:
     ) -> None:
         self._http = http
         self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
+        self._endpoint_id = endpoint_id
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._run_limit = AsyncLimiter(run_per_10s, 10)
         self._status_limit = AsyncLimiter(status_per_10s, 10)
@@ -57,9 +64,9 @@ class RunPodClient:
                 )
             except httpx.HTTPError as exc:
                 self._count(type(exc).__name__)
-                raise Transient(f"RunPod unreachable: {type(exc).__name__}") from exc
+                raise transport_error(exc, path) from exc
         self._count(str(response.status_code))
-        raise_for_status(response, path)
+        raise_for_status(response, path, self._endpoint_id)
         try:
             return response.json()
         except ValueError as exc:
@@ -69,18 +76,11 @@ class RunPodClient:
         if self._metrics is not None:
             self._metrics.calls.labels("runpod", outcome).inc()
 
-    async def run(
-        self,
-        job_input: Mapping[str, Any],
-        webhook: str | None = None,
-        execution_timeout_ms: int | None = None,
-    ) -> str:
+    async def run(self, job_input: Mapping[str, Any], webhook: str | None = None) -> str:
         """Submit a job; returns RunPod's job id."""
         body: dict[str, Any] = {"input": dict(job_input)}
         if webhook:
             body["webhook"] = webhook
-        if execution_timeout_ms:
-            body["policy"] = {"executionTimeout": execution_timeout_ms}
         answer = await self._call("POST", "/run", self._run_limit, json=body)
         if not isinstance(answer, dict) or not answer.get("id"):
             raise Transient("RunPod accepted the job without an id")
@@ -112,17 +112,37 @@ def parse_status(job_id: str, answer: object) -> RunPodJob:
     )
 
 
-def raise_for_status(response: httpx.Response, path: str) -> None:
+def transport_error(exc: httpx.HTTPError, path: str) -> Transient:
+    """A request that got no answer. Only a `/run` that may have reached RunPod is uncertain:
+    a connection never made sent nothing, so retrying it cannot start a second job."""
+    name = type(exc).__name__
+    if path == "/run" and not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return SubmissionUnknown(f"RunPod did not answer /run ({name}); it may have the job")
+    return Transient(f"RunPod unreachable: {name}")
+
+
+def raise_for_status(response: httpx.Response, path: str, endpoint_id: str = "") -> None:
     """Translate RunPod's HTTP errors into what the flow should do."""
     code = response.status_code
     if code < 400:
         return
     if code == 404 and path.startswith(("/status/", "/cancel/")):
         raise RunPodJobGone(f"RunPod does not know job {path.rsplit('/', 1)[-1]}")
+    if code == 404:
+        raise NeedsOperator(
+            f"RunPod has no endpoint {endpoint_id!r} (HTTP 404 on run); check RUNPOD_ENDPOINT_ID",
+            "runpod",
+        )
     if code == 429:
         raise Transient("RunPod rate limit (429)", retry_after_s=_retry_after(response))
     if code in (401, 403):
-        raise NeedsOperator(f"RunPod refused the API key (HTTP {code}); check RUNPOD_API_KEY")
+        raise NeedsOperator(
+            f"RunPod refused the API key (HTTP {code}); check RUNPOD_API_KEY", "runpod"
+        )
+    if code == 402:
+        raise NeedsOperator(
+            "RunPod is out of credit (HTTP 402); add funds to the account", "runpod"
+        )
     if code >= 500 or code == 408:
         raise Transient(f"RunPod answered HTTP {code} on {path.split('/')[1]}")
     raise Permanent(f"RunPod refused the request (HTTP {code} on {path.split('/')[1]})")

@@ -13,9 +13,10 @@ import psycopg
 import uvicorn
 from fastapi import FastAPI
 
+from orchestrator.alerts import OperatorAlerts
 from orchestrator.db import Database
+from orchestrator.deps import FlowDeps
 from orchestrator.errors import ConfigError
-from orchestrator.flow import FlowDeps
 from orchestrator.http import create_app
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
@@ -98,6 +99,7 @@ async def run_server(settings: Settings, address: Address) -> None:
             storage=storage,
             settings=settings,
             metrics=metrics,
+            alerts=OperatorAlerts(metrics.operator_problems),
         )
         orchestrator = Orchestrator(deps, database_url)
         root = None if settings.uses_supabase_storage else settings.local_storage_dir

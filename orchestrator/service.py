@@ -1,8 +1,9 @@
 """The running orchestrator: wake-ups, the claim loop, heartbeats, and in-flight jobs.
 
 Three things wake the claimer (webhook, LISTEN, the periodic sweep); duplicates are harmless
-because claiming is one SKIP LOCKED statement. A heartbeat renews every lease at once and
-notices user cancellations and lost leases.
+because claiming is one SKIP LOCKED statement. A heartbeat renews, in one statement, the leases
+of the jobs a live task is driving, and notices user cancellations and lost leases. Every loop
+outlives any exception (logged, counted, backed off).
 """
 
 import asyncio
@@ -14,13 +15,17 @@ from dataclasses import dataclass, field
 import psycopg
 
 from orchestrator.claim import claim_jobs, release_job, renew_leases
-from orchestrator.flow import FlowDeps, cancel, run_job
+from orchestrator.deps import FlowDeps
+from orchestrator.flow import run_job
 from orchestrator.jobs import ClaimedJob
-from orchestrator.policy import backoff_s
+from orchestrator.metrics import Metrics
+from orchestrator.outcomes import cancel, cancel_on_runpod
+from orchestrator.policy import CallbackAction, backoff_s, callback_action
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "generation_job_created"
+LOOP_BACKOFF_CAP_S = 5.0
 
 
 @dataclass
@@ -31,7 +36,6 @@ class InFlight:
     task: asyncio.Task[None]
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled_by_user: bool = False
-    runpod_job_id: str | None = None
 
 
 class Orchestrator:
@@ -44,11 +48,17 @@ class Orchestrator:
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self.in_flight: dict[str, InFlight] = {}
+        self._background: set[asyncio.Task[bool]] = set()
 
     def nudge(self, source: str = "other") -> None:
         """Ask the claimer to look for work now (webhook, LISTEN, sweep)."""
         self.deps.metrics.wakeups.labels(source).inc()
         self._wakeup.set()
+
+    @property
+    def operator_problems(self) -> dict[str, str]:
+        """Open problems only an operator can fix (for /readyz)."""
+        return self.deps.alerts.problems
 
     def wake_job(self, job_id: str) -> bool:
         """Poll a job's RunPod status now (RunPod's completion webhook); False if not ours."""
@@ -58,10 +68,45 @@ class Orchestrator:
         entry.wake.set()
         return True
 
+    async def runpod_callback(self, token: str, runpod_id: str | None) -> bool:
+        """RunPod's completion webhook for a job's token: wake its poll, adopt the result of a
+        submission whose id was lost, or cancel a stray RunPod job. False: no such token."""
+        row = await self.deps.db.one("job_by_webhook_token", timeout_s=2.0, token=token)
+        if row is None:
+            return False
+        job_id = str(row["id"])
+        match callback_action(row["runpod_job_id"], row["status"], runpod_id):
+            case CallbackAction.WAKE:
+                self.wake_job(job_id)
+            case CallbackAction.ADOPT if runpod_id is not None:
+                await self._adopt(token, job_id, runpod_id)
+            case _ if runpod_id is not None:
+                self._cancel_stray(job_id, runpod_id)
+        return True
+
+    async def _adopt(self, token: str, job_id: str, runpod_id: str) -> None:
+        row = await self.deps.db.one(
+            "adopt_submission", timeout_s=2.0, token=token, runpod_job_id=runpod_id
+        )
+        if row is None:  # recorded or finished meanwhile
+            self._cancel_stray(job_id, runpod_id)
+            return
+        log.warning("job %s: adopted RunPod %s, whose id was never recorded", job_id, runpod_id)
+        self.deps.metrics.orphans.labels("adopted").inc()
+        self.nudge("webhook")
+        self.wake_job(job_id)
+
+    def _cancel_stray(self, job_id: str, runpod_id: str) -> None:
+        log.warning("job %s: RunPod %s is not its recorded job; cancelling it", job_id, runpod_id)
+        self.deps.metrics.orphans.labels("cancelled").inc()
+        task = asyncio.create_task(cancel_on_runpod(self.deps, runpod_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def run(self) -> None:
         """Run every loop until stop() is called."""
         loops = [self._claim_loop, self._heartbeat_loop, self._listen_loop, self._sweep_loop]
-        tasks = [asyncio.create_task(_guard(loop)) for loop in loops]
+        tasks = [asyncio.create_task(_guard(loop, self.deps.metrics)) for loop in loops]
         await self._stopping.wait()
         for task in tasks:
             task.cancel()
@@ -96,6 +141,11 @@ class Orchestrator:
                 await asyncio.wait_for(self._wakeup.wait(), self.settings.sweep_interval_s)
 
     def _start(self, job: ClaimedJob) -> None:
+        current = self.in_flight.get(job.id)
+        if current is not None and not current.task.done():
+            # Our own lease ran out (a stalled heartbeat) and the claim took it back: the task
+            # driving it goes on; a second one would race it under the same locked_by.
+            return
         log.info("job %s: claimed (work %s, %s)", job.id, job.work_id, job.work_status)
         wake = asyncio.Event()
         task = asyncio.create_task(self._drive(job, wake), name=f"job-{job.id}")
@@ -108,11 +158,21 @@ class Orchestrator:
         except asyncio.CancelledError:
             entry = self.in_flight.get(job.id)
             if entry is not None and entry.cancelled_by_user:
-                await asyncio.shield(cancel(job, self.deps, entry.runpod_job_id))
+                await asyncio.shield(self._cancel_for_user(job))
+        except Exception:
+            # Not even the outcome could be written (the database is gone, most likely). The
+            # lease is no longer renewed, so the job is resumed once it runs out.
+            log.exception("job %s: stopped without an outcome; resumed after its lease", job.id)
         finally:
             self.in_flight.pop(job.id, None)
             self.deps.metrics.in_flight.set(len(self.in_flight))
             self._wakeup.set()
+
+    async def _cancel_for_user(self, job: ClaimedJob) -> None:
+        try:
+            await cancel(job, self.deps)
+        except Exception:
+            log.exception("job %s: the cancellation could not be written; retried", job.id)
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -120,20 +180,25 @@ class Orchestrator:
             await self.heartbeat()
 
     async def heartbeat(self) -> None:
-        """Renew every lease in one statement; stop lost jobs and user-cancelled ones."""
+        """Renew the leases of the jobs being driven; stop lost jobs and user-cancelled ones."""
+        driving = [job_id for job_id, entry in self.in_flight.items() if not entry.task.done()]
         held = await renew_leases(
-            self.deps.db, worker_id=self.settings.worker_id, lease_s=self.settings.lease_s
+            self.deps.db,
+            job_ids=driving,
+            worker_id=self.settings.worker_id,
+            lease_s=self.settings.lease_s,
         )
-        for job_id, entry in list(self.in_flight.items()):
-            if job_id not in held and not entry.task.done():
+        # Only the jobs asked about can be lost: one claimed during the renewal is not.
+        for job_id in set(driving) - held:
+            entry = self.in_flight.get(job_id)
+            if entry is not None and not entry.task.done():
                 log.warning("job %s: lease lost; stopping here", job_id)
                 entry.task.cancel()
-        rows = await self.deps.db.all("cancelled_jobs", job_ids=list(self.in_flight))
+        rows = await self.deps.db.all("cancelled_jobs", job_ids=driving)
         for row in rows:
             cancelled = self.in_flight.get(str(row["id"]))
             if cancelled is not None and not cancelled.cancelled_by_user:
                 cancelled.cancelled_by_user = True
-                cancelled.runpod_job_id = row["runpod_job_id"]
                 cancelled.task.cancel()
 
     async def _listen_loop(self) -> None:
@@ -151,7 +216,7 @@ class Orchestrator:
             except psycopg.Error as exc:
                 failures += 1
                 log.warning("LISTEN connection lost (%s); reconnecting", exc)
-                await asyncio.sleep(backoff_s(failures, cap_s=30.0))
+                await asyncio.sleep(backoff_s(failures, cap_s=LOOP_BACKOFF_CAP_S))
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -165,21 +230,23 @@ class Orchestrator:
             entry.task.cancel()
         await asyncio.gather(*(e.task for e in entries), return_exceptions=True)
         for entry in entries:
-            with suppress(psycopg.Error):
+            with suppress(Exception):
                 await release_job(
                     self.deps.db, job_id=entry.job.id, worker_id=self.settings.worker_id
                 )
         log.info("handed over %d in-flight job(s)", len(entries))
 
 
-async def _guard(loop: Callable[[], Awaitable[None]]) -> None:
-    """Keep a loop alive through database hiccups: log, back off, go on."""
+async def _guard(loop: Callable[[], Awaitable[None]], metrics: Metrics) -> None:
+    """Keep a loop alive through anything it raises: log, count, back off, go on."""
+    name = getattr(loop, "__name__", "loop").strip("_")
     failures = 0
     while True:
         try:
             await loop()
             return
-        except (psycopg.Error, OSError) as exc:
+        except Exception:
             failures += 1
-            log.error("%s failed (%s); retrying", getattr(loop, "__name__", "loop"), exc)
-            await asyncio.sleep(backoff_s(failures, cap_s=30.0))
+            metrics.loop_failures.labels(name).inc()
+            log.exception("%s failed; restarting it", name)
+            await asyncio.sleep(backoff_s(failures, cap_s=LOOP_BACKOFF_CAP_S))

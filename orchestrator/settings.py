@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     poll_min_interval_s: float = Field(default=1.0, gt=0)
     poll_max_interval_s: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    # A job's retry budget (stored in generation_jobs.retries): transient and unexpected errors
+    # spend one each; waiting for an operator spends none.
+    max_retries: int = Field(default=8, ge=0)
+    retry_base_s: float = Field(default=1.0, gt=0)
+    retry_cap_s: float = Field(default=120.0, gt=0)
+    # Claims of a job whose holder stopped without writing an outcome (a crash, an expired lease):
+    # past this many the job fails instead of taking down process after process.
+    max_abandoned: int = Field(default=10, ge=1)
+    operator_retry_s: float = Field(default=30.0, gt=0)
+    # After a /run whose answer was lost: how long to wait for the job's completion webhook
+    # (it would adopt the RunPod job) before submitting again. Only with PUBLIC_BASE_URL.
+    submission_unknown_wait_s: float = Field(default=90.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     klein_host: str = "127.0.0.1"
     klein_port: int = 8080

@@ -85,7 +85,8 @@ def _storage_error(exc: StorageApiError) -> Exception:
         status = 500
     if status in (401, 403):
         return NeedsOperator(
-            f"Supabase Storage refused the key ({status}); check SUPABASE_SERVICE_ROLE_KEY"
+            f"Supabase Storage refused the key ({status}); check SUPABASE_SERVICE_ROLE_KEY",
+            "storage",
         )
     if status == 404:
         return Permanent(f"Supabase Storage: {exc.message}")

@@ -23,13 +23,14 @@ claimed AS (
     UPDATE generation_jobs j
     SET status = 'taken',
         taken_at = CASE WHEN j.status = 'pending' THEN now() ELSE j.taken_at END,
+        abandoned = j.abandoned + CASE WHEN j.status = 'taken' THEN 1 ELSE 0 END,
         locked_by = %(worker_id)s,
         lease_expires_at = now() + make_interval(secs => %(lease_s)s),
         updated_at = now()
     FROM picked
     WHERE j.id = picked.id
     RETURNING j.id, j.work_id, j.runpod_job_id, j.submitted_at, j.attempts, j.retries,
-              j.webhook_token
+              j.abandoned, j.webhook_token
 ),
 marked AS (
     UPDATE works w
@@ -38,17 +39,18 @@ marked AS (
     WHERE w.id = c.work_id AND w.status = 'pending'
     RETURNING w.id
 )
-SELECT c.id, c.work_id, c.runpod_job_id, c.submitted_at, c.attempts, c.retries, c.webhook_token,
+SELECT c.id, c.work_id, c.runpod_job_id, c.submitted_at, c.attempts, c.retries, c.abandoned,
+       c.webhook_token,
        w.user_id, w.input_data, w.status AS work_status, w.generation_metadata
 FROM claimed c
 JOIN works w ON w.id = c.work_id;
 
 -- name: renew_leases
--- One statement a heartbeat: every job this process holds gets a fresh lease. The ids returned
--- are the jobs it still holds; any other in-flight job was lost and must stop.
+-- One statement a heartbeat: the jobs this process is driving now (a live task each) get a fresh
+-- lease. The ids returned are the ones it still holds; any other of the given jobs was lost.
 UPDATE generation_jobs
 SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
-WHERE locked_by = %(worker_id)s AND status = 'taken'
+WHERE id = ANY(%(job_ids)s::uuid[]) AND locked_by = %(worker_id)s AND status = 'taken'
 RETURNING id;
 
 -- name: release_job
@@ -59,10 +61,12 @@ WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
 RETURNING id;
 
 -- name: retry_later
--- A transient failure: back to pending, due again after a delay. A job already submitted keeps
--- its runpod_job_id and resumes by awaiting it.
+-- A failure worth retrying: back to pending, due again after a delay. `spend` is what it costs
+-- the job's retry budget (0 while it waits for an operator). A job already submitted keeps its
+-- runpod_job_id and resumes by awaiting it.
 UPDATE generation_jobs
-SET status = 'pending', locked_by = NULL, lease_expires_at = NULL, retries = retries + 1,
+SET status = 'pending', locked_by = NULL, lease_expires_at = NULL,
+    retries = retries + %(spend)s,
     not_before = now() + make_interval(secs => %(delay_s)s),
     last_error = %(error)s, updated_at = now()
 WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
@@ -75,26 +79,74 @@ FROM generation_jobs j
 JOIN works w ON w.id = j.work_id
 WHERE j.id = ANY(%(job_ids)s::uuid[]) AND (w.status = 'cancelled' OR j.status = 'cancelled');
 
+-- name: begin_submission
+-- Before `/run`: the job's webhook token (kept across submissions) and the metadata of what is
+-- about to be sent. A RunPod job whose id never got recorded (a crash during `/run`) still
+-- calls back with this token, so its result can be adopted or cancelled.
+WITH job AS (
+    UPDATE generation_jobs
+    SET webhook_token = coalesce(webhook_token, %(webhook_token)s), updated_at = now()
+    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
+      AND runpod_job_id IS NULL
+    RETURNING id, webhook_token
+),
+work AS (
+    UPDATE works
+    SET generation_metadata = %(metadata)s, updated_at = now()
+    WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
+      AND EXISTS (SELECT 1 FROM job)
+    RETURNING id
+)
+SELECT job.webhook_token, (SELECT count(*) FROM work) AS works FROM job;
+
 -- name: record_submission
 -- Right after RunPod accepted the job: its id, so a restart resumes instead of resubmitting.
+-- Zero rows: fenced out, or a completion webhook already adopted another submission.
 UPDATE generation_jobs
 SET runpod_job_id = %(runpod_job_id)s, submitted_at = now(), attempts = attempts + 1,
-    webhook_token = %(webhook_token)s, last_error = NULL, updated_at = now()
+    last_error = NULL, updated_at = now()
 WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
+  AND runpod_job_id IS NULL
 RETURNING id, submitted_at;
+
+-- name: held_submission
+-- The RunPod job recorded for a job this process holds (one a webhook adopted meanwhile).
+SELECT runpod_job_id, submitted_at
+FROM generation_jobs
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
+  AND runpod_job_id IS NOT NULL;
+
+-- name: adopt_submission
+-- A completion webhook for a RunPod job nobody recorded (its submitter died during `/run`) while
+-- the job still waits: that job is its result. The job becomes due now and resumes by awaiting it.
+WITH job AS (
+    UPDATE generation_jobs
+    SET runpod_job_id = %(runpod_job_id)s, submitted_at = now(), attempts = attempts + 1,
+        not_before = NULL, last_error = NULL, updated_at = now()
+    WHERE webhook_token = %(token)s AND runpod_job_id IS NULL
+      AND status IN ('pending', 'taken')
+    RETURNING id, work_id
+)
+UPDATE works w
+SET status = 'processing', runpod_job_id = %(runpod_job_id)s, updated_at = now()
+FROM job
+WHERE w.id = job.work_id AND w.status IN ('pending', 'taken', 'processing')
+RETURNING job.id;
+
+-- name: job_submission
+-- Current RunPod job of a job (for a cancellation that must reach RunPod).
+SELECT runpod_job_id FROM generation_jobs WHERE id = %(job_id)s;
 
 -- name: mark_work_processing
 UPDATE works
-SET status = 'processing', runpod_job_id = %(runpod_job_id)s,
-    generation_metadata = %(metadata)s, updated_at = now()
+SET status = 'processing', runpod_job_id = %(runpod_job_id)s, updated_at = now()
 WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
 RETURNING id;
 
 -- name: forget_submission
 -- RunPod no longer knows the job (its result expired): submit again, counted in attempts.
 UPDATE generation_jobs
-SET runpod_job_id = NULL, submitted_at = NULL, webhook_token = NULL,
-    last_error = %(error)s, updated_at = now()
+SET runpod_job_id = NULL, submitted_at = NULL, last_error = %(error)s, updated_at = now()
 WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
 RETURNING id;
 
@@ -160,7 +212,7 @@ works_done AS (
 SELECT (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM works_done) AS works;
 
 -- name: job_by_webhook_token
-SELECT id, runpod_job_id FROM generation_jobs WHERE webhook_token = %(token)s;
+SELECT id, runpod_job_id, status FROM generation_jobs WHERE webhook_token = %(token)s;
 
 -- name: job_for_intake
 -- What a webhook may say about a job id: whether it is ours and still waiting.

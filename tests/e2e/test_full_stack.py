@@ -145,7 +145,13 @@ def test_a_korean_prompt_is_translated_edited_titled_and_stored(
 
     runpod = stack.endpoint.status(row["job_runpod"])
     assert runpod["status"] == "COMPLETED"
-    assert base64.b64decode(runpod["output"]["image"]) == data
+    produced = base64.b64decode(runpod["output"]["image"])
+    # ComfyUI writes the whole graph (prompt, seed, upload name) into the PNG's text chunks:
+    # the stored copy is the same image without them.
+    assert b"tEXt" in produced
+    assert b"tEXt" not in data
+    assert b"prompt" not in data
+    assert Image.open(io.BytesIO(data)).tobytes() == Image.open(io.BytesIO(produced)).tobytes()
     assert metadata["seed"] == runpod["output"]["seed"]
     assert metadata["seed"] > 0  # drawn by the orchestrator, not left to the worker
 
@@ -268,7 +274,13 @@ def test_a_job_completes_against_a_real_comfyui(full_stack):
     assert row["generation_metadata"]["prompt"] == TRANSLATED_PROMPT
     data, size = stored_output(stack, row, work_id)
     runpod = stack.endpoint.status(row["job_runpod"])
-    assert base64.b64decode(runpod["output"]["image"]) == data
+    produced = base64.b64decode(runpod["output"]["image"])
+    # ComfyUI writes the whole graph (prompt, seed, upload name) into the PNG's text chunks:
+    # the stored copy is the same image without them.
+    assert b"tEXt" in produced
+    assert b"tEXt" not in data
+    assert b"prompt" not in data
+    assert Image.open(io.BytesIO(data)).tobytes() == Image.open(io.BytesIO(produced)).tobytes()
     assert (runpod["output"]["width"], runpod["output"]["height"]) == size
     entry = comfy_history(REAL_COMFY_URL, runpod["output"]["prompt_id"])
     assert entry["status"]["completed"] is True

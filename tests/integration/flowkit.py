@@ -20,10 +20,11 @@ from PIL import Image
 
 from orchestrator.claim import claim_jobs
 from orchestrator.db import Database
+from orchestrator.deps import FlowDeps
 from orchestrator.endpoint.config import EndpointConfig
 from orchestrator.endpoint.server import EndpointServer
-from orchestrator.flow import FlowDeps, run_job
-from orchestrator.jobs import ClaimedJob, JobStatus
+from orchestrator.flow import run_job
+from orchestrator.jobs import ClaimedJob, Outcome
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.runpod import RunPodClient
 from orchestrator.settings import KLEIN_TEMPLATE_ID, Settings
@@ -45,19 +46,21 @@ class ScriptedWorker:
     def __init__(self, output=None, block: threading.Event | None = None):
         self.output = output or {
             "image": png_b64(),
-            "seed": 1,
             "prompt_id": "p",
             "width": 320,
             "height": 240,
         }
         self.block = block
         self.inputs: list[dict] = []
+        self.job_ids: list[str] = []
 
     def run(self, job_id, job_input):
         self.inputs.append(job_input)
+        self.job_ids.append(job_id)
         if self.block is not None:
             self.block.wait(10)
-        return dict(self.output)
+        # The real worker reports the seed it used, which is the one it was sent.
+        return {"seed": job_input.get("seed", 1)} | dict(self.output)
 
 
 def insert(url, input_data) -> tuple[str, str]:
@@ -148,7 +151,7 @@ async def claim(deps: FlowDeps, job_id: str) -> ClaimedJob:
     return job
 
 
-async def drive(url, endpoint, openrouter_server, tmp_path, job_id, **options) -> JobStatus:
+async def drive(url, endpoint, openrouter_server, tmp_path, job_id, **options) -> Outcome:
     """Claim the job and run it through the whole flow once."""
     async with flow_deps(url, endpoint, openrouter_server, tmp_path, **options) as deps:
         return await run_job(await claim(deps, job_id), deps, asyncio.Event())

@@ -139,9 +139,9 @@ def test_renewal_reports_what_this_process_still_holds(migrated_url):
     assert claim(migrated_url, worker="w2") == [mine]
 
     async def renew(db):
-        return await renew_leases(db, worker_id="w1", lease_s=30), await renew_leases(
-            db, worker_id="w2", lease_s=30
-        )
+        return await renew_leases(
+            db, job_ids=[mine], worker_id="w1", lease_s=30
+        ), await renew_leases(db, job_ids=[mine], worker_id="w2", lease_s=30)
 
     held_by_w1, held_by_w2 = run(with_db(migrated_url, renew))
     assert held_by_w1 == set()

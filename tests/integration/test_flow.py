@@ -8,7 +8,7 @@ import threading
 import httpx
 import psycopg
 
-from orchestrator.jobs import JobStatus
+from orchestrator.jobs import Outcome
 from tests.integration.flowkit import ScriptedWorker, drive, insert, png_b64, rows
 
 
@@ -21,7 +21,7 @@ def test_a_korean_job_completes_with_every_field_written(
         migrated_url, {"prompt": "배경을 해변으로 바꿔줘", "image_base64": png_b64(), "seed": 7}
     )
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.COMPLETED
+    assert status is Outcome.COMPLETED
     job, file = rows(migrated_url, job_id)
     assert worker.inputs[0]["prompt"] == "EN: 배경을 해변으로 바꿔줘"
     assert worker.inputs[0]["seed"] == 7
@@ -63,7 +63,7 @@ def test_invalid_input_fails_the_work_without_any_runpod_call(
     endpoint = endpoint_for(worker)
     job_id, _ = insert(migrated_url, {"prompt": "edit prompt", "steps": 20})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.FAILED
+    assert status is Outcome.FAILED
     job, _ = rows(migrated_url, job_id)
     assert (job["job_status"], job["status"]) == ("failed", "failed")
     assert job["error_message"] == "Missing required parameter: image"
@@ -80,7 +80,7 @@ def test_a_handler_error_fails_the_work_with_its_sentence(
     job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
     assert (
         asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-        is JobStatus.FAILED
+        is Outcome.FAILED
     )
     job, _ = rows(migrated_url, job_id)
     assert job["error_message"] == "Processing failed: SamplerCustomAdvanced: boom"
@@ -94,7 +94,7 @@ def test_an_output_that_is_not_an_image_fails_without_resubmission(
     job_id, _ = insert(migrated_url, {"prompt": "p", "image_base64": png_b64()})
     assert (
         asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-        is JobStatus.FAILED
+        is Outcome.FAILED
     )
     job, _ = rows(migrated_url, job_id)
     assert job["error_message"] == "RunPod returned an invalid image"
@@ -113,7 +113,7 @@ def test_the_deadline_cancels_the_runpod_job_and_fails_the_work(
         )
     finally:
         release.set()
-    assert status is JobStatus.FAILED
+    assert status is Outcome.FAILED
     job, _ = rows(migrated_url, job_id)
     assert job["error_message"].startswith("Timed out")
     assert endpoint.endpoint.status(job["runpod_job_id"])["status"] == "CANCELLED"
@@ -138,7 +138,7 @@ def test_a_submitted_job_resumes_by_awaiting_not_resubmitting(
         )
     assert (
         asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-        is JobStatus.COMPLETED
+        is Outcome.COMPLETED
     )
     job, _ = rows(migrated_url, job_id)
     assert len(worker.inputs) == 1
@@ -159,7 +159,7 @@ def test_a_job_runpod_forgot_is_submitted_again(
         )
     assert (
         asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-        is JobStatus.COMPLETED
+        is Outcome.COMPLETED
     )
     job, _ = rows(migrated_url, job_id)
     assert job["attempts"] == 2
@@ -176,7 +176,7 @@ def test_runpod_timing_the_job_out_fails_the_work(
         status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
     finally:
         release.set()
-    assert status is JobStatus.FAILED
+    assert status is Outcome.FAILED
     job, _ = rows(migrated_url, job_id)
     assert job["error_message"] == "Timed out on RunPod (execution timeout reached)"
     assert job["failed_at"] is not None
@@ -193,7 +193,7 @@ def test_a_job_cancelled_on_runpod_cancels_the_work(
     endpoint = endpoint_for(CancelledOnRunPod())
     job_id, _ = insert(migrated_url, {"prompt": "p", "image_base64": png_b64()})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.CANCELLED
+    assert status is Outcome.CANCELLED
     job, _ = rows(migrated_url, job_id)
     assert (job["job_status"], job["status"]) == ("cancelled", "cancelled")
     assert job["cancelled_at"] is not None

@@ -9,10 +9,12 @@ import httpx
 import psycopg
 import pytest
 
-from orchestrator import flow
+from orchestrator import finalize as flow_finalize
 from orchestrator.errors import Permanent, WorkCancelled
-from orchestrator.flow import finalize, run_job
-from orchestrator.jobs import JobStatus
+from orchestrator.finalize import finalize
+from orchestrator.flow import run_job
+from orchestrator.jobs import Outcome
+from orchestrator.output_image import prepare_output
 from orchestrator.storage import output_path, supabase_storage
 from tests.fakes.openrouter import is_image_request
 from tests.fakes.storage import DEFAULT_SERVICE_KEY
@@ -43,7 +45,7 @@ def test_runpod_rate_limit_on_run_sends_the_job_back_to_pending_for_later(
     endpoint.endpoint.inject(429, times=1, route="run")
     job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.PENDING
+    assert status is Outcome.RETRY_LATER
     job, _ = rows(migrated_url, job_id)
     assert (job["job_status"], job["retries"], job["deferred"]) == ("pending", 1, True)
     assert "429" in job["last_error"]
@@ -61,7 +63,7 @@ def test_runpod_status_errors_are_waited_out(
     endpoint.endpoint.inject(500, times=2, route="status")
     job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.COMPLETED
+    assert status is Outcome.COMPLETED
     job, file = rows(migrated_url, job_id)
     assert (job["job_status"], job["status"], job["attempts"]) == ("completed", "completed", 1)
     assert file is not None
@@ -76,9 +78,10 @@ def test_openrouter_out_of_credits_releases_the_job_before_any_gpu_spend(
     openrouter_server.fail_next(402)
     job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.PENDING
+    assert status is Outcome.RETRY_LATER
     job, _ = rows(migrated_url, job_id)
-    assert (job["job_status"], job["retries"], job["deferred"]) == ("pending", 1, True)
+    # Waiting for an operator spends none of the job's retry budget.
+    assert (job["job_status"], job["retries"], job["deferred"]) == ("pending", 0, True)
     assert "402" in job["last_error"]
     assert (job["status"], job["error_message"]) == ("taken", None)
     assert len(openrouter_server.requests) == 1  # no retries burnt on a billing problem
@@ -94,7 +97,7 @@ def test_translation_failing_three_times_sends_the_korean_prompt_as_it_is(
     openrouter_server.fail_next(500, times=3)
     job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.COMPLETED
+    assert status is Outcome.COMPLETED
     job, _ = rows(migrated_url, job_id)
     assert worker.inputs[0]["prompt"] == KOREAN
     meta = job["generation_metadata"]
@@ -114,7 +117,7 @@ def test_a_failing_title_model_gives_the_fallback_title(
     openrouter_server.fail_next(500)
     job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.COMPLETED
+    assert status is Outcome.COMPLETED
     job, _ = rows(migrated_url, job_id)
     assert (job["status"], job["title"]) == ("completed", "I2I 작품")
     assert [is_image_request(r) for r in openrouter_server.requests] == [True]
@@ -127,7 +130,7 @@ def test_an_english_prompt_is_not_translated(
     endpoint = endpoint_for(worker)
     job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.COMPLETED
+    assert status is Outcome.COMPLETED
     job, _ = rows(migrated_url, job_id)
     assert worker.inputs[0]["prompt"] == "make it red"
     assert job["generation_metadata"]["translation"] == "skipped"
@@ -155,7 +158,7 @@ def test_supabase_storage_gets_the_png_and_files_gets_its_public_url(
     status = drive_with_supabase(
         migrated_url, endpoint, openrouter_server, tmp_path, job_id, storage_server=storage_server
     )
-    assert status is JobStatus.COMPLETED
+    assert status is Outcome.COMPLETED
     job, file = rows(migrated_url, job_id)
     path = f"{job['user_id']}/{work_id}/output.png"
     stored = storage_server.objects[("works", path)]
@@ -177,7 +180,7 @@ def test_a_storage_outage_sends_the_job_back_to_pending_without_failing_the_work
     status = drive_with_supabase(
         migrated_url, endpoint, openrouter_server, tmp_path, job_id, storage_server=storage_server
     )
-    assert status is JobStatus.PENDING
+    assert status is Outcome.RETRY_LATER
     job, file = rows(migrated_url, job_id)
     assert (job["job_status"], job["retries"], job["deferred"]) == ("pending", 1, True)
     assert "500" in job["last_error"]
@@ -194,7 +197,7 @@ def test_a_work_cancelled_before_the_claim_is_cancelled_without_runpod(
     job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
     execute(migrated_url, "UPDATE works SET status = 'cancelled' WHERE id = %s", (work_id,))
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.CANCELLED
+    assert status is Outcome.CANCELLED
     job, _ = rows(migrated_url, job_id)
     assert (job["job_status"], job["status"]) == ("cancelled", "cancelled")
     assert job["cancelled_at"] is not None
@@ -223,7 +226,8 @@ def test_finalizing_a_work_twice_leaves_one_files_row(
         async with flow_deps(migrated_url, endpoint, openrouter_server, tmp_path) as deps:
             job = await claim(deps, job_id)
             path = output_path(job.user_id, work_id)
-            done = {"path": path, "url": "http://x/1.png", "title": "첫 제목", "size": (8, 6)}
+            image = prepare_output({"image": png_b64((8, 6))})
+            done = {"path": path, "url": "http://x/1.png", "title": "첫 제목", "image": image}
             await finalize(job, deps, **done)
             with pytest.raises(Permanent, match="no longer in progress"):
                 await finalize(job, deps, **(done | {"url": "http://x/2.png", "title": "다시"}))
@@ -272,10 +276,10 @@ def test_a_stale_holder_finishing_after_another_completed_the_work_changes_nothi
                 (job_id,),
             )
             fresh = await claim(second, job_id)
-            assert await run_job(fresh, second, asyncio.Event()) is JobStatus.COMPLETED
+            assert await run_job(fresh, second, asyncio.Event()) is Outcome.COMPLETED
             return await run_job(stale, first, asyncio.Event())
 
-    assert asyncio.run(two_holders()) is JobStatus.TAKEN
+    assert asyncio.run(two_holders()) is Outcome.HANDED_OVER
     job, file = rows(migrated_url, job_id)
     assert (job["job_status"], job["status"], job["locked_by"]) == ("completed", "completed", "w2")
     assert files_count(migrated_url, work_id) == 1
@@ -296,7 +300,7 @@ def test_a_cancellation_while_the_image_is_stored_cancels_the_job_too(
             job = await claim(deps, job_id)
             execute(migrated_url, "UPDATE works SET status = 'cancelled' WHERE id = %s", (work_id,))
             output = {"image": png_b64(), "seed": 1, "prompt_id": "p"}
-            return await flow.complete(job, output, deps)
+            return await flow_finalize.complete(job, output, deps)
 
     with pytest.raises(WorkCancelled):
         asyncio.run(cancelled_mid_store())
@@ -314,7 +318,7 @@ def test_run_job_turns_a_cancellation_during_store_into_a_cancelled_job(
     endpoint = endpoint_for(CancelsWhileRunning())
     job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
     status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
-    assert status is JobStatus.CANCELLED
+    assert status is Outcome.CANCELLED
     job, _ = rows(migrated_url, job_id)
     assert (job["job_status"], job["status"]) == ("cancelled", "cancelled")
     assert job["cancelled_at"] is not None

@@ -26,6 +26,7 @@ class RecordingWaker:
     def __init__(self) -> None:
         self.nudges: list[str] = []
         self.woken: list[str] = []
+        self.callbacks: list[tuple[str, str | None]] = []
 
     def nudge(self, source: str = "other") -> None:
         self.nudges.append(source)
@@ -33,6 +34,12 @@ class RecordingWaker:
     def wake_job(self, job_id: str) -> bool:
         self.woken.append(job_id)
         return True
+
+    async def runpod_callback(self, token: str, runpod_id: str | None) -> bool:
+        self.callbacks.append((token, runpod_id))
+        return token.startswith("tok-known")
+
+    operator_problems: dict[str, str] = {}  # noqa: RUF012 - read-only here
 
 
 @asynccontextmanager
@@ -211,15 +218,15 @@ def test_the_intake_webhook_accepts_the_right_secret(migrated_url):
 # --------------------------------------------------------------------------- RunPod's webhook
 
 
-def test_runpod_completion_webhook_wakes_the_job_its_token_belongs_to(migrated_url):
-    token = "tok-" + uuid.uuid4().hex
-    job_id = insert_job(migrated_url, status="taken", token=token)
-    insert_job(migrated_url, status="taken", token="tok-someone-else")
+def test_runpod_completion_webhook_hands_its_token_and_runpod_id_to_the_orchestrator(
+    migrated_url,
+):
+    token = "tok-known-" + uuid.uuid4().hex
     waker = RecordingWaker()
     body = {"id": "rp-1", "status": "COMPLETED", "output": {"image": "..."}}
     response = call(migrated_url, "POST", f"/runpod/webhook/{token}", waker, json=body)
     assert response.status_code == 200
-    assert waker.woken == [job_id]
+    assert waker.callbacks == [(token, "rp-1")]
 
 
 def test_runpod_webhook_with_an_unknown_token_is_answered_and_ignored(migrated_url):
@@ -229,7 +236,7 @@ def test_runpod_webhook_with_an_unknown_token_is_answered_and_ignored(migrated_u
         migrated_url, "POST", "/runpod/webhook/tok-unknown", waker, json={"status": "COMPLETED"}
     )
     assert response.status_code == 200  # RunPod retries anything else; nothing to retry here
-    assert waker.woken == []
+    assert waker.callbacks == [("tok-unknown", None)]
 
 
 # --------------------------------------------------------------------------- health, metrics

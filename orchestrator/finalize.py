@@ -1,0 +1,97 @@
+"""A completed RunPod job becomes a stored, titled image: store, title, finalize.
+
+The image is decoded and verified once, in a thread; after the upload only its thumbnail is
+kept, so a job waiting for its title holds a few KB, not the output.
+"""
+
+import asyncio
+import logging
+import uuid
+
+from orchestrator.db import fetch_one
+from orchestrator.deps import FlowDeps
+from orchestrator.errors import NeedsOperator, Permanent, Transient, WorkCancelled
+from orchestrator.jobs import ClaimedJob, JobStatus, Outcome
+from orchestrator.openrouter import OpenRouterClient
+from orchestrator.outcomes import finish_in
+from orchestrator.output_image import OutputImage, prepare_output
+from orchestrator.policy import clean_title
+from orchestrator.storage import output_path
+
+log = logging.getLogger(__name__)
+
+TAGS = ["I2I", "Image_to_Image", "AI생성"]
+FILES_NAMESPACE = uuid.UUID("6f0c7a52-64c7-4f5e-9a37-5d1b1f3f2c11")
+
+
+async def complete(job: ClaimedJob, output: object, deps: FlowDeps) -> Outcome:
+    """Store the image, title it, and finalize everything in one transaction."""
+    stage = deps.metrics.stage_seconds
+    with stage.labels("decode").time():
+        image = await asyncio.to_thread(prepare_output, output)
+    path = output_path(job.user_id or "", job.work_id)
+    with stage.labels("store").time():
+        url = await deps.storage.put_png(path, image.png)
+    deps.alerts.resolve("storage")
+    with stage.labels("title").time():
+        title = await make_title(image.thumbnail_data_url, deps)
+    with stage.labels("finalize").time():
+        await finalize(job, deps, path=path, url=url, title=title, image=image)
+    log.info("job %s: completed (%dx%d, %r)", job.id, image.width, image.height, title)
+    return Outcome.COMPLETED
+
+
+async def make_title(thumbnail_data_url: str, deps: FlowDeps) -> str:
+    """A short Korean title from the vision model; the seed's fallback on any failure."""
+    openrouter: OpenRouterClient | None = deps.openrouter
+    if openrouter is None:
+        return clean_title(None)
+    try:
+        answer = await openrouter.title(thumbnail_data_url)
+    except NeedsOperator as exc:
+        deps.alerts.report(exc.service, str(exc))
+        return clean_title(None)
+    except (Transient, Permanent) as exc:
+        log.warning("title failed (%s); using the fallback", exc)
+        return clean_title(None)
+    except Exception:  # a title is never worth failing or retrying a finished image for
+        log.exception("title failed unexpectedly; using the fallback")
+        return clean_title(None)
+    deps.alerts.resolve("openrouter")
+    return clean_title(answer)
+
+
+async def finalize(
+    job: ClaimedJob, deps: FlowDeps, *, path: str, url: str, title: str, image: OutputImage
+) -> None:
+    """files row, completed work and completed job, all or nothing."""
+    file_id = uuid.uuid5(FILES_NAMESPACE, f"{deps.storage.bucket}/{path}")
+    size = {"width": image.width, "height": image.height}
+    output_data = {"image_url": url, "filename": path.rsplit("/", 1)[-1]} | size
+    used_seed = {"seed": image.seed} if image.seed is not None else {}
+    async with deps.db.transaction() as conn:
+        await fetch_one(
+            conn,
+            "upsert_file",
+            file_id=file_id,
+            user_id=job.user_id,
+            bucket_id=deps.storage.bucket,
+            path=path,
+            file_url=url,
+            **size,
+        )
+        work = await fetch_one(
+            conn,
+            "complete_work",
+            work_id=job.work_id,
+            file_id=file_id,
+            title=title,
+            output_data=output_data,
+            tags=TAGS,
+            metadata_patch=size | used_seed,
+        )
+        if work is None:
+            if await fetch_one(conn, "work_is_cancelled", work_id=job.work_id):
+                raise WorkCancelled(job.work_id)  # rolls the files row back too
+            raise Permanent("the work was no longer in progress when its image arrived")
+        await finish_in(conn, job, deps, JobStatus.COMPLETED, None)

@@ -1,0 +1,145 @@
+"""Validate, translate, and submit to RunPod, so that no RunPod job goes unrecorded.
+
+The window between `/run` and recording its id is where a GPU run can be orphaned, so:
+the job's webhook token and metadata are written first; `/run` and the record run to the end
+even when the job's task is cancelled meanwhile; an id that cannot be recorded is cancelled on
+RunPod at once; and a RunPod job whose id was lost to a crash still calls back with the token,
+where `adopt` makes it the job's result.
+"""
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from orchestrator.db import fetch_one
+from orchestrator.deps import FlowDeps
+from orchestrator.errors import FencedOut, NeedsOperator, Permanent, Transient, WorkCancelled
+from orchestrator.jobs import ClaimedJob
+from orchestrator.openrouter import OpenRouterClient
+from orchestrator.outcomes import cancel_on_runpod
+from orchestrator.payload import Submission, build_submission, validate
+from orchestrator.policy import backoff_s, has_hangul
+from orchestrator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TRANSLATE_TRIES = 3
+T = TypeVar("T")
+
+
+async def submit(job: ClaimedJob, deps: FlowDeps) -> tuple[str, datetime]:
+    """Validate, translate, submit, and record the RunPod id before anything else happens."""
+    params = validate(job.input_data, job.user_id, job.work_id)
+    prompt, translation = await translate_prompt(params.prompt, deps)
+    submission = build_submission(params, prompt, translation, datetime.now(UTC))
+    token = await _begin(job, deps, submission)
+    submitted = await run_to_the_end(_run_and_record(job, deps, submission, token))
+    log.info("job %s: submitted as RunPod %s (%s)", job.id, submitted[0], translation)
+    return submitted
+
+
+async def translate_prompt(prompt: str, deps: FlowDeps) -> tuple[str, str]:
+    """The prompt to send and how it was made: `llm`, `skipped` or `fallback`."""
+    if not has_hangul(prompt):
+        return prompt, "skipped"
+    if deps.openrouter is None:
+        return prompt, "fallback"
+    translated = await _translate(prompt, deps.openrouter)
+    if translated is None:
+        return prompt, "fallback"
+    deps.alerts.resolve("openrouter")
+    return translated, "llm"
+
+
+async def _translate(prompt: str, openrouter: OpenRouterClient) -> str | None:
+    for attempt in range(1, TRANSLATE_TRIES + 1):
+        try:
+            return await openrouter.translate(prompt)
+        except NeedsOperator:
+            raise
+        except Exception as exc:  # any failure: try again, then send the prompt as it is
+            log.warning("translation attempt %d failed: %s", attempt, _describe(exc))
+            if attempt < TRANSLATE_TRIES:
+                await asyncio.sleep(backoff_s(attempt, base_s=0.5, cap_s=5.0))
+    return None
+
+
+async def _begin(job: ClaimedJob, deps: FlowDeps, submission: Submission) -> str:
+    row = await deps.db.one(
+        "begin_submission",
+        job_id=job.id,
+        work_id=job.work_id,
+        worker_id=deps.settings.worker_id,
+        webhook_token=secrets.token_urlsafe(24),
+        metadata=submission.metadata,
+    )
+    if row is None:
+        raise FencedOut(job.id)
+    if not row["works"]:
+        raise WorkCancelled(job.work_id)
+    return str(row["webhook_token"])
+
+
+async def run_to_the_end(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Await a step that must not be torn apart: a cancellation waits for it to finish first."""
+    task = asyncio.ensure_future(coroutine)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise
+
+
+async def _run_and_record(
+    job: ClaimedJob, deps: FlowDeps, submission: Submission, token: str
+) -> tuple[str, datetime]:
+    runpod_id = await deps.runpod.run(submission.input, webhook=webhook_url(deps.settings, token))
+    deps.alerts.resolve("runpod")
+    try:
+        recorded = await _record(job, deps, runpod_id)
+    except BaseException:
+        await cancel_on_runpod(deps, runpod_id)
+        raise
+    if recorded is not None:
+        return runpod_id, recorded
+    # Not recordable: fenced out, or a webhook adopted an earlier submission of this job.
+    await cancel_on_runpod(deps, runpod_id)
+    adopted = await deps.db.one("held_submission", job_id=job.id, worker_id=deps.settings.worker_id)
+    if adopted is None:
+        raise FencedOut(job.id)
+    log.warning("job %s: an earlier submission was adopted; awaiting it instead", job.id)
+    return str(adopted["runpod_job_id"]), adopted["submitted_at"]
+
+
+async def _record(job: ClaimedJob, deps: FlowDeps, runpod_id: str) -> datetime | None:
+    async with deps.db.transaction() as conn:
+        row = await fetch_one(
+            conn,
+            "record_submission",
+            job_id=job.id,
+            worker_id=deps.settings.worker_id,
+            runpod_job_id=runpod_id,
+        )
+        if row is None:
+            return None
+        work = await fetch_one(
+            conn, "mark_work_processing", work_id=job.work_id, runpod_job_id=runpod_id
+        )
+        if work is None:
+            raise WorkCancelled(job.work_id)  # rolls the record back; the RunPod job is cancelled
+    submitted_at: datetime = row["submitted_at"]
+    return submitted_at
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, Transient | Permanent) else type(exc).__name__
+
+
+def webhook_url(settings: Settings, token: str) -> str | None:
+    """RunPod's completion webhook for a job, when this process has a public URL."""
+    if not settings.public_base_url:
+        return None
+    return f"{settings.public_base_url.rstrip('/')}/runpod/webhook/{token}"
