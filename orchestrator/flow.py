@@ -24,13 +24,22 @@ from orchestrator.finalize import complete
 from orchestrator.jobs import ClaimedJob, JobStatus, Outcome, WorkStatus
 from orchestrator.logs import bind_job
 from orchestrator.outcomes import cancel, fail, finish, forget_submission, retry_later
-from orchestrator.policy import backoff_s, internal_error, is_worker_fault
+from orchestrator.policy import (
+    backoff_s,
+    internal_error,
+    is_worker_fault,
+    unrecorded_submission_wait_s,
+)
 from orchestrator.runpod import RunPodJob
 from orchestrator.submit import submit
 
 log = logging.getLogger(__name__)
 
 LOST_TOO_OFTEN = "RunPod lost the job too many times"
+UNRECORDED = (
+    "a RunPod job may exist whose id was never recorded (its /run answer was lost); "
+    "waiting for its completion webhook before submitting again"
+)
 ABANDONED = "Processing failed: the job was left unfinished {} times (its process kept stopping)"
 
 
@@ -61,7 +70,7 @@ async def _settle(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outco
         deps.alerts.report(exc.service, str(exc))
         return await retry_later(job, deps, str(exc), deps.settings.operator_retry_s, spend=0)
     except SubmissionUnknown as exc:
-        return await _retry_or_fail(job, deps, str(exc), _unknown_submission_wait_s(job, deps))
+        return await _retry_or_fail(job, deps, str(exc), _backoff_s(job, deps), unknown=True)
     except Transient as exc:
         return await _retry_or_fail(job, deps, str(exc), _backoff_s(job, deps, exc.retry_after_s))
     except (Permanent, InvalidInput) as exc:
@@ -76,11 +85,13 @@ async def _settle(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outco
         return await _retry_or_fail(job, deps, internal_error(exc), _backoff_s(job, deps))
 
 
-async def _retry_or_fail(job: ClaimedJob, deps: FlowDeps, error: str, delay_s: float) -> Outcome:
+async def _retry_or_fail(
+    job: ClaimedJob, deps: FlowDeps, error: str, delay_s: float, *, unknown: bool = False
+) -> Outcome:
     if job.retries >= deps.settings.max_retries:
         log.error("job %s: retry budget spent (%d retries)", job.id, job.retries)
         return await fail(job, deps, f"Processing failed: {error}")
-    return await retry_later(job, deps, error, delay_s)
+    return await retry_later(job, deps, error, delay_s, submission_unknown=unknown)
 
 
 def _backoff_s(job: ClaimedJob, deps: FlowDeps, retry_after_s: float | None = None) -> float:
@@ -93,13 +104,6 @@ def _backoff_s(job: ClaimedJob, deps: FlowDeps, retry_after_s: float | None = No
     )
 
 
-def _unknown_submission_wait_s(job: ClaimedJob, deps: FlowDeps) -> float:
-    """With a completion webhook, give a possibly accepted job time to call back and be adopted."""
-    if deps.settings.public_base_url:
-        return max(deps.settings.submission_unknown_wait_s, _backoff_s(job, deps))
-    return _backoff_s(job, deps)
-
-
 async def _story(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcome:
     if job.abandoned > deps.settings.max_abandoned:
         return await fail(job, deps, ABANDONED.format(job.abandoned))
@@ -108,6 +112,8 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcom
             return await cancel(job, deps)
         case WorkStatus.COMPLETED | WorkStatus.FAILED:
             return await finish(job, deps, JobStatus(job.work_status.value))
+    if (wait_s := unrecorded_submission_wait_s(job, deps.settings)) > 0:
+        return await retry_later(job, deps, UNRECORDED, wait_s, spend=0, submission_unknown=True)
     runpod_id, submitted_at = job.runpod_job_id, job.submitted_at
     attempts, reason = job.attempts, LOST_TOO_OFTEN
     stage = deps.metrics.stage_seconds

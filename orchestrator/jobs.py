@@ -52,6 +52,7 @@ class ClaimedJob:
     work_status: WorkStatus
     runpod_job_id: str | None
     submitted_at: datetime | None
+    submit_started_at: datetime | None
     attempts: int
     retries: int
     abandoned: int
@@ -69,6 +70,7 @@ class ClaimedJob:
             work_status=WorkStatus(row["work_status"] or WorkStatus.PENDING),
             runpod_job_id=row["runpod_job_id"],
             submitted_at=row["submitted_at"],
+            submit_started_at=row["submit_started_at"],
             attempts=row["attempts"],
             retries=row["retries"],
             abandoned=row["abandoned"],

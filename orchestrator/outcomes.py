@@ -82,9 +82,16 @@ async def cancel_on_runpod(deps: FlowDeps, runpod_id: str) -> bool:
 
 
 async def retry_later(
-    job: ClaimedJob, deps: FlowDeps, error: str, delay_s: float, *, spend: int = 1
+    job: ClaimedJob,
+    deps: FlowDeps,
+    error: str,
+    delay_s: float,
+    *,
+    spend: int = 1,
+    submission_unknown: bool = False,
 ) -> Outcome:
-    """Back to pending, due after a delay; a submitted job keeps its RunPod id."""
+    """Back to pending, due after a delay; a submitted job keeps its RunPod id, and one whose
+    `/run` answer was lost keeps the mark that a RunPod job may exist."""
     log.warning("job %s: will retry in %.0f s: %s", job.id, delay_s, error)
     row = await deps.db.one(
         "retry_later",
@@ -93,6 +100,7 @@ async def retry_later(
         delay_s=delay_s,
         error=error,
         spend=spend,
+        submission_unknown=submission_unknown,
     )
     if row is None:
         raise FencedOut(job.id)

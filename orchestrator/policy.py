@@ -2,7 +2,13 @@
 
 import random
 import re
+import time
 from enum import Enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from orchestrator.jobs import ClaimedJob
+    from orchestrator.settings import Settings
 
 FALLBACK_TITLE = "I2I 작품"
 TITLE_MAX_CHARS = 10
@@ -79,3 +85,17 @@ def callback_action(
     if recorded_id is None and job_status in ("pending", "taken"):
         return CallbackAction.ADOPT
     return CallbackAction.CANCEL
+
+
+def unrecorded_submission_wait_s(
+    job: "ClaimedJob", settings: "Settings", now_s: float | None = None
+) -> float:
+    """How long to hold back a new `/run` for a job whose last one may have reached RunPod
+    unrecorded: only with completion webhooks (they adopt that job), up to
+    SUBMISSION_UNKNOWN_WAIT_S after it was sent; 0 means submit now."""
+    if job.runpod_job_id is not None or job.submit_started_at is None:
+        return 0.0
+    if not settings.public_base_url:
+        return 0.0
+    until_s = job.submit_started_at.timestamp() + settings.submission_unknown_wait_s
+    return max(0.0, until_s - (time.time() if now_s is None else now_s))

@@ -29,8 +29,8 @@ claimed AS (
         updated_at = now()
     FROM picked
     WHERE j.id = picked.id
-    RETURNING j.id, j.work_id, j.runpod_job_id, j.submitted_at, j.attempts, j.retries,
-              j.abandoned, j.webhook_token
+    RETURNING j.id, j.work_id, j.runpod_job_id, j.submitted_at, j.submit_started_at,
+              j.attempts, j.retries, j.abandoned, j.webhook_token
 ),
 marked AS (
     UPDATE works w
@@ -39,8 +39,8 @@ marked AS (
     WHERE w.id = c.work_id AND w.status = 'pending'
     RETURNING w.id
 )
-SELECT c.id, c.work_id, c.runpod_job_id, c.submitted_at, c.attempts, c.retries, c.abandoned,
-       c.webhook_token,
+SELECT c.id, c.work_id, c.runpod_job_id, c.submitted_at, c.submit_started_at, c.attempts,
+       c.retries, c.abandoned, c.webhook_token,
        w.user_id, w.input_data, w.status AS work_status, w.generation_metadata
 FROM claimed c
 JOIN works w ON w.id = c.work_id;
@@ -67,6 +67,7 @@ RETURNING id;
 UPDATE generation_jobs
 SET status = 'pending', locked_by = NULL, lease_expires_at = NULL,
     retries = retries + %(spend)s,
+    submit_started_at = CASE WHEN %(submission_unknown)s THEN submit_started_at END,
     not_before = now() + make_interval(secs => %(delay_s)s),
     last_error = %(error)s, updated_at = now()
 WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
@@ -85,7 +86,8 @@ WHERE j.id = ANY(%(job_ids)s::uuid[]) AND (w.status = 'cancelled' OR j.status = 
 -- calls back with this token, so its result can be adopted or cancelled.
 WITH job AS (
     UPDATE generation_jobs
-    SET webhook_token = coalesce(webhook_token, %(webhook_token)s), updated_at = now()
+    SET webhook_token = coalesce(webhook_token, %(webhook_token)s), submit_started_at = now(),
+        updated_at = now()
     WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
       AND runpod_job_id IS NULL
     RETURNING id, webhook_token
@@ -104,7 +106,7 @@ SELECT job.webhook_token, (SELECT count(*) FROM work) AS works FROM job;
 -- Zero rows: fenced out, or a completion webhook already adopted another submission.
 UPDATE generation_jobs
 SET runpod_job_id = %(runpod_job_id)s, submitted_at = now(), attempts = attempts + 1,
-    last_error = NULL, updated_at = now()
+    submit_started_at = NULL, last_error = NULL, updated_at = now()
 WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
   AND runpod_job_id IS NULL
 RETURNING id, submitted_at;
@@ -122,7 +124,7 @@ WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
 WITH job AS (
     UPDATE generation_jobs
     SET runpod_job_id = %(runpod_job_id)s, submitted_at = now(), attempts = attempts + 1,
-        not_before = NULL, last_error = NULL, updated_at = now()
+        submit_started_at = NULL, not_before = NULL, last_error = NULL, updated_at = now()
     WHERE webhook_token = %(token)s AND runpod_job_id IS NULL
       AND status IN ('pending', 'taken')
     RETURNING id, work_id

@@ -247,7 +247,8 @@ def job_row(url: str, job_id: str) -> dict[str, Any]:
     `lease_over` (the lease has ended) and `file` (the output's files row, or None)."""
     with psycopg.connect(url) as conn, conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "SELECT j.status AS job_status, j.attempts, j.locked_by, j.runpod_job_id AS job_runpod,"
+            "SELECT j.status AS job_status, j.attempts, j.retries, j.locked_by,"
+            " j.runpod_job_id AS job_runpod,"
             " j.lease_expires_at <= now() AS lease_over, j.finished_at, w.*"
             " FROM generation_jobs j JOIN works w ON w.id = j.work_id WHERE j.id = %s",
             (job_id,),
