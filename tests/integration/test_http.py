@@ -222,13 +222,14 @@ def test_runpod_completion_webhook_wakes_the_job_its_token_belongs_to(migrated_u
     assert waker.woken == [job_id]
 
 
-def test_runpod_webhook_with_an_unknown_token_is_answered_and_ignored(migrated_url):
+def test_runpod_webhook_with_an_unknown_token_is_a_404_and_ignored(migrated_url):
     insert_job(migrated_url, status="taken", token="tok-known")
     waker = RecordingWaker()
     response = call(
         migrated_url, "POST", "/runpod/webhook/tok-unknown", waker, json={"status": "COMPLETED"}
     )
-    assert response.status_code == 200  # RunPod retries anything else; nothing to retry here
+    # Tells a prober nothing beyond "no such token"; more cases in test_intake_hardening.py.
+    assert response.status_code == 404
     assert waker.woken == []
 
 
