@@ -3,8 +3,11 @@
 Webhooks only wake the claimer; the database decides what happens, so duplicates are harmless.
 """
 
+import asyncio
 import hmac
+import ipaddress
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,10 +18,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import SecretStr
+from starlette.requests import ClientDisconnect
 
-from orchestrator.db import Database
+from orchestrator.db import Database, Row
+from orchestrator.errors import ConfigError
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
+
+# A Database Webhook body is a few hundred bytes (the row itself); 64 KiB leaves room for wide rows.
+INTAKE_MAX_BYTES = 64 * 1024
+# Supabase's webhook sender and RunPod give up after a few seconds: answer within two.
+DB_DEADLINE_S = 2.0
+# What flow.py's secrets.token_urlsafe(24) makes (32 characters), with room to spare.
+WEBHOOK_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class Waker(Protocol):
@@ -30,8 +43,10 @@ class Waker(Protocol):
     def wake_job(self, job_id: str) -> bool:
         """Poll one in-flight job's RunPod status now."""
 
-    async def runpod_callback(self, token: str, runpod_id: str | None) -> bool:
-        """Handle RunPod's completion webhook for a job's token; False if no job has it."""
+    async def runpod_callback(
+        self, token: str, job: Mapping[str, Any], runpod_id: str | None
+    ) -> None:
+        """Handle RunPod's completion webhook for the job (row) its token belongs to."""
 
     @property
     def operator_problems(self) -> dict[str, str]:
@@ -40,6 +55,38 @@ class Waker(Protocol):
 
 class BadBody(ValueError):
     """A webhook body we cannot read a job id from."""
+
+
+class BodyTooLarge(ValueError):
+    """A request body over its route's cap (HTTP 413)."""
+
+
+async def read_capped_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused (BodyTooLarge) as soon as it passes max_bytes: never read whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(f"the body is over {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise BodyTooLarge(f"the body is over {max_bytes} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadBody("the sender hung up before the body ended") from None
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> object:
+    """JSON from bytes; anything unreadable, nesting too deep included, is a BadBody."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise BadBody("the JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BadBody(str(exc)) from None
 
 
 def job_id_from_body(body: object) -> str:
@@ -59,9 +106,9 @@ def job_id_from_body(body: object) -> str:
 def runpod_id_from_body(body: bytes) -> str | None:
     """The RunPod job id in a completion webhook's body (the job's status object), if any."""
     try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
+        parsed = parse_json(body)
+    except BadBody:
+        return None  # the webhook still wakes the job: its poll reads the status itself
     job_id = parsed.get("id") if isinstance(parsed, dict) else None
     return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 200 else None
 
@@ -84,6 +131,52 @@ def secret_ok(given: str | None, expected: str | None) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
+def bearer_ok(authorization: str | None, token: str | None) -> bool:
+    """Constant-time check of `Authorization: Bearer <token>` (everything passes without one)."""
+    if token is None:
+        return True
+    return hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
+
+
+def configured_secret(value: SecretStr | None, name: str) -> str | None:
+    """A secret setting's value; set but blank is refused, since it would turn a check off."""
+    if value is None:
+        return None
+    secret = value.get_secret_value()
+    if not secret.strip():
+        raise ConfigError(
+            f"{name} is set but empty, which would turn its check off: "
+            f"unset {name} or set it to a real secret"
+        )
+    return secret
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host (an address or `localhost`) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def valid_token(token: str) -> bool:
+    """Whether token could be one flow.py made; anything else is not looked up at all."""
+    return WEBHOOK_TOKEN.fullmatch(token) is not None
+
+
+async def lookup(db: Database, name: str, **params: Any) -> Row | None:
+    """A named query bounded by DB_DEADLINE_S; psycopg.Error or TimeoutError past it."""
+    async with asyncio.timeout(DB_DEADLINE_S):
+        return await db.one(name, timeout_s=DB_DEADLINE_S, **params)
+
+
+def error(message: str, status_code: int) -> JSONResponse:
+    """The house error body."""
+    return JSONResponse({"error": message}, status_code=status_code)
+
+
 def create_app(
     settings: Settings,
     db: Database,
@@ -91,24 +184,30 @@ def create_app(
     metrics: Metrics,
     storage_root: Path | None = None,
 ) -> FastAPI:
-    """The FastAPI app; `storage_root` serves LocalStorage's files under /storage."""
+    """The FastAPI app; `storage_root` serves LocalStorage's files under /storage.
+
+    Raises ConfigError when WEBHOOK_SECRET or METRICS_TOKEN is set but empty.
+    """
     app = FastAPI(title="Klein I2I orchestrator", docs_url=None, redoc_url=None)
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    secret = configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
+    metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
 
     @app.post("/webhook/klein_i2i")
     async def intake(request: Request) -> JSONResponse:
         if not secret_ok(request.headers.get("x-webhook-secret"), secret):
-            return JSONResponse({"error": "missing or wrong X-Webhook-Secret"}, status_code=401)
+            return error("missing or wrong X-Webhook-Secret", 401)
         try:
-            job_id = job_id_from_body(json.loads(await request.body()))
-        except (ValueError, BadBody) as exc:
-            return JSONResponse({"error": f"malformed body: {exc}"}, status_code=422)
+            raw = await read_capped_body(request, INTAKE_MAX_BYTES)
+            job_id = job_id_from_body(parse_json(raw))
+        except BodyTooLarge as exc:
+            return error(f"{exc}: a Database Webhook body is a few hundred bytes", 413)
+        except BadBody as exc:
+            return error(f"malformed body: {exc}", 422)
         try:
-            # Supabase's webhook sender gives up after a few seconds: answer within two.
-            row = await db.one("job_for_intake", timeout_s=2.0, job_id=job_id)
-        except psycopg.Error:
+            row = await lookup(db, "job_for_intake", job_id=job_id)
+        except (psycopg.Error, TimeoutError):
             waker.nudge("webhook")
-            return JSONResponse({"error": "database unavailable; retry later"}, status_code=503)
+            return error("database unavailable; retry later", 503)
         reason = intake_verdict(row, settings.klein_template_id)
         if reason is None:
             waker.nudge("webhook")
@@ -117,7 +216,25 @@ def create_app(
 
     @app.post("/runpod/webhook/{token}")
     async def runpod_done(token: str, request: Request) -> JSONResponse:
-        await waker.runpod_callback(token, runpod_id_from_body(await request.body()))
+        if not valid_token(token):
+            return error("unknown webhook token", 404)
+        try:
+            row = await lookup(db, "job_by_webhook_token", token=token)
+        except (psycopg.Error, TimeoutError):
+            return error("database unavailable; retry later", 503)
+        if row is None:
+            return error("unknown webhook token", 404)
+        try:
+            body = await read_capped_body(request, settings.runpod_webhook_max_bytes)
+        except BodyTooLarge as exc:
+            return error(f"{exc} (RUNPOD_WEBHOOK_MAX_BYTES)", 413)
+        except BadBody as exc:
+            return error(f"malformed body: {exc}", 422)
+        try:
+            async with asyncio.timeout(DB_DEADLINE_S):
+                await waker.runpod_callback(token, row, runpod_id_from_body(body))
+        except (psycopg.Error, TimeoutError):
+            return error("database unavailable; retry later", 503)
         return JSONResponse({"ok": True})
 
     @app.get("/healthz")
@@ -135,7 +252,11 @@ def create_app(
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        if not bearer_ok(request.headers.get("authorization"), metrics_token):
+            response = error("missing or wrong Authorization: Bearer <METRICS_TOKEN>", 401)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if storage_root is not None:

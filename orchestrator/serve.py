@@ -17,7 +17,7 @@ from orchestrator.alerts import OperatorAlerts
 from orchestrator.db import Database
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import ConfigError
-from orchestrator.http import create_app
+from orchestrator.http import configured_secret, create_app, is_loopback
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.runpod import RunPodClient
@@ -73,8 +73,21 @@ async def check_schema(db: Database) -> None:
         raise ConfigError("the database has no generation_jobs table; run `klein migrate` first")
 
 
+def check_http_face(settings: Settings, address: Address) -> None:
+    """Refuse blank secrets (a ConfigError); warn when /metrics is open beyond this machine."""
+    configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
+    metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
+    if metrics_token is None and not is_loopback(address.host):
+        log.warning(
+            "METRICS_TOKEN is not set and klein serve listens on %s: /metrics is open to "
+            "anyone who can reach this port; set METRICS_TOKEN to require a bearer token",
+            address.host,
+        )
+
+
 async def run_server(settings: Settings, address: Address) -> None:
     """Serve until SIGTERM/SIGINT, then hand in-flight jobs over and exit."""
+    check_http_face(settings, address)
     database_url, endpoint_id = require(settings)
     metrics = Metrics()
     async with AsyncExitStack() as stack:

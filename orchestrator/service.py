@@ -8,9 +8,10 @@ outlives any exception (logged, counted, backed off).
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -68,21 +69,20 @@ class Orchestrator:
         entry.wake.set()
         return True
 
-    async def runpod_callback(self, token: str, runpod_id: str | None) -> bool:
-        """RunPod's completion webhook for a job's token: wake its poll, adopt the result of a
-        submission whose id was lost, or cancel a stray RunPod job. False: no such token."""
-        row = await self.deps.db.one("job_by_webhook_token", timeout_s=2.0, token=token)
-        if row is None:
-            return False
-        job_id = str(row["id"])
-        match callback_action(row["runpod_job_id"], row["status"], runpod_id):
+    async def runpod_callback(
+        self, token: str, job: Mapping[str, Any], runpod_id: str | None
+    ) -> None:
+        """RunPod's completion webhook for the job its token belongs to (its
+        `job_by_webhook_token` row): wake its poll, adopt the result of a submission whose id
+        was lost, or cancel a stray RunPod job."""
+        job_id = str(job["id"])
+        match callback_action(job["runpod_job_id"], job["status"], runpod_id):
             case CallbackAction.WAKE:
                 self.wake_job(job_id)
             case CallbackAction.ADOPT if runpod_id is not None:
                 await self._adopt(token, job_id, runpod_id)
             case _ if runpod_id is not None:
                 self._cancel_stray(job_id, runpod_id)
-        return True
 
     async def _adopt(self, token: str, job_id: str, runpod_id: str) -> None:
         row = await self.deps.db.one(

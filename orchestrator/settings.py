@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     klein_host: str = "127.0.0.1"
     klein_port: int = 8080
     worker_id: str = Field(default_factory=default_worker_id)
+    # The HTTP face's defences (docs/security.md): /metrics wants `Authorization: Bearer
+    # <METRICS_TOKEN>` when set; RunPod's completion webhook carries the whole job result (a
+    # base64 image, several MB), so its body cap is large but still a cap.
+    metrics_token: SecretStr | None = None
+    runpod_webhook_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
     @property
     def uses_supabase_storage(self) -> bool:

@@ -188,3 +188,11 @@ def set_token(url: str, job_id: str) -> str:
     token = uuid.uuid4().hex
     execute(url, "UPDATE generation_jobs SET webhook_token = %s WHERE id = %s", (token, job_id))
     return token
+
+
+async def webhook(orchestrator: Orchestrator, token: str, runpod_id: str) -> bool:
+    """RunPod's completion webhook as the HTTP app hands it over; False for an unknown token."""
+    row = await orchestrator.deps.db.one("job_by_webhook_token", token=token)
+    if row is not None:
+        await orchestrator.runpod_callback(token, row, runpod_id)
+    return row is not None

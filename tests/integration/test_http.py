@@ -35,9 +35,9 @@ class RecordingWaker:
         self.woken.append(job_id)
         return True
 
-    async def runpod_callback(self, token: str, runpod_id: str | None) -> bool:
+    async def runpod_callback(self, token: str, job, runpod_id: str | None) -> None:
         self.callbacks.append((token, runpod_id))
-        return token.startswith("tok-known")
+        self.wake_job(str(job["id"]))
 
     operator_problems: dict[str, str] = {}  # noqa: RUF012 - read-only here
 
@@ -221,22 +221,26 @@ def test_the_intake_webhook_accepts_the_right_secret(migrated_url):
 def test_runpod_completion_webhook_hands_its_token_and_runpod_id_to_the_orchestrator(
     migrated_url,
 ):
-    token = "tok-known-" + uuid.uuid4().hex
+    token = "tok-" + uuid.uuid4().hex
+    job_id = insert_job(migrated_url, status="taken", token=token)
+    insert_job(migrated_url, status="taken", token="tok-someone-else")
     waker = RecordingWaker()
     body = {"id": "rp-1", "status": "COMPLETED", "output": {"image": "..."}}
     response = call(migrated_url, "POST", f"/runpod/webhook/{token}", waker, json=body)
     assert response.status_code == 200
     assert waker.callbacks == [(token, "rp-1")]
+    assert waker.woken == [job_id]
 
 
-def test_runpod_webhook_with_an_unknown_token_is_answered_and_ignored(migrated_url):
+def test_runpod_webhook_with_an_unknown_token_is_a_404_and_ignored(migrated_url):
     insert_job(migrated_url, status="taken", token="tok-known")
     waker = RecordingWaker()
     response = call(
         migrated_url, "POST", "/runpod/webhook/tok-unknown", waker, json={"status": "COMPLETED"}
     )
-    assert response.status_code == 200  # RunPod retries anything else; nothing to retry here
-    assert waker.callbacks == [("tok-unknown", None)]
+    # Tells a prober nothing beyond "no such token"; more cases in test_intake_hardening.py.
+    assert response.status_code == 404
+    assert waker.callbacks == []
 
 
 # --------------------------------------------------------------------------- health, metrics

@@ -4,11 +4,13 @@ adopted or cancelled), operator problems that wait, sick workers, and bounded re
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import httpx
 import pytest
 
 from orchestrator.jobs import Outcome
+from orchestrator.runpod import RunPodClient
 from tests.integration.faultkit import (
     Fault,
     FaultyDatabase,
@@ -18,6 +20,7 @@ from tests.integration.faultkit import (
     running,
     set_token,
     until_finished,
+    webhook,
 )
 from tests.integration.flowkit import ScriptedWorker, drive, execute, insert, png_b64
 
@@ -140,8 +143,6 @@ def test_a_cancel_during_run_still_records_the_runpod_job_and_cancels_it(
             return getattr(self._runpod, name)
 
     def wrap(deps):
-        from dataclasses import replace
-
         return replace(deps, runpod=SlowAnswers(deps.runpod))
 
     async def scenario():
@@ -172,26 +173,22 @@ def test_a_lost_run_answer_waits_for_the_webhook_which_adopts_the_runpod_job(
     may still come; when it comes (with the job's token), its RunPod job is the result."""
     worker = ScriptedWorker()
     endpoint = endpoint_for(worker)
-    transport = LosesRunAnswers(times=1)
-
-    def wrap(deps):
-        from dataclasses import replace
-
-        from orchestrator.runpod import RunPodClient
-
-        client = httpx.AsyncClient(transport=transport, timeout=10)
-        return replace(deps, runpod=RunPodClient(client, endpoint.api_base, "local", None))
 
     async def scenario():
-        async with running(
-            migrated_url,
-            endpoint,
-            openrouter_server,
-            tmp_path,
-            wrap=wrap,
-            public_base_url="http://127.0.0.1:9",  # webhooks on; they are delivered by hand
-            submission_unknown_wait_s=30,
-        ) as orchestrator:
+        client = httpx.AsyncClient(transport=LosesRunAnswers(times=1), timeout=10)
+        runpod = RunPodClient(client, endpoint.api_base, "local", None)
+        async with (
+            client,
+            running(
+                migrated_url,
+                endpoint,
+                openrouter_server,
+                tmp_path,
+                wrap=lambda deps: replace(deps, runpod=runpod),
+                public_base_url="http://127.0.0.1:9",  # webhooks on; they are delivered by hand
+                submission_unknown_wait_s=30,
+            ) as orchestrator,
+        ):
             job_id, _ = insert(migrated_url, PROMPT)
             orchestrator.nudge()
             for _ in range(100):
@@ -200,7 +197,7 @@ def test_a_lost_run_answer_waits_for_the_webhook_which_adopts_the_runpod_job(
                 if waiting["status"] == "pending" and waiting["retries"] == 1:
                     break
             [runpod_id] = worker.job_ids
-            assert await orchestrator.runpod_callback(waiting["webhook_token"], runpod_id)
+            assert await webhook(orchestrator, waiting["webhook_token"], runpod_id)
             row, _ = await until_finished(migrated_url, job_id, 10)
             return waiting, row
 
@@ -230,8 +227,8 @@ def test_a_webhook_for_a_runpod_job_that_is_not_the_recorded_one_cancels_it(
 
     async def scenario():
         async with running(migrated_url, endpoint, openrouter_server, tmp_path) as orchestrator:
-            known = await orchestrator.runpod_callback(token, stray)
-            unknown = await orchestrator.runpod_callback("no-such-token", stray)
+            known = await webhook(orchestrator, token, stray)
+            unknown = await webhook(orchestrator, "no-such-token", stray)
             for _ in range(100):
                 status = httpx.get(f"{endpoint.url}/status/{stray}").json()["status"]
                 if status == "CANCELLED":
@@ -327,8 +324,6 @@ def test_an_unexpected_error_is_retried_within_the_budget_then_fails_with_its_ty
     always = Fault(lambda: NotADirectoryError(20, "Not a directory"), times=99)
 
     def wrap(deps):
-        from dataclasses import replace
-
         return replace(deps, storage=FaultyProxy(deps.storage, {"put_png": always}))
 
     async def scenario():
