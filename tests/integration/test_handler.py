@@ -341,7 +341,10 @@ def test_an_inline_image_too_large_for_runpod_is_refused_before_comfyui(comfy_se
 
 def test_a_parser_mismatch_image_url_is_refused_before_comfyui(comfy_server, image_host):
     url = image_host + "\\@images.example.com/ok.png"
-    output = run(make_worker(comfy_server), {"prompt": "p", "image_url": url})
+    worker = make_worker(comfy_server)
+    # never a public address: nothing may leave this machine even if the refusal regressed
+    worker.context = dataclasses.replace(worker.context, resolve=lambda host: ["10.0.0.1"])
+    output = run(worker, {"prompt": "p", "image_url": url})
     assert output == {
         "error": "Invalid parameter: image_url must not contain backslashes, spaces or control "
         "characters"
