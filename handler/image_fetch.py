@@ -7,14 +7,17 @@ certificate checks). Error sentences name the verdict, never the host or port th
 
 import http.client
 import socket
+import ssl
 import threading
 import time
 from contextlib import suppress
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import urljoin
 
 import certifi
+import urllib3.exceptions
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.response import HTTPResponse
@@ -28,6 +31,7 @@ CHUNK_BYTES = 64 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 CANNOT_CONNECT = "Could not fetch image_url: cannot connect"
 BROKE_OFF = "Could not fetch image_url: the connection broke off"
+TLS_FAILED = "Could not fetch image_url: the server's TLS certificate could not be verified"
 
 
 class Deadline:
@@ -106,28 +110,46 @@ class _WatchedHTTPSConnection(HTTPSConnection):
         return sock
 
 
-def fetch_image(url: str, policy: UrlPolicy, max_bytes: int, timeout_s: float) -> bytes:
-    """Download a URL within the byte cap and one deadline, vetting and pinning every hop."""
+def fetch_image(
+    url: str, policy: UrlPolicy, max_bytes: int, timeout_s: float, ca_certs: str | None = None
+) -> bytes:
+    """Download a URL within the byte cap and one deadline, vetting and pinning every hop
+    (https certificates checked against certifi's roots unless ca_certs names a bundle)."""
     with Deadline(timeout_s) as deadline:
         try:
-            return _follow(url, policy, max_bytes, deadline)
+            return _follow(url, _Hop(policy, max_bytes, ca_certs or certifi.where()), deadline)
         except (HTTPError, http.client.HTTPException, OSError) as exc:
-            if deadline.expired:
-                raise ImageFetchError(deadline.sentence()) from exc
-            raise ImageFetchError(BROKE_OFF) from exc
+            raise ImageFetchError(_failure(exc, deadline)) from exc
 
 
-def _follow(url: str, policy: UrlPolicy, max_bytes: int, deadline: Deadline) -> bytes:
-    for _hop in range(MAX_REDIRECTS + 1):
-        target, addresses = policy.vet(url)
-        connection, response = _open(target, addresses, deadline)
+def _failure(exc: Exception, deadline: Deadline) -> str:
+    if deadline.expired:
+        return deadline.sentence()
+    if isinstance(exc, urllib3.exceptions.SSLError | ssl.SSLError):
+        return TLS_FAILED
+    return BROKE_OFF
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """What every hop of one download is held to."""
+
+    policy: UrlPolicy
+    max_bytes: int
+    ca_certs: str
+
+
+def _follow(url: str, hop: _Hop, deadline: Deadline) -> bytes:
+    for _count in range(MAX_REDIRECTS + 1):
+        target, addresses = hop.policy.vet(url)
+        connection, response = _open(target, addresses, hop.ca_certs, deadline)
         try:
             if response.status in REDIRECT_STATUSES:
                 url = next_hop(url, response.headers.get("location", ""))
                 continue
             if response.status != 200:
                 raise ImageFetchError(f"Could not fetch image_url: HTTP {response.status}")
-            return _read_capped(response, max_bytes, deadline)
+            return _read_capped(response, hop.max_bytes, deadline)
         finally:
             response.close()
             connection.close()
@@ -135,11 +157,11 @@ def _follow(url: str, policy: UrlPolicy, max_bytes: int, deadline: Deadline) -> 
 
 
 def _open(
-    target: Target, addresses: list[IpAddress], deadline: Deadline
+    target: Target, addresses: list[IpAddress], ca_certs: str, deadline: Deadline
 ) -> tuple[HTTPConnection, HTTPResponse]:
     """Send the GET to the first vetted address that accepts a connection."""
     for address in addresses:
-        connection = _connection(target, address, deadline)
+        connection = _connection(target, address, ca_certs, deadline)
         try:
             connection.request(
                 "GET", target.request_uri, headers=_headers(target), preload_content=False
@@ -155,7 +177,9 @@ def _open(
     raise ImageFetchError(CANNOT_CONNECT)
 
 
-def _connection(target: Target, address: IpAddress, deadline: Deadline) -> HTTPConnection:
+def _connection(
+    target: Target, address: IpAddress, ca_certs: str, deadline: Deadline
+) -> HTTPConnection:
     timeout_s = deadline.remaining_s()
     if target.scheme == "http":
         return _WatchedHTTPConnection(
@@ -167,9 +191,8 @@ def _connection(target: Target, address: IpAddress, deadline: Deadline) -> HTTPC
         timeout=timeout_s,
         deadline=deadline,
         server_hostname=target.host,
-        assert_hostname=target.host,
         cert_reqs="CERT_REQUIRED",
-        ca_certs=certifi.where(),
+        ca_certs=ca_certs,
     )
 
 

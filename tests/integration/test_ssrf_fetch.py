@@ -7,16 +7,23 @@ tests that must connect allow one loopback address through the policy's allow-li
 """
 
 import contextlib
+import datetime
 import io
 import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from PIL import Image
 
 from handler.errors import ImageFetchError, InvalidInput
@@ -216,3 +223,90 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(image_host, path):
     elapsed_s = time.monotonic() - started
     assert str(caught.value) == "Could not fetch image_url: timed out after 1.5 s"
     assert elapsed_s < 5
+
+
+def _certificates(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """A throwaway CA, and a certificate it signed for `name`: (ca, cert, key) PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def signed(subject: str, key, issuer: str, issuer_key, is_ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        )
+        if not is_ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+            )
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    ca = signed("klein test CA", ca_key, "klein test CA", ca_key, is_ca=True)
+    leaf = signed(name, leaf_key, "klein test CA", ca_key, is_ca=False)
+    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+@pytest.fixture
+def tls_host(tmp_path: Path) -> Iterator[tuple[Host, str, list[str]]]:
+    """An https image host on 127.0.0.2 with a certificate for images.test; the CA bundle path;
+    the TLS server names (SNI) clients asked for."""
+    ca, cert, key = _certificates(tmp_path, "images.test")
+    server_names: list[str] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, name, ctx: server_names.append(str(name))
+    host = Host("127.0.0.2", 0, png())
+    server = ThreadingHTTPServer(("127.0.0.2", 0), _handler(host))
+    server.daemon_threads = True
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    host.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield host, str(ca), server_names
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_to_the_vetted_address_keeps_the_name_for_sni_host_and_certificate(tls_host):
+    host, ca, server_names = tls_host
+    policy = allowing_only("127.0.0.2", {"images.test": "127.0.0.2"})
+    url = f"https://images.test:{host.port}/a.png"
+    assert fetch_image(url, policy, MAX_BYTES, 5.0, ca_certs=ca) == host.body
+    assert server_names == ["images.test"]
+    assert host.requests == [("/a.png", f"images.test:{host.port}")]
+
+
+@pytest.mark.parametrize(("name", "trust_test_ca"), [("other.test", True), ("images.test", False)])
+def test_https_with_a_certificate_for_another_name_or_from_an_unknown_ca_is_refused(
+    tls_host, name, trust_test_ca
+):
+    host, ca, _server_names = tls_host
+    policy = allowing_only("127.0.0.2", {name: "127.0.0.2"})
+    with pytest.raises(ImageFetchError) as caught:
+        fetch_image(
+            f"https://{name}:{host.port}/a.png",
+            policy,
+            MAX_BYTES,
+            5.0,
+            ca_certs=ca if trust_test_ca else None,
+        )
+    assert str(caught.value) == (
+        "Could not fetch image_url: the server's TLS certificate could not be verified"
+    )
+    assert host.requests == []
