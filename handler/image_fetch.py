@@ -10,6 +10,8 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
@@ -141,7 +143,7 @@ class _Hop:
 
 def _follow(url: str, hop: _Hop, deadline: Deadline) -> bytes:
     for _count in range(MAX_REDIRECTS + 1):
-        target, addresses = hop.policy.vet(url)
+        target, addresses = _vet(hop.policy, url, deadline)
         connection, response = _open(target, addresses, hop.ca_certs, deadline)
         try:
             if response.status in REDIRECT_STATUSES:
@@ -154,6 +156,17 @@ def _follow(url: str, hop: _Hop, deadline: Deadline) -> bytes:
             response.close()
             connection.close()
     raise ImageFetchError(f"Could not fetch image_url: more than {MAX_REDIRECTS} redirects")
+
+
+def _vet(policy: UrlPolicy, url: str, deadline: Deadline) -> tuple[Target, list[IpAddress]]:
+    """The policy's verdict, within the deadline: the system resolver has no timeout of its own."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-url-lookup")
+    try:
+        return executor.submit(policy.vet, url).result(timeout=deadline.remaining_s())
+    except FutureTimeout:
+        raise ImageFetchError(deadline.sentence()) from None
+    finally:
+        executor.shutdown(wait=False)
 
 
 def _open(

@@ -310,3 +310,16 @@ def test_https_with_a_certificate_for_another_name_or_from_an_unknown_ca_is_refu
         "Could not fetch image_url: the server's TLS certificate could not be verified"
     )
     assert host.requests == []
+
+
+@pytest.mark.timeout(10)
+def test_a_slow_name_lookup_counts_against_the_deadline():
+    def slow(host: str) -> list[str]:
+        time.sleep(3)
+        return ["127.0.0.2"]
+
+    policy = UrlPolicy(resolve=slow, allowed_networks=(ipaddress.ip_network("127.0.0.2/32"),))
+    started = time.monotonic()
+    with pytest.raises(ImageFetchError, match="timed out after 1 s"):
+        fetch("http://slow-dns.test/a.png", policy, timeout_s=1.0)
+    assert time.monotonic() - started < 2.5
