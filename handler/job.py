@@ -80,7 +80,6 @@ def image_limits(settings: HandlerSettings) -> ImageLimits:
         max_bytes=settings.image_max_bytes,
         max_pixels=settings.image_max_pixels,
         fetch_timeout_s=settings.image_fetch_timeout_s,
-        allow_private_urls=settings.allow_private_image_urls,
     )
 
 

@@ -35,7 +35,6 @@ class ImageLimits:
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
     fetch_timeout_s: float = 30.0
-    allow_private_urls: bool = False
 
 
 @dataclass(frozen=True)
