@@ -203,9 +203,10 @@ def image_url_problem(url: str) -> str | None:
 
 
 def is_http_url(url: str) -> bool:
-    """True for an absolute http(s) URL with a host."""
+    """True for an absolute http(s) URL with a host (and a valid port, if it names one)."""
     try:
         parts = urlsplit(url)
+        _port = parts.port  # raises for a port out of range or not a number
     except ValueError:
         return False
     return parts.scheme in {"http", "https"} and bool(parts.hostname)

@@ -100,6 +100,10 @@ def test_image_url_wins_when_both_are_given():
             "Invalid parameter: image_url must be an http(s) URL",
         ),
         (
+            {"prompt": "p", "image_url": "https://x.org:99999/a.png"},
+            "Invalid parameter: image_url must be an http(s) URL",
+        ),
+        (
             {"prompt": "p", "image_url": "not a url"},
             "Invalid parameter: image_url must be an http(s) URL",
         ),
