@@ -3,6 +3,7 @@
 Pure: no I/O. The orchestrator validates with the same rules before spending GPU time.
 """
 
+import json
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,15 @@ RANGES: dict[str, tuple[float, float]] = {
 KNOWN_FIELDS = frozenset(
     {"prompt", "image_url", "image_base64", "seed", "steps", "cfg", "megapixels"}
 )
+
+# RunPod refuses a /run body over 10 MB (HTTP 413). The reserve covers everything but the image:
+# the prompt (2,000 characters, up to 6 bytes each once escaped), its translation, numbers, webhook.
+RUNPOD_RUN_MAX_BYTES = 10_000_000
+RUN_BODY_RESERVE_BYTES = 100_000
+IMAGE_BASE64_MAX_CHARS = RUNPOD_RUN_MAX_BYTES - RUN_BODY_RESERVE_BYTES
+IMAGE_URL_MAX_CHARS = 8192
+# Characters that parsers disagree about (a backslash ends the host for some, not for others).
+AMBIGUOUS_URL_CHARS = frozenset("\\") | frozenset(chr(code) for code in range(0x21)) | {"\x7f"}
 
 MISSING_IMAGE = "Missing required parameter: image"
 MISSING_PROMPT = "Missing required parameter: prompt"
@@ -154,19 +164,49 @@ def parse_input(raw: object, *, draw_seed: Callable[[], int] = random_seed) -> J
 def _image_source(job: JobInput) -> ImageSource:
     url = (job.image_url or "").strip()
     if url:
-        if not is_http_url(url):
-            raise InvalidInput("Invalid parameter: image_url must be an http(s) URL")
+        if problem := image_url_problem(url):
+            raise InvalidInput(f"Invalid parameter: image_url {problem}")
         return ImageUrl(url)
     data = (job.image_base64 or "").strip()
     if data:
+        if _json_size(data) > IMAGE_BASE64_MAX_CHARS:
+            raise InvalidInput(base64_too_large())
         return ImageBase64(data)
     raise InvalidInput(MISSING_IMAGE)
 
 
+def base64_too_large() -> str:
+    """The sentence for an inline image that would push the /run body over RunPod's limit."""
+    megabytes = IMAGE_BASE64_MAX_CHARS * 3 // 4 / 1_000_000
+    return (
+        "Invalid parameter: image_base64 is too large to send through RunPod "
+        f"(over {megabytes:.1f} MB); send a smaller image or an image_url"
+    )
+
+
+def _json_size(text: str) -> int:
+    return len(json.dumps(text)) - 2
+
+
+def image_url_problem(url: str) -> str | None:
+    """Why a URL cannot be fetched safely ("must ..."), or None; forms parsers read differently
+    (a user name, a backslash, spaces or control characters) are refused outright."""
+    if len(url) > IMAGE_URL_MAX_CHARS:
+        return f"must be at most {IMAGE_URL_MAX_CHARS} characters"
+    if not is_http_url(url):
+        return "must be an http(s) URL"
+    if any(char in AMBIGUOUS_URL_CHARS for char in url):
+        return "must not contain backslashes, spaces or control characters"
+    if "@" in urlsplit(url).netloc:
+        return "must not contain a user name or password"
+    return None
+
+
 def is_http_url(url: str) -> bool:
-    """True for an absolute http(s) URL with a host."""
+    """True for an absolute http(s) URL with a host (and a valid port, if it names one)."""
     try:
         parts = urlsplit(url)
+        _port = parts.port  # raises for a port out of range or not a number
     except ValueError:
         return False
     return parts.scheme in {"http", "https"} and bool(parts.hostname)

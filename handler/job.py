@@ -20,14 +20,9 @@ from handler.comfy import ComfyClient
 from handler.config import HandlerSettings
 from handler.contract import JobParams, parse_input, unknown_fields
 from handler.errors import ComfyRejected, InvalidOutput, JobStopped, JobTimedOut
-from handler.reference_image import (
-    ImageLimits,
-    Resolver,
-    load_reference_image,
-    system_resolver,
-    verify_image,
-)
+from handler.reference_image import ImageLimits, load_reference_image, verify_image
 from handler.run_state import Phase, RunState, fold, output_images, state_from_history
+from handler.url_policy import IpNetwork, Resolver, UrlPolicy, system_resolver
 from handler.workflow import Workflow
 
 log = logging.getLogger(__name__)
@@ -45,8 +40,9 @@ class JobContext:
     settings: HandlerSettings
     comfy: ComfyClient
     workflow: Workflow
-    http: requests.Session
+    http: requests.Session  # not used for reference images: their fetch pins its own connection
     resolve: Resolver = system_resolver
+    allowed_networks: tuple[IpNetwork, ...] = ()
     # Set from another thread to stop the running job (the local endpoint's /cancel).
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -84,7 +80,15 @@ def image_limits(settings: HandlerSettings) -> ImageLimits:
         max_bytes=settings.image_max_bytes,
         max_pixels=settings.image_max_pixels,
         fetch_timeout_s=settings.image_fetch_timeout_s,
-        allow_private_urls=settings.allow_private_image_urls,
+    )
+
+
+def url_policy(ctx: JobContext) -> UrlPolicy:
+    """The address rule every image_url hop is held to."""
+    return UrlPolicy(
+        resolve=ctx.resolve,
+        allow_private=ctx.settings.allow_private_image_urls,
+        allowed_networks=ctx.allowed_networks,
     )
 
 
@@ -111,14 +115,12 @@ def run_job(
     if isinstance(raw_input, Mapping) and (ignored := unknown_fields(raw_input)):
         log.info("job %s: ignoring unknown input fields %s", job_id, ignored)
     with timings.stage("image_s"):
-        image = load_reference_image(
-            params.image, ctx.http, image_limits(ctx.settings), ctx.resolve
-        )
+        image = load_reference_image(params.image, image_limits(ctx.settings), url_policy(ctx))
     token = safe_token(job_id)
     files: list[Path] = []
     try:
         with timings.stage("upload_s"):
-            uploaded = ctx.comfy.upload_image(image.data, f"klein_{token}.{image.extension}")
+            uploaded = ctx.comfy.upload_image(image.png, f"klein_{token}.png")
         files.append(Path("input") / uploaded)
         graph = ctx.workflow.apply(graph_values(params, uploaded, token))
         with timings.stage("comfy_s"):

@@ -1,33 +1,31 @@
-"""The reference image: fetched from a guarded URL or decoded from base64, then verified.
+"""The reference image: fetched under the URL policy or decoded from base64, then normalised.
 
-Nothing reaches ComfyUI before Pillow has read the whole image within the size caps.
+Nothing reaches ComfyUI but what this module made: Pillow decodes the image once, within the size
+caps, and the worker uploads a single-frame PNG, upright (EXIF orientation applied).
 """
 
 import base64
 import binascii
 import io
-import ipaddress
 import re
-import socket
-import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
 
-import requests
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from handler.contract import ImageBase64, ImageSource, ImageUrl, is_http_url
-from handler.errors import ImageFetchError, InvalidInput
+from handler.contract import ImageBase64, ImageSource, ImageUrl
+from handler.errors import InvalidInput
+from handler.image_fetch import fetch_image, too_large
+from handler.url_policy import UrlPolicy
 
-MAX_REDIRECTS = 3
-CHUNK_BYTES = 64 * 1024
 DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
-
-Resolver = Callable[[str], Iterable[str]]
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# What the worker decodes (JPEG covers MPO): photo formats, never those Pillow hands to other
+# programs (EPS goes to Ghostscript).
+REFERENCE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+NOT_AN_IMAGE = "Invalid parameter: image is not a readable image"
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,6 @@ class ImageLimits:
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
     fetch_timeout_s: float = 30.0
-    allow_private_urls: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,97 +52,21 @@ class VerifiedImage:
         return EXTENSIONS.get(self.format, self.format.lower())
 
 
-def is_forbidden_address(address: IpAddress) -> bool:
-    """True for addresses a fetch must never reach: private, loopback, link-local, multicast."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global or address.is_multicast
+@dataclass(frozen=True)
+class ReferenceImage:
+    """What ComfyUI receives: one upright frame as PNG, and what it came from."""
 
-
-def system_resolver(host: str) -> list[str]:
-    """Every address the system resolver gives for a host."""
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ImageFetchError(f"Could not fetch image_url: cannot resolve host {host}") from exc
-    return [str(info[4][0]) for info in infos]
-
-
-def check_url_target(url: str, resolve: Resolver = system_resolver) -> None:
-    """Refuse a URL whose host is, or resolves to, a private or local address."""
-    host = urlsplit(url).hostname or ""
-    for text in resolve(host):
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        if is_forbidden_address(address):
-            raise InvalidInput("Invalid parameter: image_url points to a private or local address")
-
-
-def fetch_image(
-    url: str,
-    session: requests.Session,
-    limits: ImageLimits,
-    resolve: Resolver = system_resolver,
-) -> bytes:
-    """Download a URL within the byte cap and deadline, re-checking every redirect hop."""
-    deadline = time.monotonic() + limits.fetch_timeout_s
-    for _hop in range(MAX_REDIRECTS + 1):
-        if not limits.allow_private_urls:
-            check_url_target(url, resolve)
-        response = _get(session, url, limits)
-        with response:
-            if response.is_redirect:
-                url = _next_hop(url, response.headers.get("location", ""))
-                continue
-            if response.status_code != 200:
-                raise ImageFetchError(f"Could not fetch image_url: HTTP {response.status_code}")
-            return _read_capped(response, limits.max_bytes, deadline)
-    raise ImageFetchError(f"Could not fetch image_url: more than {MAX_REDIRECTS} redirects")
-
-
-def _get(session: requests.Session, url: str, limits: ImageLimits) -> requests.Response:
-    timeout = (min(10.0, limits.fetch_timeout_s), limits.fetch_timeout_s)
-    try:
-        return session.get(url, stream=True, timeout=timeout, allow_redirects=False)
-    except requests.Timeout as exc:
-        raise ImageFetchError("Could not fetch image_url: timed out") from exc
-    except requests.RequestException as exc:
-        host = urlsplit(url).hostname
-        raise ImageFetchError(f"Could not fetch image_url: cannot connect to {host}") from exc
-
-
-def _next_hop(url: str, location: str) -> str:
-    target = urljoin(url, location)
-    if not is_http_url(target):
-        raise InvalidInput("Invalid parameter: image_url redirected to a non-http(s) URL")
-    return target
-
-
-def _read_capped(response: requests.Response, max_bytes: int, deadline: float) -> bytes:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise InvalidInput(_too_large(max_bytes))
-    body = bytearray()
-    try:
-        for chunk in response.iter_content(CHUNK_BYTES):
-            body.extend(chunk)
-            if len(body) > max_bytes:
-                raise InvalidInput(_too_large(max_bytes))
-            if time.monotonic() > deadline:
-                raise ImageFetchError("Could not fetch image_url: download timed out")
-    except requests.RequestException as exc:
-        raise ImageFetchError("Could not fetch image_url: connection broke off") from exc
-    return bytes(body)
-
-
-def _too_large(max_bytes: int) -> str:
-    return f"Invalid parameter: image is larger than {max_bytes // 1_000_000} MB"
+    png: bytes
+    width: int
+    height: int
+    source_format: str
 
 
 def decode_base64_image(text: str, max_bytes: int) -> bytes:
     """Decode base64 with or without a data-URI prefix, refusing anything over the byte cap."""
     payload = "".join(DATA_URI.sub("", text.strip(), count=1).split())
     if len(payload) > (max_bytes * 4) // 3 + 4:
-        raise InvalidInput(_too_large(max_bytes))
+        raise InvalidInput(too_large(max_bytes))
     payload += "=" * (-len(payload) % 4)
     try:
         data = base64.b64decode(payload, validate=True)
@@ -154,40 +75,64 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
     if not data:
         raise InvalidInput("Invalid parameter: image_base64 is empty")
     if len(data) > max_bytes:
-        raise InvalidInput(_too_large(max_bytes))
+        raise InvalidInput(too_large(max_bytes))
     return data
 
 
-def verify_image(data: bytes, max_pixels: int) -> VerifiedImage:
-    """Fully decode an image with Pillow, refusing non-images and pixel bombs."""
+@contextmanager
+def _decoded(
+    data: bytes, max_pixels: int, formats: tuple[str, ...] | None = None
+) -> Iterator[Image.Image]:
+    """The image with its first frame decoded, after the pixel cap was checked on its header."""
     too_many = f"Invalid parameter: image has more than {max_pixels:,} pixels"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=formats)
         with image:
-            width, height = image.size
-            if width * height > max_pixels:
+            if image.width * image.height > max_pixels:
                 raise InvalidInput(too_many)
-            image_format = image.format or "PNG"
             image.load()
+            yield image
+    except InvalidInput:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput(too_many) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise InvalidInput("Invalid parameter: image is not a readable image") from None
-    return VerifiedImage(data=data, format=image_format, width=width, height=height)
+    except Exception:  # a decoder fed hostile bytes can fail in any way; all mean "not an image"
+        raise InvalidInput(NOT_AN_IMAGE) from None
+
+
+def verify_image(data: bytes, max_pixels: int) -> VerifiedImage:
+    """Fully decode an image with Pillow, refusing non-images and pixel bombs."""
+    with _decoded(data, max_pixels) as image:
+        return VerifiedImage(
+            data=data, format=image.format or "PNG", width=image.width, height=image.height
+        )
+
+
+def normalise_image(data: bytes, max_pixels: int) -> ReferenceImage:
+    """Decode once and re-encode what ComfyUI gets: frame 0 only, EXIF orientation applied, PNG
+    (RGBA when the image has transparency, RGB otherwise)."""
+    with _decoded(data, max_pixels, REFERENCE_FORMATS) as image:
+        source_format = image.format or "PNG"
+        upright = ImageOps.exif_transpose(image)
+        mode = "RGBA" if _has_alpha(upright) else "RGB"
+        buffer = io.BytesIO()
+        upright.convert(mode).save(buffer, format="PNG", compress_level=1)
+        return ReferenceImage(buffer.getvalue(), upright.width, upright.height, source_format)
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return "A" in image.getbands() or "transparency" in image.info
 
 
 def load_reference_image(
-    source: ImageSource,
-    session: requests.Session,
-    limits: ImageLimits,
-    resolve: Resolver = system_resolver,
-) -> VerifiedImage:
-    """The job's reference image, verified, from whichever source the job gave."""
+    source: ImageSource, limits: ImageLimits, policy: UrlPolicy
+) -> ReferenceImage:
+    """The job's reference image, normalised, from whichever source the job gave."""
     match source:
         case ImageUrl(url):
-            data = fetch_image(url, session, limits, resolve)
+            data = fetch_image(url, policy, limits.max_bytes, limits.fetch_timeout_s)
         case ImageBase64(text):
             data = decode_base64_image(text, limits.max_bytes)
-    return verify_image(data, limits.max_pixels)
+    return normalise_image(data, limits.max_pixels)

@@ -2,6 +2,7 @@
 
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -12,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from handler.config import HandlerSettings
@@ -292,3 +295,117 @@ def test_warm_up_runs_the_graph_once_on_a_generated_image(comfy_server):
     paths = comfy_paths(comfy_server)
     assert paths.count("/prompt") == 1
     assert "/view" in paths
+
+
+def uploaded_images(comfy_server) -> list[Image.Image]:
+    files = sorted(p for p in comfy_server.input_dir.rglob("*") if p.is_file())
+    return [Image.open(io.BytesIO(path.read_bytes())) for path in files]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_comfyui_receives_one_png_frame_of_an_animated_gif(comfy_server):
+    """A GIF's later frames once reached LoadImage, which stacks every frame as float32."""
+    frames = [Image.new("RGB", (120, 80), (index * 20, 0, 0)) for index in range(12)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    worker = make_worker(comfy_server, comfy_root=None)
+    output = run(worker, {"prompt": "p", "image_base64": b64(buffer.getvalue())})
+    assert "error" not in output, output
+    [uploaded] = uploaded_images(comfy_server)
+    assert (uploaded.format, getattr(uploaded, "n_frames", 1)) == ("PNG", 1)
+    assert uploaded.size == (120, 80)
+
+
+def test_comfyui_receives_the_photo_upright(comfy_server):
+    exif = Image.Exif()
+    exif[0x0112] = 8  # displayed rotated 90 degrees counter-clockwise
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), (10, 200, 10)).save(buffer, format="JPEG", exif=exif)
+    worker = make_worker(comfy_server, comfy_root=None)
+    output = run(worker, {"prompt": "p", "image_base64": b64(buffer.getvalue())})
+    assert "error" not in output, output
+    [uploaded] = uploaded_images(comfy_server)
+    assert (uploaded.format, uploaded.size) == ("PNG", (64, 96))
+
+
+def test_an_inline_image_too_large_for_runpod_is_refused_before_comfyui(comfy_server):
+    output = run(make_worker(comfy_server), {"prompt": "p", "image_base64": "A" * 10_000_000})
+    assert output["error"].startswith(
+        "Invalid parameter: image_base64 is too large to send through RunPod"
+    )
+    assert "/upload/image" not in comfy_paths(comfy_server)
+
+
+def test_a_parser_mismatch_image_url_is_refused_before_comfyui(comfy_server, image_host):
+    url = image_host + "\\@images.example.com/ok.png"
+    worker = make_worker(comfy_server)
+    # never a public address: nothing may leave this machine even if the refusal regressed
+    worker.context = dataclasses.replace(worker.context, resolve=lambda host: ["10.0.0.1"])
+    output = run(worker, {"prompt": "p", "image_url": url})
+    assert output == {
+        "error": "Invalid parameter: image_url must not contain backslashes, spaces or control "
+        "characters"
+    }
+    assert "/upload/image" not in comfy_paths(comfy_server)
+
+
+SENTENCE_STARTS = (
+    "Missing required parameter: ",
+    "Invalid parameter: ",
+    "Invalid input: ",
+    "Could not fetch image_url: ",
+)
+
+
+def _image_bytes(kind: str) -> bytes:
+    buffer = io.BytesIO()
+    match kind:
+        case "png":
+            Image.new("RGB", (40, 30), (1, 2, 3)).save(buffer, format="PNG")
+        case "gif":
+            frames = [Image.new("RGB", (20, 20), (i * 60, 0, 0)) for i in range(3)]
+            frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+        case _:
+            buffer.write(kind.encode())
+    return buffer.getvalue()
+
+
+image_fields = st.one_of(
+    st.builds(
+        lambda kind: {"image_base64": b64(_image_bytes(kind))},
+        st.sampled_from(["png", "gif", "not an image", ""]),
+    ),
+    st.builds(lambda text: {"image_base64": text}, st.text(max_size=40)),
+    st.builds(
+        lambda host, path: {"image_url": f"http://{host}/{path}"},
+        st.sampled_from(["127.0.0.1", "[::127.0.0.1]", "images.test", "10.0.0.1:8", "a\\@b"]),
+        st.text(max_size=20),
+    ),
+    st.builds(lambda text: {"image_url": text}, st.text(max_size=40)),
+    st.just({}),
+)
+other_fields = st.dictionaries(
+    st.sampled_from(["prompt", "seed", "steps", "cfg", "megapixels", "trace"]),
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12)),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(image=image_fields, others=other_fields, prompt=st.sampled_from(["p", None]))
+@example(image={"image_base64": b64(_image_bytes("gif"))}, others={"steps": 2}, prompt="p")
+def test_any_job_input_ends_in_an_image_or_a_sentence(comfy_server, image, others, prompt):
+    """The whole worker entry, ComfyUI protocol server behind it: never a crash or a hang.
+    Hostnames resolve to a private address here, so no URL leaves this machine."""
+    worker = make_worker(comfy_server, comfy_job_timeout_s=10, image_fetch_timeout_s=2)
+    worker.context = dataclasses.replace(worker.context, resolve=lambda host: ["10.0.0.1"])
+    job_input = {**others, **image} if prompt is None else {**others, **image, "prompt": prompt}
+    output = run(worker, job_input)
+    if "error" in output:
+        assert output["error"].startswith(SENTENCE_STARTS), output
+    else:
+        assert Image.open(io.BytesIO(base64.b64decode(output["image"]))).format == "PNG"

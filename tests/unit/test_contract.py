@@ -1,13 +1,17 @@
 """The job input contract: defaults, ranges, exact sentences, and no input that crashes it."""
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from handler.contract import (
+    IMAGE_BASE64_MAX_CHARS,
     MISSING_IMAGE,
     MISSING_PROMPT,
     RANDOM_SEED_MAX,
+    RUNPOD_RUN_MAX_BYTES,
     ImageBase64,
     ImageUrl,
     parse_input,
@@ -96,6 +100,10 @@ def test_image_url_wins_when_both_are_given():
             "Invalid parameter: image_url must be an http(s) URL",
         ),
         (
+            {"prompt": "p", "image_url": "https://x.org:99999/a.png"},
+            "Invalid parameter: image_url must be an http(s) URL",
+        ),
+        (
             {"prompt": "p", "image_url": "not a url"},
             "Invalid parameter: image_url must be an http(s) URL",
         ),
@@ -153,3 +161,55 @@ def test_random_seeds_are_positive_and_json_safe():
     seeds = [parse_input({"prompt": "p", **IMAGE}).seed for _ in range(200)]
     assert all(1 <= seed <= RANDOM_SEED_MAX for seed in seeds)
     assert len(set(seeds)) > 190
+
+
+TOO_LARGE_FOR_RUNPOD = (
+    "Invalid parameter: image_base64 is too large to send through RunPod (over 7.4 MB); "
+    "send a smaller image or an image_url"
+)
+
+
+def test_an_inline_image_too_large_for_runpods_run_body_is_refused_with_what_to_do():
+    """A 9.7 MB PNG once failed only at RunPod, with HTTP 413 on /run, after intake."""
+    with pytest.raises(InvalidInput) as caught:
+        parse_input({"prompt": "p", "image_base64": "A" * (IMAGE_BASE64_MAX_CHARS + 4)})
+    assert str(caught.value) == TOO_LARGE_FOR_RUNPOD
+
+
+def test_the_largest_accepted_input_still_fits_runpods_run_body():
+    raw = {
+        "prompt": "\ubc30\uacbd" * 1000,  # 2,000 Hangul characters: 12,000 bytes escaped
+        "image_base64": "data:image/png;base64," + "A" * (IMAGE_BASE64_MAX_CHARS - 22),
+        "seed": 2**64 - 1,
+        "steps": 40,
+        "cfg": 19.999999999,
+        "megapixels": 1.999999999,
+    }
+    params = parse_input(raw)
+    body = {"input": raw, "webhook": "https://orchestrator.example.com/runpod/webhook/" + "t" * 64}
+    assert len(json.dumps(body).encode()) < RUNPOD_RUN_MAX_BYTES
+    assert params.image == ImageBase64(raw["image_base64"])
+
+
+def test_an_image_url_is_limited_in_length():
+    with pytest.raises(InvalidInput, match="image_url must be at most 8192 characters"):
+        parse_input({"prompt": "p", "image_url": "https://x.org/" + "a" * 8200})
+
+
+url_texts = st.builds(
+    lambda scheme, rest: scheme + rest,
+    st.sampled_from(["http://", "https://", "HTTP://", "ftp://", ""]),
+    st.text(max_size=40),
+)
+
+
+@given(url_texts, st.text(max_size=20))
+def test_any_image_url_gives_params_or_a_clear_sentence(url, base64_text):
+    try:
+        params = parse_input({"prompt": "p", "image_url": url, "image_base64": base64_text})
+    except InvalidInput as exc:
+        message = str(exc)
+    else:
+        assert isinstance(params.image, ImageUrl | ImageBase64)
+        return
+    assert message.startswith(("Invalid parameter: image_url ", "Missing required parameter: "))

@@ -10,12 +10,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from handler.errors import InvalidInput
-from handler.reference_image import (
-    check_url_target,
-    decode_base64_image,
-    is_forbidden_address,
-    verify_image,
-)
+from handler.reference_image import decode_base64_image, verify_image
+from handler.url_policy import UrlPolicy, is_forbidden_address
 
 
 def png_bytes(size=(64, 48), color=(200, 30, 30)) -> bytes:
@@ -58,18 +54,24 @@ def test_public_addresses_are_allowed(address):
 )
 def test_a_url_resolving_to_a_forbidden_address_is_refused(resolved):
     with pytest.raises(InvalidInput, match="private or local address"):
-        check_url_target("http://images.example.com/a.png", resolve=lambda host: resolved)
+        UrlPolicy(resolve=lambda host: resolved).vet("http://images.example.com/a.png")
 
 
 def test_literal_metadata_address_is_refused_with_the_real_resolver():
     with pytest.raises(InvalidInput, match="private or local address"):
-        check_url_target("http://169.254.169.254/latest/meta-data/")
+        UrlPolicy().vet("http://169.254.169.254/latest/meta-data/")
     with pytest.raises(InvalidInput, match="private or local address"):
-        check_url_target("http://127.0.0.1:8188/view")
+        UrlPolicy().vet("http://127.0.0.1:8188/view")
 
 
 def test_a_public_url_passes_the_guard():
-    check_url_target("https://cdn.example.com/a.png", resolve=lambda host: ["93.184.216.34"])
+    policy = UrlPolicy(resolve=lambda host: ["93.184.216.34"])
+    target, addresses = policy.vet("https://cdn.example.com/a.png")
+    assert (target.host, target.port, addresses) == (
+        "cdn.example.com",
+        443,
+        [ipaddress.ip_address("93.184.216.34")],
+    )
 
 
 @pytest.mark.parametrize(

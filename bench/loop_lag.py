@@ -1,0 +1,191 @@
+"""How long the orchestrator's event loop stalls when many jobs finish at once.
+
+16 jobs (by default) are claimed and submitted to the local RunPod endpoint, whose runner holds
+them until all are running and then lets them finish together, each with a 2 MP PNG that carries
+ComfyUI-style text chunks. `klein serve`'s own Orchestrator (all four loops, real PostgreSQL, the
+OpenRouter fake for the titles, local storage) then decodes, verifies, stores and titles them. A
+ticker on the same loop measures every stall: the heartbeat, the webhooks and every other job
+wait exactly that long. Left out: translation (the prompts are English), RunPod's queue and the
+network (everything is on 127.0.0.1).
+
+    .venv/bin/python -m bench.loop_lag [--jobs 16] [--megapixels 2] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import threading
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import httpx
+import openai
+import psycopg
+from PIL import Image, ImageChops
+from PIL.PngImagePlugin import PngInfo
+
+from bench.benchkit import (
+    DEFAULT_SERVER,
+    BenchError,
+    insert_jobs,
+    new_jobs,
+    percentile,
+    print_table,
+    scratch_database,
+    spread,
+)
+from orchestrator.db import Database
+from orchestrator.endpoint.config import EndpointConfig
+from orchestrator.endpoint.server import EndpointServer
+from orchestrator.metrics import Metrics
+from orchestrator.openrouter import OpenRouterClient
+from orchestrator.runpod import RunPodClient
+from orchestrator.service import Orchestrator
+from orchestrator.settings import Settings
+from orchestrator.storage import LocalStorage
+from tests.fakes.openrouter import OpenRouterServer
+
+try:  # where FlowDeps lives moved; the bench runs on the code before that too
+    from orchestrator.deps import FlowDeps
+except ImportError:  # pragma: no cover
+    from orchestrator.flow import FlowDeps  # type: ignore[attr-defined,no-redef]
+
+TICK_S = 0.005
+
+
+def output_png(megapixels: float) -> str:
+    """A photo-like PNG (smooth gradients plus sensor noise) of about `megapixels`, base64,
+    with the text chunks ComfyUI's SaveImage writes."""
+    width = int((megapixels * 1_000_000 * 4 / 3) ** 0.5)
+    height = int(width * 3 / 4)
+    gradient = Image.linear_gradient("L").rotate(90).resize((width, height))
+    channels = [
+        ImageChops.add(gradient, Image.effect_noise((width, height), sigma), scale=2)
+        for sigma in (10, 14, 18)
+    ]
+    info = PngInfo()
+    info.add_text("prompt", '{"9": {"class_type": "SaveImage"}}' * 200)
+    buffer = io.BytesIO()
+    Image.merge("RGB", channels).save(buffer, format="PNG", pnginfo=info, compress_level=4)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class TogetherRunner:
+    """Holds every job until `jobs` are running, then lets them all finish at once."""
+
+    def __init__(self, jobs: int, image: str) -> None:
+        self._barrier = threading.Barrier(jobs, timeout=60)
+        self._image = image
+
+    def run(self, job_id: str, job_input: dict[str, Any]) -> dict[str, Any]:
+        self._barrier.wait()
+        return {"image": self._image, "seed": job_input.get("seed", 1), "prompt_id": job_id}
+
+
+async def ticker(stalls: list[float], stop: asyncio.Event) -> None:
+    """Record how late each short sleep wakes up: the loop's stalls."""
+    while not stop.is_set():
+        start = time.perf_counter()
+        await asyncio.sleep(TICK_S)
+        stalls.append(time.perf_counter() - start - TICK_S)
+
+
+async def one_run(url: str, jobs: int, image: str, storage: Path) -> dict[str, float]:
+    """Run `jobs` jobs to completion under the ticker; the stalls and the wall time."""
+    runner = TogetherRunner(jobs, image)
+    config = EndpointConfig(endpoint_id="local", workers=jobs)
+    with EndpointServer(config, runner) as endpoint, OpenRouterServer() as llm_server:
+        settings = Settings(
+            database_url=url,
+            runpod_api_base=endpoint.api_base,
+            runpod_endpoint_id="local",
+            max_in_flight=jobs,
+            poll_min_interval_s=0.05,
+            poll_max_interval_s=0.1,
+            heartbeat_interval_s=1.0,
+        )
+        db = Database(url, max_size=8)
+        await db.open()
+        llm = openai.AsyncOpenAI(
+            base_url=llm_server.base_url, api_key=llm_server.api_key, max_retries=0
+        )
+        async with httpx.AsyncClient(timeout=30) as http, llm:
+            deps = FlowDeps(
+                db=db,
+                runpod=RunPodClient(http, endpoint.api_base, "local", None),
+                openrouter=OpenRouterClient(llm, translate_model="t", title_model="v"),
+                storage=LocalStorage(storage, "works", "http://127.0.0.1:8080"),
+                settings=settings,
+                metrics=Metrics(),
+            )
+            orchestrator = Orchestrator(deps, url)
+            with psycopg.connect(url) as conn:
+                insert_jobs(
+                    conn,
+                    new_jobs(jobs),
+                    {"prompt": "make it red", "image_url": "https://example.com/a.png"},
+                )
+            stalls: list[float] = []
+            stop = asyncio.Event()
+            tick = asyncio.create_task(ticker(stalls, stop))
+            loops = asyncio.create_task(orchestrator.run())
+            start = time.perf_counter()
+            await wait_all_completed(url, jobs)
+            took_s = time.perf_counter() - start
+            stop.set()
+            orchestrator.stop()
+            await asyncio.gather(tick, loops)
+        await db.close()
+    return {
+        "max_stall_ms": max(stalls) * 1000,
+        "p99_stall_ms": percentile(stalls, 0.99) * 1000,
+        "wall_s": took_s,
+    }
+
+
+async def wait_all_completed(url: str, jobs: int, timeout_s: float = 120) -> None:
+    """Until every work is completed; BenchError with the states otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        async with await psycopg.AsyncConnection.connect(url) as conn:
+            cursor = await conn.execute("SELECT status, count(*) FROM works GROUP BY status")
+            counts = dict(await cursor.fetchall())
+        if counts.get("completed", 0) == jobs:
+            return
+        if counts.get("failed"):
+            raise BenchError(f"some works failed: {counts}")
+        await asyncio.sleep(0.1)
+    raise BenchError(f"not all works completed in {timeout_s} s: {counts}")
+
+
+def main() -> None:
+    """Parse the flags, run, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--megapixels", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--server", default=DEFAULT_SERVER)
+    args = parser.parse_args()
+    image = output_png(args.megapixels)
+    runs = []
+    for _ in range(args.repeat):
+        with scratch_database(args.server) as url, TemporaryDirectory() as storage:
+            runs.append(asyncio.run(one_run(url, args.jobs, image, Path(storage))))
+    print_table(
+        f"{args.jobs} jobs finishing at once, {args.megapixels:g} MP PNG outputs "
+        f"({len(image) * 3 // 4 // 1000} KB), {args.repeat} run(s)",
+        [
+            ("worst event-loop stall (ms)", spread([r["max_stall_ms"] for r in runs])),
+            ("p99 event-loop stall (ms)", spread([r["p99_stall_ms"] for r in runs])),
+            ("all completed after (s)", spread([r["wall_s"] for r in runs])),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
