@@ -33,6 +33,20 @@ async def migrate(database_url: str) -> list[str]:
         return await apply_migrations(conn, migrations_dir())
 
 
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000  # the generation_jobs CHECK constraint
+
+
+def priority(text: str) -> int:
+    """A --priority value within what the database accepts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise argparse.ArgumentTypeError(f"must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     root = argparse.ArgumentParser(prog="klein", description=__doc__)
@@ -59,7 +73,12 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--steps", type=int)
     submit.add_argument("--cfg", type=float)
     submit.add_argument("--megapixels", type=float)
-    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument(
+        "--priority",
+        type=priority,
+        default=0,
+        help=f"higher is claimed first, {PRIORITY_MIN}..{PRIORITY_MAX} (default 0)",
+    )
     submit.add_argument("--user-id", default=None, help="the owner (default: a new UUID)")
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit.add_argument("--timeout", type=float, default=900.0, help="seconds --wait follows it")

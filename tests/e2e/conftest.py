@@ -60,9 +60,10 @@ def serve(
     processes: list[KleinServe] = []
     storage_dir = tmp_path / "storage"
 
-    def start(worker_id: str, **overrides: str) -> KleinServe:
+    def start(worker_id: str, *, port: int | None = None, **overrides: str) -> KleinServe:
         env = serve_env(migrated_url, runpod.api_base, storage_dir, worker_id) | overrides
-        process = KleinServe(worker_id, env, tmp_path / f"klein-serve-{worker_id}.log")
+        log_path = tmp_path / f"klein-serve-{worker_id}.log"
+        process = KleinServe(worker_id, env, log_path, port=port)
         processes.append(process)
         started_processes(request).append(process)
         process.wait_ready()

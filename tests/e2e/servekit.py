@@ -155,9 +155,11 @@ class ServiceProcess:
 class KleinServe(ServiceProcess):
     """One `python -m orchestrator serve` process on a free port."""
 
-    def __init__(self, worker_id: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, worker_id: str, env: dict[str, str], log_path: Path, port: int | None = None
+    ) -> None:
         self.worker_id = worker_id
-        self.port = free_port()
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         args = ["serve", "--port", str(self.port)]
         super().__init__(f"klein serve {worker_id}", args, env, log_path)

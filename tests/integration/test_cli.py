@@ -19,3 +19,10 @@ def test_migrate_against_an_unreachable_database_is_one_clear_line():
     assert done.returncode == 1
     assert done.stderr.startswith("klein migrate: ")
     assert "Traceback" not in done.stderr
+
+
+def test_submit_refuses_a_priority_the_database_would_refuse(pg_url):
+    result = klein("submit", "samples/portrait.png", "x", "--priority", "5000", database_url=pg_url)
+    assert result.returncode == 2
+    assert "--priority: must be between -1000 and 1000" in result.stderr
+    assert "Traceback" not in result.stderr

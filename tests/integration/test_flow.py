@@ -71,6 +71,23 @@ def test_invalid_input_fails_the_work_without_any_runpod_call(
     assert endpoint.endpoint.health()["jobs"]["completed"] + len(worker.inputs) == 0
 
 
+def test_an_inline_image_too_large_for_runpod_fails_before_any_runpod_call(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    too_large = "A" * 10_000_000  # valid base64 characters; the /run body would pass 10 MB
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": too_large})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is Outcome.FAILED
+    job, _ = rows(migrated_url, job_id)
+    assert job["error_message"].startswith(
+        "Invalid parameter: image_base64 is too large to send through RunPod"
+    )
+    assert "send a smaller image or an image_url" in job["error_message"]
+    assert sum(endpoint.endpoint.health()["jobs"].values()) + len(worker.inputs) == 0
+
+
 def test_a_handler_error_fails_the_work_with_its_sentence(
     migrated_url, endpoint_for, openrouter_server, tmp_path
 ):
