@@ -7,8 +7,9 @@ the way `orchestrator/service.py` does: a claim loop calling `orchestrator.claim
 the free room, and one task per claimed job running the named queries `orchestrator/flow.py`
 runs for it, in the same transactions, with no network call in between:
 
-    submit    (flow.submit):   record_submission, mark_work_processing    one transaction
-    finalize  (flow.finalize): upsert_file, complete_work, finish_job     one transaction
+    submit    (submit.submit): begin_submission                          before /run
+                               record_submission, mark_work_processing    one transaction
+    finalize  (finalize.finalize): upsert_file, complete_work, finish_job one transaction
 
 The RunPod id is made up, and the await, store and title steps (network only) are skipped. The
 heartbeat (one renew_leases per process every 10 s, not per job) is left out too.
@@ -115,7 +116,8 @@ async def named(conn: Any, result: ReplicaResult, name: str, **params: Any) -> A
 
 
 async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
-    """flow.submit's writes: the RunPod id first, then the work to processing, one transaction."""
+    """submit.submit's writes: the token and metadata before /run; then the RunPod id and the
+    work to processing, one transaction."""
     runpod_id = f"bench-{uuid.uuid4()}"
     metadata = {
         "prompt": INPUT_DATA["prompt"],
@@ -129,7 +131,20 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
         "submitted_at": datetime.now(UTC).isoformat(),
         "translation": "skipped",
     }
-    result.transactions += 1
+    result.transactions += 2
+    async with db.transaction() as conn:
+        begun = await named(
+            conn,
+            result,
+            "begin_submission",
+            job_id=job.id,
+            work_id=job.work_id,
+            worker_id=result.worker_id,
+            webhook_token=secrets.token_urlsafe(24),
+            metadata=metadata,
+        )
+        if begun is None:
+            raise BenchError(f"job {job.id}: begin_submission fenced out")
     async with db.transaction() as conn:
         row = await named(
             conn,
@@ -138,7 +153,6 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
             job_id=job.id,
             worker_id=result.worker_id,
             runpod_job_id=runpod_id,
-            webhook_token=secrets.token_urlsafe(24),
         )
         if row is None:
             raise BenchError(f"job {job.id}: record_submission fenced out")
@@ -148,7 +162,6 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
             "mark_work_processing",
             work_id=job.work_id,
             runpod_job_id=runpod_id,
-            metadata=metadata,
         )
 
 

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 from orchestrator.alerts import OperatorAlerts
+from orchestrator.cpu import CpuLane
 from orchestrator.db import Database
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
@@ -22,3 +23,4 @@ class FlowDeps:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     alerts: OperatorAlerts = field(default_factory=OperatorAlerts)
+    cpu: CpuLane = field(default_factory=CpuLane)

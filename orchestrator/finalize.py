@@ -1,10 +1,9 @@
 """A completed RunPod job becomes a stored, titled image: store, title, finalize.
 
-The image is decoded and verified once, in a thread; after the upload only its thumbnail is
-kept, so a job waiting for its title holds a few KB, not the output.
+The image is decoded and verified once, in the CPU lane (off the event loop); after the upload
+only its thumbnail is kept, so a job waiting for its title holds a few KB, not the output.
 """
 
-import asyncio
 import logging
 import uuid
 
@@ -28,7 +27,7 @@ async def complete(job: ClaimedJob, output: object, deps: FlowDeps) -> Outcome:
     """Store the image, title it, and finalize everything in one transaction."""
     stage = deps.metrics.stage_seconds
     with stage.labels("decode").time():
-        image = await asyncio.to_thread(prepare_output, output)
+        image = await deps.cpu.run(prepare_output, output)
     path = output_path(job.user_id or "", job.work_id)
     with stage.labels("store").time():
         url = await deps.storage.put_png(path, image.png)

@@ -19,6 +19,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 MAX_OUTPUT_PIXELS = 40_000_000
 THUMBNAIL_SIDE = 512
+B64_SLICE_CHARS = 256 * 1024  # a multiple of 4
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def prepare_output(output: object) -> OutputImage:
     if not isinstance(image, str):
         raise Permanent(INVALID_OUTPUT)
     try:
-        data = base64.b64decode(image, validate=True)
+        data = _b64decode(image)
     except (binascii.Error, ValueError):
         raise Permanent(INVALID_OUTPUT) from None
     if not data.startswith(PNG_SIGNATURE):
@@ -51,6 +52,17 @@ def prepare_output(output: object) -> OutputImage:
         height=height,
         thumbnail_data_url=thumbnail,
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    )
+
+
+def _b64decode(text: str) -> bytes:
+    """base64 in slices: one call on a whole output holds the GIL (and so the event loop's
+    thread) for ~13 ms per 2 MP image; slices let the loop run in between."""
+    if len(text) % 4:
+        raise ValueError("base64 length is not a multiple of 4")
+    return b"".join(
+        base64.b64decode(text[start : start + B64_SLICE_CHARS], validate=True)
+        for start in range(0, len(text), B64_SLICE_CHARS)
     )
 
 

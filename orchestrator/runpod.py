@@ -1,5 +1,6 @@
 """RunPod Serverless's REST API (`/run`, `/status`, `/cancel`) over an injected httpx client."""
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -7,6 +8,7 @@ from typing import Any
 import httpx
 from aiolimiter import AsyncLimiter
 
+from orchestrator.cpu import CpuLane
 from orchestrator.errors import (
     NeedsOperator,
     Permanent,
@@ -16,6 +18,7 @@ from orchestrator.errors import (
 )
 from orchestrator.metrics import Metrics
 
+JSON_ON_LOOP_MAX_BYTES = 64 * 1024
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 
@@ -47,6 +50,7 @@ class RunPodClient:
         run_per_10s: int = 900,
         status_per_10s: int = 1800,
         metrics: Metrics | None = None,
+        cpu: CpuLane | None = None,
     ) -> None:
         self._http = http
         self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
@@ -55,6 +59,7 @@ class RunPodClient:
         self._run_limit = AsyncLimiter(run_per_10s, 10)
         self._status_limit = AsyncLimiter(status_per_10s, 10)
         self._metrics = metrics
+        self._cpu = cpu or CpuLane()
 
     async def _call(self, method: str, path: str, limiter: AsyncLimiter, **kwargs: Any) -> Any:
         async with limiter:
@@ -68,9 +73,16 @@ class RunPodClient:
         self._count(str(response.status_code))
         raise_for_status(response, path, self._endpoint_id)
         try:
-            return response.json()
+            return await self._parse_json(response.content)
         except ValueError as exc:
             raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
+
+    async def _parse_json(self, body: bytes) -> Any:
+        """A large body (a finished job's base64 image) is parsed in the CPU lane, so that many
+        jobs finishing at once do not stall the event loop."""
+        if len(body) <= JSON_ON_LOOP_MAX_BYTES:
+            return json.loads(body)
+        return await self._cpu.run(json.loads, body)
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from orchestrator.alerts import OperatorAlerts
+from orchestrator.cpu import CpuLane
 from orchestrator.db import Database
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import ConfigError
@@ -103,16 +104,19 @@ async def run_server(settings: Settings, address: Address) -> None:
         if isinstance(storage, SupabaseStorage):
             stack.push_async_callback(storage.aclose)
         api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
+        cpu = CpuLane(settings.cpu_threads)
+        stack.callback(cpu.close)
         deps = FlowDeps(
             db=db,
             runpod=RunPodClient(
-                http, settings.runpod_api_base, endpoint_id, api_key, metrics=metrics
+                http, settings.runpod_api_base, endpoint_id, api_key, metrics=metrics, cpu=cpu
             ),
             openrouter=await _openrouter(settings, stack, metrics),
             storage=storage,
             settings=settings,
             metrics=metrics,
             alerts=OperatorAlerts(metrics.operator_problems),
+            cpu=cpu,
         )
         orchestrator = Orchestrator(deps, database_url)
         root = None if settings.uses_supabase_storage else settings.local_storage_dir

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     webhook_secret: SecretStr | None = None
     max_in_flight: int = Field(default=16, ge=1)
+    # Threads for the jobs' CPU-bound work (decoding outputs); more finish a burst sooner but
+    # stall the event loop longer (orchestrator/cpu.py).
+    cpu_threads: int = Field(default=1, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
     lease_s: float = Field(default=30.0, gt=0)
