@@ -59,8 +59,6 @@ try:  # the bench runs on the code before the CPU lane (and FlowDeps' move) too
 except ImportError:  # pragma: no cover
     from orchestrator.flow import FlowDeps  # type: ignore[attr-defined,no-redef]
 
-    CpuLane = None  # type: ignore[assignment,misc]
-
 
 def lane_kwargs(lane: Any) -> dict[str, Any]:
     """`cpu=lane` where the code has a CPU lane."""
@@ -175,7 +173,8 @@ async def drive(url: str, jobs: int, storage: Path, api_base: str, *llm: str) ->
     llm_base_url, llm_key = llm
     client = openai.AsyncOpenAI(base_url=llm_base_url, api_key=llm_key, max_retries=0)
     async with httpx.AsyncClient(timeout=30) as http, client:
-        lane = CpuLane(settings.cpu_threads) if CpuLane is not None else None
+        threads = getattr(settings, "cpu_threads", None)  # None: code before the CPU lane
+        lane = CpuLane(threads) if threads is not None else None
         deps = FlowDeps(
             db=db,
             runpod=(runpod := TimedRunPod(http, api_base, "local", None, **lane_kwargs(lane))),

@@ -2,8 +2,8 @@
 
 Work in a thread still needs the GIL for its Python parts, so every busy thread slows the event
 loop's own thread. Measured with 16 jobs finishing at once (2 MP outputs, `bench/loop_lag.py`):
-the event loop's worst stall was ~110 ms with asyncio's default pool of threads, ~34 ms with one
-lane for the decoding and the large JSON answers together.
+the event loop's worst stall was ~220 ms with the decoding on the loop, ~120 ms with asyncio's
+default pool of threads, ~31 ms with one lane for the decoding and the large JSON answers.
 """
 
 import asyncio
