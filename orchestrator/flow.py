@@ -114,6 +114,11 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcom
             return await finish(job, deps, JobStatus(job.work_status.value))
     if (wait_s := unrecorded_submission_wait_s(job, deps.settings)) > 0:
         return await retry_later(job, deps, UNRECORDED, wait_s, spend=0, submission_unknown=True)
+    if job.runpod_job_id is None and job.submit_started_at is not None:
+        # Nothing can find a RunPod job whose id was lost (no webhook, or it never came): say
+        # so, since submitting again may pay for the same image twice.
+        log.warning("job %s: an earlier /run may have reached RunPod unrecorded", job.id)
+        deps.metrics.orphans.labels("possibly_duplicated").inc()
     runpod_id, submitted_at = job.runpod_job_id, job.submitted_at
     attempts, reason = job.attempts, LOST_TOO_OFTEN
     stage = deps.metrics.stage_seconds

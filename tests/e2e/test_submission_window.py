@@ -79,3 +79,5 @@ def test_a_kill_inside_the_submission_window(webhooks, serve, migrated_url, runn
         assert row["attempts"] == 1
     else:
         assert runner.calls("make it gold") == 2  # the cost of a crash in the window
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'klein_orphan_runpod_jobs_total{action="possibly_duplicated"} 1.0' in metrics
