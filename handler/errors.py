@@ -1,12 +1,18 @@
-"""One exception tree for the worker: each error's text is the job's `error` field."""
+"""One exception tree for the worker: each error's text is the job's `error` field. Its root and
+InvalidInput live in the contract (handler.contract.errors), which the orchestrator shares."""
 
+from handler.contract.errors import HandlerError, InvalidInput
 
-class HandlerError(Exception):
-    """A job failure whose message is one clear sentence fit for the caller."""
-
-
-class InvalidInput(HandlerError):
-    """The job input is wrong; retrying the same input cannot succeed."""
+__all__ = [
+    "ComfyRejected",
+    "ComfyUnavailable",
+    "HandlerError",
+    "ImageFetchError",
+    "InvalidInput",
+    "InvalidOutput",
+    "JobStopped",
+    "JobTimedOut",
+]
 
 
 class ImageFetchError(HandlerError):

@@ -19,8 +19,9 @@ import websocket
 from handler.comfy import ComfyClient
 from handler.config import HandlerSettings
 from handler.contract import JobParams, parse_input, unknown_fields
+from handler.contract.images import verify_image
 from handler.errors import ComfyRejected, InvalidOutput, JobStopped, JobTimedOut
-from handler.reference_image import ImageLimits, load_reference_image, verify_image
+from handler.reference_image import ImageLimits, load_reference_image
 from handler.run_state import Phase, RunState, fold, output_images, state_from_history
 from handler.url_policy import IpNetwork, Resolver, UrlPolicy, system_resolver
 from handler.workflow import Workflow
@@ -105,10 +106,10 @@ def graph_values(params: JobParams, image_name: str, token: str) -> dict[str, ob
     }
 
 
-def run_job(
+def edit_image(
     job_id: str, raw_input: object, ctx: JobContext, progress: ProgressFn
 ) -> dict[str, Any]:
-    """Run one job; returns the output dict or raises a HandlerError carrying the sentence."""
+    """Edit one job's image on ComfyUI; the output dict, or a HandlerError carrying the sentence."""
     timings = Timings()
     deadline = timings.started + ctx.settings.comfy_job_timeout_s
     params = parse_input(raw_input)

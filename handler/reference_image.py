@@ -8,24 +8,20 @@ import base64
 import binascii
 import io
 import re
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
 from handler.contract import ImageBase64, ImageSource, ImageUrl
-from handler.errors import InvalidInput
+from handler.contract.errors import InvalidInput
+from handler.contract.images import MAX_PIXELS, decoded
 from handler.image_fetch import fetch_image, too_large
 from handler.url_policy import UrlPolicy
 
 DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
-EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 # What the worker decodes (JPEG covers MPO): photo formats, never those Pillow hands to other
 # programs (EPS goes to Ghostscript).
 REFERENCE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-NOT_AN_IMAGE = "Invalid parameter: image is not a readable image"
 
 
 @dataclass(frozen=True)
@@ -33,23 +29,8 @@ class ImageLimits:
     """Caps applied to every reference image."""
 
     max_bytes: int = 20_000_000
-    max_pixels: int = 40_000_000
+    max_pixels: int = MAX_PIXELS
     fetch_timeout_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class VerifiedImage:
-    """Image bytes Pillow has fully decoded, with what it found."""
-
-    data: bytes
-    format: str
-    width: int
-    height: int
-
-    @property
-    def extension(self) -> str:
-        """File extension ComfyUI's LoadImage will recognise."""
-        return EXTENSIONS.get(self.format, self.format.lower())
 
 
 @dataclass(frozen=True)
@@ -79,41 +60,10 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
     return data
 
 
-@contextmanager
-def _decoded(
-    data: bytes, max_pixels: int, formats: tuple[str, ...] | None = None
-) -> Iterator[Image.Image]:
-    """The image with its first frame decoded, after the pixel cap was checked on its header."""
-    too_many = f"Invalid parameter: image has more than {max_pixels:,} pixels"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=formats)
-        with image:
-            if image.width * image.height > max_pixels:
-                raise InvalidInput(too_many)
-            image.load()
-            yield image
-    except InvalidInput:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidInput(too_many) from None
-    except Exception:  # a decoder fed hostile bytes can fail in any way; all mean "not an image"
-        raise InvalidInput(NOT_AN_IMAGE) from None
-
-
-def verify_image(data: bytes, max_pixels: int) -> VerifiedImage:
-    """Fully decode an image with Pillow, refusing non-images and pixel bombs."""
-    with _decoded(data, max_pixels) as image:
-        return VerifiedImage(
-            data=data, format=image.format or "PNG", width=image.width, height=image.height
-        )
-
-
 def normalise_image(data: bytes, max_pixels: int) -> ReferenceImage:
     """Decode once and re-encode what ComfyUI gets: frame 0 only, EXIF orientation applied, PNG
     (RGBA when the image has transparency, RGB otherwise)."""
-    with _decoded(data, max_pixels, REFERENCE_FORMATS) as image:
+    with decoded(data, max_pixels, REFERENCE_FORMATS) as image:
         source_format = image.format or "PNG"
         upright = ImageOps.exif_transpose(image)
         mode = "RGBA" if _has_alpha(upright) else "RGB"

@@ -13,7 +13,7 @@ from PIL import Image
 from handler.comfy import ComfyClient
 from handler.config import HandlerSettings
 from handler.errors import ComfyUnavailable, HandlerError
-from handler.job import JobContext, ProgressFn, run_job
+from handler.job import JobContext, ProgressFn, edit_image
 from handler.run_state import RunState, progress_payload
 from handler.workflow import Workflow, load_workflow
 
@@ -107,7 +107,7 @@ class Worker:
 
     def _run(self, job_id: str, raw_input: object, progress: ProgressFn) -> dict[str, Any]:
         try:
-            output = run_job(job_id, raw_input, self.context, progress)
+            output = edit_image(job_id, raw_input, self.context, progress)
         except ComfyUnavailable as exc:
             log.error("job %s: %s", job_id, exc)
             return {"error": str(exc), "refresh_worker": True}

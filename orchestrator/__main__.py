@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 import psycopg
 from pydantic import ValidationError
 
-from handler.errors import InvalidInput
+from handler.contract.errors import InvalidInput
 from orchestrator import console, embedded, logs
 from orchestrator.embedded import embedded_postgres
 from orchestrator.errors import ConfigError

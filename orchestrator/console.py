@@ -15,8 +15,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from handler.contract import is_http_url
-from handler.errors import InvalidInput
-from handler.reference_image import verify_image
+from handler.contract.errors import InvalidInput
+from handler.contract.images import verify_image
 from orchestrator.db import queries
 
 FINISHED = ("completed", "failed", "cancelled")

@@ -7,7 +7,7 @@ import logging
 
 import psycopg
 
-from handler.errors import InvalidInput
+from handler.contract.errors import InvalidInput
 from orchestrator.await_result import await_result
 from orchestrator.claim import release_job
 from orchestrator.deps import FlowDeps

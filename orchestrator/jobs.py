@@ -38,9 +38,6 @@ class Outcome(StrEnum):
     HANDED_OVER = "handed_over"  # another process holds it now, or it was released
 
 
-WORK_FINISHED = frozenset({WorkStatus.COMPLETED, WorkStatus.FAILED, WorkStatus.CANCELLED})
-
-
 @dataclass(frozen=True)
 class ClaimedJob:
     """A job this process holds, with what the flow needs of its work."""
@@ -77,8 +74,3 @@ class ClaimedJob:
             webhook_token=row["webhook_token"],
             generation_metadata=row["generation_metadata"],
         )
-
-    @property
-    def submitted(self) -> bool:
-        """True once RunPod accepted the job: the flow resumes by awaiting it."""
-        return self.runpod_job_id is not None

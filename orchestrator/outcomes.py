@@ -114,8 +114,3 @@ async def forget_submission(job: ClaimedJob, deps: FlowDeps, error: str) -> None
     )
     if row is None:
         raise FencedOut(job.id)
-
-
-def retry_budget_left(job: ClaimedJob, deps: FlowDeps) -> bool:
-    """True while the job has retries to spend (the count lives in its row)."""
-    return job.retries < deps.settings.max_retries

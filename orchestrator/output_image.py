@@ -6,18 +6,18 @@ import base64
 import binascii
 import io
 import struct
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from PIL import Image
 
+from handler.contract.errors import InvalidInput
+from handler.contract.images import MAX_PIXELS, decoded
 from orchestrator.errors import Permanent
 
 INVALID_OUTPUT = "RunPod returned an invalid image"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
-MAX_OUTPUT_PIXELS = 40_000_000
 THUMBNAIL_SIDE = 512
 B64_SLICE_CHARS = 256 * 1024  # a multiple of 4
 
@@ -67,20 +67,11 @@ def _b64decode(text: str) -> bytes:
 
 
 def _decode(data: bytes) -> tuple[int, int, str]:
-    """Decode the whole image once (within the pixel cap) and make the thumbnail from it."""
+    """Decode the whole image once (the contract's check and pixel cap) and thumbnail it."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            with image:
-                width, height = image.size
-                if width * height > MAX_OUTPUT_PIXELS:
-                    raise Permanent(INVALID_OUTPUT)
-                image.load()
-                return width, height, _thumbnail_data_url(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise Permanent(INVALID_OUTPUT) from None
-    except (OSError, SyntaxError, ValueError):
+        with decoded(data, MAX_PIXELS, ("PNG",)) as image:
+            return image.width, image.height, _thumbnail_data_url(image)
+    except InvalidInput:
         raise Permanent(INVALID_OUTPUT) from None
 
 

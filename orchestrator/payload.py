@@ -5,13 +5,13 @@ the work at once, without GPU time.
 """
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from handler.contract import ImageBase64, ImageUrl, JobParams, parse_input, random_seed
-from handler.errors import InvalidInput
+from handler.contract.errors import InvalidInput
 
 MODEL_NAME = "XiCON_KLEIN_I2I"
 
@@ -79,8 +79,3 @@ def build_submission(
         "translation": translation,
     }
     return Submission(input=job_input, metadata=metadata)
-
-
-def original_prompt(input_data: Mapping[str, Any]) -> str:
-    """The user's prompt as typed (trimmed)."""
-    return str(input_data.get("prompt") or "").strip()

@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from handler.contract.images import verify_image
 from handler.errors import InvalidInput
-from handler.reference_image import decode_base64_image, verify_image
+from handler.reference_image import decode_base64_image
 from handler.url_policy import UrlPolicy, is_forbidden_address
 
 

@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from handler.contract.images import verify_image
 from handler.errors import InvalidInput
-from handler.reference_image import normalise_image, verify_image
+from handler.reference_image import normalise_image
 
 ORIENTATION = 0x0112
 

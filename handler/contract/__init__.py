@@ -1,6 +1,7 @@
-"""The job input contract: defaults, ranges and the exact error sentences (DESIGN.md section 2).
-
-Pure: no I/O. The orchestrator validates with the same rules before spending GPU time.
+"""The job contract both sides apply: the input rules, defaults, ranges and error sentences
+(README.md, "Contract"), with the image checks in `handler.contract.images` and the errors in
+`handler.contract.errors`. No network code: the orchestrator imports this package and nothing
+else of the worker, and validates with the same rules before spending GPU time.
 """
 
 import json
@@ -13,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
-from handler.errors import InvalidInput
+from handler.contract.errors import InvalidInput
 
 PROMPT_MAX_CHARS = 2000
 SEED_MAX = 2**64 - 1  # RandomNoise.noise_seed max in object_info
