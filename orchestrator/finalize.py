@@ -6,6 +6,7 @@ only its thumbnail is kept, so a job waiting for its title holds a few KB, not t
 
 import logging
 import uuid
+from dataclasses import dataclass
 
 from orchestrator.db import fetch_one
 from orchestrator.deps import FlowDeps
@@ -13,7 +14,7 @@ from orchestrator.errors import NeedsOperator, Permanent, Transient, WorkCancell
 from orchestrator.jobs import ClaimedJob, JobStatus, Outcome
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.outcomes import finish_in
-from orchestrator.output_image import OutputImage, prepare_output
+from orchestrator.output_image import prepare_output
 from orchestrator.policy import clean_title
 from orchestrator.storage import output_path
 
@@ -23,8 +24,25 @@ TAGS = ["I2I", "Image_to_Image", "AI생성"]
 FILES_NAMESPACE = uuid.UUID("6f0c7a52-64c7-4f5e-9a37-5d1b1f3f2c11")
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What finalizing needs of a stored output: no image bytes, only its small thumbnail."""
+
+    path: str
+    url: str
+    width: int
+    height: int
+    seed: int | None
+    thumbnail_data_url: str
+
+
 async def complete(job: ClaimedJob, output: object, deps: FlowDeps) -> Outcome:
     """Store the image, title it, and finalize everything in one transaction."""
+    return await title_and_finalize(job, await store(job, output, deps), deps)
+
+
+async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
+    """Decode and verify RunPod's output (in the CPU lane), then upload it."""
     stage = deps.metrics.stage_seconds
     with stage.labels("decode").time():
         image = await deps.cpu.run(prepare_output, output)
@@ -32,11 +50,17 @@ async def complete(job: ClaimedJob, output: object, deps: FlowDeps) -> Outcome:
     with stage.labels("store").time():
         url = await deps.storage.put_png(path, image.png)
     deps.alerts.resolve("storage")
+    return Stored(path, url, image.width, image.height, image.seed, image.thumbnail_data_url)
+
+
+async def title_and_finalize(job: ClaimedJob, stored: Stored, deps: FlowDeps) -> Outcome:
+    """Title the stored image, then finalize everything in one transaction."""
+    stage = deps.metrics.stage_seconds
     with stage.labels("title").time():
-        title = await make_title(image.thumbnail_data_url, deps)
+        title = await make_title(stored.thumbnail_data_url, deps)
     with stage.labels("finalize").time():
-        await finalize(job, deps, path=path, url=url, title=title, image=image)
-    log.info("job %s: completed (%dx%d, %r)", job.id, image.width, image.height, title)
+        await finalize(job, deps, stored=stored, title=title)
+    log.info("job %s: completed (%dx%d, %r)", job.id, stored.width, stored.height, title)
     return Outcome.COMPLETED
 
 
@@ -60,14 +84,13 @@ async def make_title(thumbnail_data_url: str, deps: FlowDeps) -> str:
     return clean_title(answer)
 
 
-async def finalize(
-    job: ClaimedJob, deps: FlowDeps, *, path: str, url: str, title: str, image: OutputImage
-) -> None:
+async def finalize(job: ClaimedJob, deps: FlowDeps, *, stored: Stored, title: str) -> None:
     """files row, completed work and completed job, all or nothing."""
+    path, url = stored.path, stored.url
     file_id = uuid.uuid5(FILES_NAMESPACE, f"{deps.storage.bucket}/{path}")
-    size = {"width": image.width, "height": image.height}
+    size = {"width": stored.width, "height": stored.height}
     output_data = {"image_url": url, "filename": path.rsplit("/", 1)[-1]} | size
-    used_seed = {"seed": image.seed} if image.seed is not None else {}
+    used_seed = {"seed": stored.seed} if stored.seed is not None else {}
     async with deps.db.transaction() as conn:
         await fetch_one(
             conn,

@@ -20,7 +20,7 @@ from orchestrator.errors import (
     Transient,
     WorkCancelled,
 )
-from orchestrator.finalize import complete
+from orchestrator.finalize import complete, store, title_and_finalize
 from orchestrator.jobs import ClaimedJob, JobStatus, Outcome, WorkStatus
 from orchestrator.logs import bind_job
 from orchestrator.outcomes import cancel, fail, finish, forget_submission, retry_later
@@ -135,6 +135,10 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcom
         except RunPodJobGone as exc:
             reason = str(exc)
         else:
+            if result.status == "COMPLETED":
+                stored = await store(job, result.output, deps)
+                del result  # the output (megabytes) is not kept while the title is made
+                return await title_and_finalize(job, stored, deps)
             if not is_worker_fault(result.status, result.error):
                 return await conclude(job, result, deps)
             reason = result.error or "the RunPod worker failed"

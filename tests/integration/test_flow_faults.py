@@ -4,6 +4,7 @@ Real PostgreSQL and local protocol servers, as in test_flow.py."""
 
 import asyncio
 import uuid
+from dataclasses import replace
 
 import httpx
 import psycopg
@@ -11,10 +12,9 @@ import pytest
 
 from orchestrator import finalize as flow_finalize
 from orchestrator.errors import Permanent, WorkCancelled
-from orchestrator.finalize import finalize
+from orchestrator.finalize import Stored, finalize
 from orchestrator.flow import run_job
 from orchestrator.jobs import Outcome
-from orchestrator.output_image import prepare_output
 from orchestrator.storage import output_path, supabase_storage
 from tests.fakes.openrouter import is_image_request
 from tests.fakes.storage import DEFAULT_SERVICE_KEY
@@ -226,11 +226,11 @@ def test_finalizing_a_work_twice_leaves_one_files_row(
         async with flow_deps(migrated_url, endpoint, openrouter_server, tmp_path) as deps:
             job = await claim(deps, job_id)
             path = output_path(job.user_id, work_id)
-            image = prepare_output({"image": png_b64((8, 6))})
-            done = {"path": path, "url": "http://x/1.png", "title": "첫 제목", "image": image}
-            await finalize(job, deps, **done)
+            first = Stored(path, "http://x/1.png", 8, 6, None, "data:,")
+            await finalize(job, deps, stored=first, title="첫 제목")
+            again = replace(first, url="http://x/2.png")
             with pytest.raises(Permanent, match="no longer in progress"):
-                await finalize(job, deps, **(done | {"url": "http://x/2.png", "title": "다시"}))
+                await finalize(job, deps, stored=again, title="다시")
 
     asyncio.run(finalize_twice())
     job, file = rows(migrated_url, job_id)
