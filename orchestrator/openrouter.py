@@ -1,9 +1,12 @@
 """OpenRouter through the openai SDK: translating prompts and titling images."""
 
+import time
+from collections.abc import Mapping
+
 import openai
-from aiolimiter import AsyncLimiter
 from openai.types.chat import ChatCompletionMessageParam
 
+from orchestrator.backpressure import Backpressure
 from orchestrator.errors import NeedsOperator, Permanent, Transient
 from orchestrator.metrics import Metrics
 
@@ -11,11 +14,13 @@ TRANSLATE_SYSTEM_PROMPT = (
     "You translate Korean user prompts to English for image generation. "
     "Output only the translated prompt, nothing else."
 )
+MAX_PAUSE_S = 60.0  # a reset further away than this is not waited for in one go
 TITLE_SYSTEM_PROMPT = "이미지를 보고 한국어로 짧은 제목을 생성해주세요. 10자 이내로 작성하세요."
 
 
 class OpenRouterClient:
-    """Chat completions for translation (text) and titles (vision), rate-limited."""
+    """Chat completions for translation (text) and titles (vision). No ceiling of its own by
+    default (OPENROUTER_MAX_CONCURRENCY, OPENROUTER_RPM); a 429 slows it down until it recovers."""
 
     def __init__(
         self,
@@ -23,13 +28,14 @@ class OpenRouterClient:
         *,
         translate_model: str,
         title_model: str,
-        requests_per_minute: int = 90,
+        max_concurrency: int = 64,
+        requests_per_minute: int = 0,
         metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._translate_model = translate_model
         self._title_model = title_model
-        self._limit = AsyncLimiter(requests_per_minute, 60)
+        self.backpressure = Backpressure(max_concurrency, requests_per_minute)
         self._metrics = metrics
 
     async def translate(self, text: str) -> str:
@@ -58,7 +64,7 @@ class OpenRouterClient:
     async def _complete(
         self, model: str, messages: list[ChatCompletionMessageParam], max_tokens: int
     ) -> str:
-        async with self._limit:
+        async with self.backpressure.slot():
             try:
                 completion = await self._client.chat.completions.create(
                     model=model,
@@ -68,10 +74,14 @@ class OpenRouterClient:
                 )
             except openai.APIStatusError as exc:
                 self._count(str(exc.status_code))
-                raise translate_status_error(exc) from exc
+                error = translate_status_error(exc)
+                if exc.status_code == 429 and isinstance(error, Transient):
+                    self.backpressure.rate_limited(error.retry_after_s)
+                raise error from exc
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
                 self._count(type(exc).__name__)
                 raise Transient(f"OpenRouter unreachable: {type(exc).__name__}") from exc
+        self.backpressure.succeeded()
         self._count("200")
         if not completion.choices:
             raise Transient("OpenRouter returned no choices")
@@ -88,12 +98,26 @@ def translate_status_error(exc: openai.APIStatusError) -> Exception:
     if code == 402:
         return NeedsOperator("OpenRouter is out of credits (402)", "openrouter")
     if code == 429 or code >= 500 or code in (408, 502, 503):
-        retry_after = exc.response.headers.get("retry-after") if exc.response else None
-        return Transient(f"OpenRouter answered {code}", retry_after_s=_seconds(retry_after))
+        headers = exc.response.headers if exc.response is not None else {}
+        return Transient(f"OpenRouter answered {code}", retry_after_s=reset_in_s(headers))
     return Permanent(f"OpenRouter refused the request ({code})")
 
 
-def _seconds(value: str | None) -> float | None:
+def reset_in_s(headers: Mapping[str, str], now_s: float | None = None) -> float | None:
+    """Seconds until the limit resets: `Retry-After` (seconds), else OpenRouter's
+    `X-RateLimit-Reset` (a Unix time in milliseconds), capped at MAX_PAUSE_S."""
+    now_s = time.time() if now_s is None else now_s
+    retry_after = _number(headers.get("retry-after"))
+    if retry_after is not None:
+        return min(MAX_PAUSE_S, max(0.0, retry_after))
+    reset = _number(headers.get("x-ratelimit-reset"))
+    if reset is None:
+        return None
+    reset_s = reset / 1000 if reset > 1e11 else reset  # milliseconds, or seconds
+    return min(MAX_PAUSE_S, max(0.0, reset_s - now_s))
+
+
+def _number(value: str | None) -> float | None:
     try:
         return float(value) if value else None
     except ValueError:

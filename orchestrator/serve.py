@@ -144,6 +144,8 @@ async def _openrouter(
         client,
         translate_model=settings.translate_model,
         title_model=settings.title_model,
+        max_concurrency=settings.openrouter_max_concurrency,
+        requests_per_minute=settings.openrouter_rpm,
         metrics=metrics,
     )
 

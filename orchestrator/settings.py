@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     runpod_api_base: str = DEFAULT_RUNPOD_API_BASE
     openrouter_api_key: SecretStr | None = None
     openrouter_base_url: str = "https://openrouter.ai/api/v1"
+    # No ceiling of ours by default: a paid key's limits are OpenRouter's to enforce, and a 429
+    # slows the client down until it recovers. Free variants (":free") allow 20 per minute.
+    openrouter_max_concurrency: int = Field(default=64, ge=1)
+    openrouter_rpm: int = Field(default=0, ge=0)  # 0: no per-minute limit of ours
     translate_model: str = "openai/gpt-4o-mini"
     title_model: str = "openai/gpt-4o-mini"
     storage_backend: str | None = None  # "supabase" or "local"; default from SUPABASE_URL
