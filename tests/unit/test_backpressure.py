@@ -7,7 +7,6 @@ import pytest
 from orchestrator.backpressure import Backpressure
 from orchestrator.openrouter import MAX_PAUSE_S, reset_in_s
 
-
 NOW = 1_790_000_000  # a Unix time in seconds
 
 
@@ -69,10 +68,10 @@ def test_calls_wait_out_the_pause_and_the_halved_limit():
     ("headers", "expected"),
     [
         ({"retry-after": "3"}, 3.0),
-        ({"x-ratelimit-reset": str((1000 + 5) * 1000)}, 5.0),  # Unix milliseconds
-        ({"x-ratelimit-reset": "1007"}, 7.0),  # Unix seconds
-        ({"x-ratelimit-reset": str((1000 + 3600) * 1000)}, MAX_PAUSE_S),
-        ({"x-ratelimit-reset": "999"}, 0.0),  # already past
+        ({"x-ratelimit-reset": str((NOW + 5) * 1000)}, 5.0),  # Unix milliseconds
+        ({"x-ratelimit-reset": str(NOW + 7)}, 7.0),  # Unix seconds
+        ({"x-ratelimit-reset": str((NOW + 3600) * 1000)}, MAX_PAUSE_S),
+        ({"x-ratelimit-reset": str(NOW - 1)}, 0.0),  # already past
         ({"retry-after": "soon"}, None),
         ({}, None),
     ],
