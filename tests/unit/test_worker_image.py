@@ -1,7 +1,8 @@
 """What the GPU worker image must guarantee, checked without a Docker engine: the build context
 (computed with the Docker SDK's own .dockerignore matcher, as scripts/build_worker.py sends it),
-the model files the graphs' loaders need (the bake step run under /bin/sh with a stand-in curl;
-the volume resolved the way ComfyUI reads extra_model_paths.yaml), and start.sh run against
+the Dockerfile's RUN steps executed under /bin/sh with stand-ins for curl, git, python3.12 and
+pip (models baked where the graphs' loaders look, ComfyUI's requirements held to the torch pins),
+the volume resolved the way ComfyUI reads extra_model_paths.yaml, and start.sh run against
 stand-in executables. The handler's install in a clean venv is tests/integration/
 test_worker_image_install.py; scripts/build_worker.py is test_worker_image_build_script.py."""
 
@@ -190,7 +191,7 @@ def test_model_paths_file_is_the_one_the_image_and_start_script_use() -> None:
 
 # --- the bake step, run as Docker would run it ---------------------------------------------------
 
-STAND_IN_CURL = """#!/bin/sh
+STAND_IN_CURL = """
 while [ $# -gt 0 ]; do
     case "$1" in
         -o) out="$2"; shift 2 ;;
@@ -203,27 +204,40 @@ printf '%s' "$url" > "$out"
 """
 
 
-def run_bake(tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
-    """Run the Dockerfile's model-baking RUN under /bin/sh with its ARG and ENV values."""
+def run_step(
+    tmp_path: Path, containing: str, stand_ins: dict[str, str], **overrides: str
+) -> subprocess.CompletedProcess[str]:
+    """Run one RUN of the Dockerfile under /bin/sh with its ARG and ENV values, stand-in
+    executables first on PATH and the image's /opt and /tmp folders moved under tmp_path."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    (bin_dir / "curl").write_text(STAND_IN_CURL)
-    (bin_dir / "curl").chmod(0o755)
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    for folder in ("record", "tmp"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    command = the_run(containing).replace(" /tmp/", f" {tmp_path}/tmp/")
     env = {
         **arg_defaults(),
         **env_values(),
         "COMFY_ROOT": str(tmp_path / "comfyui"),
         "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "RECORD": str(tmp_path / "record"),
         **overrides,
     }
     return subprocess.run(
-        ["/bin/sh", "-c", the_run("BAKE_MODELS")],
+        ["/bin/sh", "-c", command.replace("/opt/", f"{tmp_path}/opt/")],
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def run_bake(tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
+    """Run the model-baking RUN with a curl that writes each link into its target file."""
+    return run_step(tmp_path, "BAKE_MODELS", {"curl": STAND_IN_CURL}, **overrides)
 
 
 def test_baked_models_land_where_the_graph_loaders_look(tmp_path: Path) -> None:
@@ -249,6 +263,62 @@ def test_baking_without_a_model_link_fails_the_build_naming_it(tmp_path: Path) -
     assert result.returncode == 1
     assert "MODEL_VAE_URL" in result.stderr
     assert not (tmp_path / "comfyui").exists()
+
+
+# --- ComfyUI and torch, run with stand-ins for python3.12, pip and git ---------------------------
+
+# A venv whose pip records its arguments (one call per line) and the constraint files it gets.
+STAND_IN_PYTHON312 = """
+[ "$1 $2" = "-m venv" ] || exit 9
+echo "$3" > "$RECORD/venv"
+mkdir -p "$3/bin"
+printf '#!/bin/sh\\necho "$*" >> "$RECORD/pip"\\n' > "$3/bin/pip"
+printf 'for a; do [ "$prev" = -c ] && cat "$a" >> "$RECORD/constraints"; prev="$a"; done\\n' \\
+    >> "$3/bin/pip"
+printf '#!/bin/sh\\necho "$*" >> "$RECORD/python"\\n' > "$3/bin/python"
+chmod +x "$3/bin/pip" "$3/bin/python"
+"""
+# A clone that leaves a ComfyUI checkout with a requirements file at the target folder.
+STAND_IN_GIT = """
+echo "$*" > "$RECORD/git"
+for target; do :; done
+mkdir -p "$target" && touch "$target/main.py" && echo numpy > "$target/requirements.txt"
+"""
+
+
+def install_comfyui(tmp_path: Path) -> dict[str, str]:
+    """Run the torch and ComfyUI steps; what the stand-ins recorded, by name."""
+    stand_ins = {"python3.12": STAND_IN_PYTHON312, "git": STAND_IN_GIT}
+    for step in ("-m venv /opt/comfyui-venv", "git clone"):
+        result = run_step(tmp_path, step, stand_ins)
+        assert result.returncode == 0, result.stderr
+    return {p.name: p.read_text() for p in (tmp_path / "record").iterdir()}
+
+
+def test_comfyui_requirements_install_under_the_same_torch_pins_as_torch(tmp_path: Path) -> None:
+    record = install_comfyui(tmp_path)
+    torch_call, requirements_call = [
+        line.split() for line in record["pip"].splitlines() if "pip==" not in line
+    ]
+    installed = sorted(arg for arg in torch_call if arg.startswith("torch"))
+    assert [name.partition("==")[0] for name in installed] == ["torch", "torchaudio", "torchvision"]
+    assert sorted(record["constraints"].split()) == installed
+    given = requirements_call[requirements_call.index("-r") + 1]
+    assert given == str(tmp_path / "comfyui" / "requirements.txt")
+
+
+def test_comfyui_runs_on_the_python_torch_was_installed_for(tmp_path: Path) -> None:
+    record = install_comfyui(tmp_path)
+    comfy_python = env_values()["COMFY_PYTHON"].replace("/opt/", f"{tmp_path}/opt/")
+    assert Path(comfy_python).parent.parent == Path(record["venv"].strip())
+    assert "import torch" in record["python"]  # the build checks torch loads in that venv
+
+
+def test_comfyui_checkout_lands_where_start_sh_looks_at_the_pinned_ref(tmp_path: Path) -> None:
+    record = install_comfyui(tmp_path)
+    assert (tmp_path / "comfyui" / "main.py").is_file()
+    clone = record["git"].split()
+    assert clone[clone.index("--branch") + 1] == arg_defaults()["COMFYUI_REF"]
 
 
 # --- Dockerfile and build context ------------------------------------------------------------
