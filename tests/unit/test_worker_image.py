@@ -1,10 +1,12 @@
-"""The GPU worker image: Dockerfile.worker, its build context, start script, model paths and
-the build-and-push script. No Docker engine is needed: the Dockerfile is read as text, the
-context is computed with the Docker SDK's own .dockerignore matcher, start.sh runs against
-stand-in executables, and build_worker runs against a recording stand-in of the SDK client."""
+"""What the GPU worker image must guarantee, checked without a Docker engine: the build context
+(computed with the Docker SDK's own .dockerignore matcher, as scripts/build_worker.py sends it),
+the Dockerfile's RUN steps executed under /bin/sh with stand-ins for curl, git, python3.12 and
+pip (models baked where the graphs' loaders look, ComfyUI's requirements held to the torch pins),
+the volume resolved the way ComfyUI reads extra_model_paths.yaml, and start.sh run against
+stand-in executables. The handler's install in a clean venv is tests/integration/
+test_worker_image_install.py; scripts/build_worker.py is test_worker_image_build_script.py."""
 
 import importlib.util
-import io
 import json
 import os
 import posixpath
@@ -12,33 +14,34 @@ import shlex
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+import tomllib
+from collections import defaultdict
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from docker.errors import DockerException
 from docker.utils import exclude_paths
+
+from handler.config import HandlerSettings
+from handler.graph_check import MODEL_FILE_INPUTS
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile.worker"
 START_SH = REPO / "worker" / "start.sh"
 MODEL_PATHS = REPO / "worker" / "extra_model_paths.yaml"
 
-
-def _load_build_worker() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_worker", REPO / "scripts/build_worker.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
-
-
-bw = _load_build_worker()
+# The model folder each loader input lists files from (ComfyUI nodes.py: UNETLoader reads
+# "diffusion_models", CLIPLoader "text_encoders", VAELoader "vae").
+LOADER_FOLDERS = {
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("CLIPLoader", "clip_name"): "text_encoders",
+    ("VAELoader", "vae_name"): "vae",
+}
+# Older folder names ComfyUI still accepts and files under the new ones (folder_paths.map_legacy).
+LEGACY_FOLDERS = {"unet": "diffusion_models", "clip": "text_encoders"}
 
 
 # --- reading Dockerfile.worker ---------------------------------------------------------------
@@ -49,8 +52,8 @@ def instructions() -> list[tuple[str, str]]:
     logical: list[str] = []
     pending = ""
     for line in DOCKERFILE.read_text().splitlines():
-        if line.lstrip().startswith("#") and not pending:
-            continue
+        if line.lstrip().startswith("#"):
+            continue  # a comment inside a continued RUN is dropped by Docker as well
         if line.rstrip().endswith("\\"):
             pending += line.rstrip()[:-1] + " "
             continue
@@ -107,11 +110,215 @@ def destination_of(source: str) -> str:
     raise AssertionError(f"{source} is not copied")
 
 
-def build_context() -> set[str]:
+def the_run(containing: str) -> str:
+    """The one RUN command whose text contains `containing`."""
+    found = [rest for word, rest in instructions() if word == "RUN" and containing in rest]
+    assert len(found) == 1, f"{len(found)} RUN instructions contain {containing!r}"
+    return found[0]
+
+
+def build_context(root: Path = REPO) -> set[str]:
     """Paths the Docker SDK sends as the build context, honouring .dockerignore as it does."""
     lines = (REPO / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    return set(exclude_paths(str(REPO), patterns, dockerfile="Dockerfile.worker"))
+    return set(exclude_paths(str(root), patterns, dockerfile="Dockerfile.worker"))
+
+
+# --- the graphs' model files -------------------------------------------------------------------
+
+
+def graph_model_files() -> set[tuple[str, str]]:
+    """(model folder, file name) of every loader input in every graph of comfy_workflows/."""
+    needed = set()
+    for path in sorted((REPO / "comfy_workflows").glob("*.json")):
+        if path.name.endswith(".bindings.json"):
+            continue
+        for node in json.loads(path.read_text()).values():
+            for name, value in node["inputs"].items():
+                folder = LOADER_FOLDERS.get((node["class_type"], name))
+                if folder is not None:
+                    needed.add((folder, value))
+    return needed
+
+
+def comfy_search_folders(config_text: str) -> dict[str, list[str]]:
+    """Folders ComfyUI adds per model kind from an extra_model_paths file (utils/extra_config.py):
+    variables and ~ expanded in base_path only, each entry's lines joined to it."""
+    folders: dict[str, list[str]] = defaultdict(list)
+    for section in yaml.safe_load(config_text).values():
+        entries = dict(section)
+        base = os.path.expandvars(os.path.expanduser(entries.pop("base_path", "")))
+        entries.pop("is_default", None)
+        for kind, value in entries.items():
+            for line in str(value).split("\n"):
+                if line:
+                    kind_now = LEGACY_FOLDERS.get(kind, kind)
+                    folders[kind_now].append(os.path.normpath(os.path.join(base, line)))
+    return folders
+
+
+def test_every_loader_input_of_the_graphs_has_a_known_model_folder() -> None:
+    assert set(LOADER_FOLDERS) >= MODEL_FILE_INPUTS
+    kinds = {folder for folder, _ in graph_model_files()}
+    assert kinds == {"diffusion_models", "text_encoders", "vae"}
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [{}, {"diffusion_models": "unet", "text_encoders": "clip"}],
+    ids=["current-folder-names", "legacy-folder-names"],
+)
+def test_model_paths_file_finds_every_graph_model_on_the_network_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: dict[str, str]
+) -> None:
+    volume = tmp_path / "volume"
+    for folder, name in graph_model_files():
+        file = volume / "models" / layout.get(folder, folder) / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"weights")
+    monkeypatch.setenv("NETWORK_VOLUME_PATH", str(volume))
+    searched = comfy_search_folders(MODEL_PATHS.read_text())
+    for folder, name in graph_model_files():
+        found = [d for d in searched[folder] if os.path.isfile(os.path.join(d, name))]
+        assert found, f"ComfyUI would not find {folder}/{name} on the volume"
+
+
+def test_model_paths_file_is_the_one_the_image_and_start_script_use() -> None:
+    assert env_values()["COMFY_EXTRA_MODEL_PATHS"] == (
+        destination_of("worker/") + "/" + MODEL_PATHS.relative_to(REPO / "worker").as_posix()
+    )
+
+
+# --- the bake step, run as Docker would run it ---------------------------------------------------
+
+STAND_IN_CURL = """
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -o) out="$2"; shift 2 ;;
+        --retry|--retry-delay) shift 2 ;;
+        -*) shift ;;
+        *) url="$1"; shift ;;
+    esac
+done
+printf '%s' "$url" > "$out"
+"""
+
+
+def run_step(
+    tmp_path: Path, containing: str, stand_ins: dict[str, str], **overrides: str
+) -> subprocess.CompletedProcess[str]:
+    """Run one RUN of the Dockerfile under /bin/sh with its ARG and ENV values, stand-in
+    executables first on PATH and the image's /opt and /tmp folders moved under tmp_path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    for folder in ("record", "tmp"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    command = the_run(containing).replace(" /tmp/", f" {tmp_path}/tmp/")
+    env = {
+        **arg_defaults(),
+        **env_values(),
+        "COMFY_ROOT": str(tmp_path / "comfyui"),
+        "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "RECORD": str(tmp_path / "record"),
+        **overrides,
+    }
+    return subprocess.run(
+        ["/bin/sh", "-c", command.replace("/opt/", f"{tmp_path}/opt/")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def run_bake(tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
+    """Run the model-baking RUN with a curl that writes each link into its target file."""
+    return run_step(tmp_path, "BAKE_MODELS", {"curl": STAND_IN_CURL}, **overrides)
+
+
+def test_baked_models_land_where_the_graph_loaders_look(tmp_path: Path) -> None:
+    result = run_bake(tmp_path, BAKE_MODELS="1")
+    assert result.returncode == 0, result.stderr
+    models = tmp_path / "comfyui" / "models"
+    for folder, name in graph_model_files():
+        assert (models / folder / name).is_file(), f"{folder}/{name} is not baked"
+    fetched = {p.read_text() for p in models.rglob("*") if p.is_file()}
+    urls = {value for key, value in arg_defaults().items() if key.startswith("MODEL_")}
+    assert fetched == urls
+    assert not list(models.rglob("*.part"))
+
+
+def test_models_are_not_baked_by_default(tmp_path: Path) -> None:
+    result = run_bake(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "comfyui").exists()
+
+
+def test_baking_without_a_model_link_fails_the_build_naming_it(tmp_path: Path) -> None:
+    result = run_bake(tmp_path, BAKE_MODELS="1", MODEL_VAE_URL="")
+    assert result.returncode == 1
+    assert "MODEL_VAE_URL" in result.stderr
+    assert not (tmp_path / "comfyui").exists()
+
+
+# --- ComfyUI and torch, run with stand-ins for python3.12, pip and git ---------------------------
+
+# A venv whose pip records its arguments (one call per line) and the constraint files it gets.
+STAND_IN_PYTHON312 = """
+[ "$1 $2" = "-m venv" ] || exit 9
+echo "$3" > "$RECORD/venv"
+mkdir -p "$3/bin"
+printf '#!/bin/sh\\necho "$*" >> "$RECORD/pip"\\n' > "$3/bin/pip"
+printf 'for a; do [ "$prev" = -c ] && cat "$a" >> "$RECORD/constraints"; prev="$a"; done\\n' \\
+    >> "$3/bin/pip"
+printf '#!/bin/sh\\necho "$*" >> "$RECORD/python"\\n' > "$3/bin/python"
+chmod +x "$3/bin/pip" "$3/bin/python"
+"""
+# A clone that leaves a ComfyUI checkout with a requirements file at the target folder.
+STAND_IN_GIT = """
+echo "$*" > "$RECORD/git"
+for target; do :; done
+mkdir -p "$target" && touch "$target/main.py" && echo numpy > "$target/requirements.txt"
+"""
+
+
+def install_comfyui(tmp_path: Path) -> dict[str, str]:
+    """Run the torch and ComfyUI steps; what the stand-ins recorded, by name."""
+    stand_ins = {"python3.12": STAND_IN_PYTHON312, "git": STAND_IN_GIT}
+    for step in ("-m venv /opt/comfyui-venv", "git clone"):
+        result = run_step(tmp_path, step, stand_ins)
+        assert result.returncode == 0, result.stderr
+    return {p.name: p.read_text() for p in (tmp_path / "record").iterdir()}
+
+
+def test_comfyui_requirements_install_under_the_same_torch_pins_as_torch(tmp_path: Path) -> None:
+    record = install_comfyui(tmp_path)
+    torch_call, requirements_call = [
+        line.split() for line in record["pip"].splitlines() if "pip==" not in line
+    ]
+    installed = sorted(arg for arg in torch_call if arg.startswith("torch"))
+    assert [name.partition("==")[0] for name in installed] == ["torch", "torchaudio", "torchvision"]
+    assert sorted(record["constraints"].split()) == installed
+    given = requirements_call[requirements_call.index("-r") + 1]
+    assert given == str(tmp_path / "comfyui" / "requirements.txt")
+
+
+def test_comfyui_runs_on_the_python_torch_was_installed_for(tmp_path: Path) -> None:
+    record = install_comfyui(tmp_path)
+    comfy_python = env_values()["COMFY_PYTHON"].replace("/opt/", f"{tmp_path}/opt/")
+    assert Path(comfy_python).parent.parent == Path(record["venv"].strip())
+    assert "import torch" in record["python"]  # the build checks torch loads in that venv
+
+
+def test_comfyui_checkout_lands_where_start_sh_looks_at_the_pinned_ref(tmp_path: Path) -> None:
+    record = install_comfyui(tmp_path)
+    assert (tmp_path / "comfyui" / "main.py").is_file()
+    clone = record["git"].split()
+    assert clone[clone.index("--branch") + 1] == arg_defaults()["COMFYUI_REF"]
 
 
 # --- Dockerfile and build context ------------------------------------------------------------
@@ -132,98 +339,68 @@ def test_every_copy_source_exists_and_reaches_the_build_context() -> None:
             assert relative in context, f"{relative} is left out by .dockerignore"
 
 
-def test_build_context_leaves_out_local_state_and_other_parts() -> None:
-    context = build_context()
-    for top in (".venv", ".git", "tests", "docs", "bench", ".klein", "orchestrator", "scripts"):
-        assert not [p for p in context if p == top or p.startswith(top + "/")], top
-    assert "tests/unit/test_worker_image.py" not in context
-    assert not [p for p in context if "__pycache__" in p or p.endswith(".pyc")]
+SENT = ["Dockerfile.worker", "pyproject.toml", "README.md", "handler/worker.py",
+        "comfy_workflows/graph.json", "worker/start.sh"]  # fmt: skip
+LEFT_OUT = [
+    "tests/unit/test_worker_image.py", ".venv/bin/python", ".git/HEAD", ".klein/pg/PG_VERSION",
+    "bench/loop_lag.py", "orchestrator/flow.py", "docs/runpod.md", "samples/cat.png",
+    "handler/__pycache__/worker.cpython-312.pyc", "handler/stray.pyc", ".hypothesis/examples/x",
+    ".pytest_cache/v/cache", "handler/.mypy_cache/3.11/x.json", "handler/.ruff_cache/x",
+    ".mypy_cache/x", "comfy_workflows/flux.safetensors", "models/vae/flux2-vae.safetensors",
+    "handler/.DS_Store", "klein_i2i.egg-info/PKG-INFO",
+]  # fmt: skip
 
 
-def test_project_metadata_needed_by_pip_install_is_copied() -> None:
-    # pip install ".[handler]" reads pyproject.toml, and setuptools opens its readme file.
-    copied = {source for sources, _ in copies() for source in sources}
-    assert {"pyproject.toml", "README.md", "handler/"} <= copied
-    assert any(
-        word == "RUN" and 'pip install ".[handler]"' in rest for word, rest in instructions()
-    )
+def test_build_context_sends_the_image_inputs_and_leaves_out_tests_caches_and_state(
+    tmp_path: Path,
+) -> None:
+    for relative in SENT + LEFT_OUT:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text("x")
+    context = build_context(tmp_path)
+    assert set(SENT) <= context
+    assert sorted(set(LEFT_OUT) & context) == []
 
 
-def test_base_image_is_a_pinned_cuda_12_8_tag() -> None:
-    base = arg_defaults()["BASE_IMAGE"]
-    froms = [rest for word, rest in instructions() if word == "FROM"]
-    assert froms == ["${BASE_IMAGE}"]
-    name, _, tag = base.rpartition(":")
-    assert name == "nvidia/cuda"
-    assert tag.startswith("12.8.")
-    assert tag != "latest"
+def test_the_project_metadata_pip_reads_is_copied_before_the_handler_install() -> None:
+    install = next(i for i, (w, rest) in enumerate(instructions()) if "[handler]" in rest)
+    copied_before = {
+        source for word, rest in instructions()[:install] if word == "COPY"
+        for source in shlex.split(rest)[:-1]
+    }  # fmt: skip
+    readme = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["readme"]
+    assert {"pyproject.toml", readme, "handler/"} <= copied_before
 
 
-def test_comfyui_is_cloned_at_the_pinned_release() -> None:
-    defaults = arg_defaults()
-    assert defaults["COMFYUI_REF"] == "v0.33.0" == bw.DEFAULT_COMFYUI_REF
-    clone = [rest for word, rest in instructions() if word == "RUN" and "git clone" in rest]
-    assert len(clone) == 1
-    assert '--depth 1 --branch "${COMFYUI_REF}"' in clone[0]
-    assert '"${COMFY_ROOT}"' in clone[0]
-
-
-def test_torch_is_pinned_to_cuda_12_8_wheels() -> None:
-    defaults = arg_defaults()
-    assert defaults["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cu128"
-    for name in ("TORCH_VERSION", "TORCHVISION_VERSION", "TORCHAUDIO_VERSION"):
-        assert defaults[name][0].isdigit(), name
-    install = " ".join(rest for word, rest in instructions() if word == "RUN")
-    assert '"torch==${TORCH_VERSION}"' in install
-    # ComfyUI's requirements are installed under the same pins, so torch is not replaced.
-    assert '-r "${COMFY_ROOT}/requirements.txt" -c /tmp/torch-pins.txt' in install
-
-
-def test_no_image_or_ref_is_latest() -> None:
-    for word, rest in instructions():
-        if word in {"FROM", "ARG"}:
-            assert ":latest" not in rest, rest
-            assert not rest.endswith("=latest"), rest
-
-
-def test_entrypoint_runs_the_copied_start_script() -> None:
-    entry = [json.loads(rest) for word, rest in instructions() if word == "ENTRYPOINT"]
-    assert not [word for word, _ in instructions() if word == "CMD"]
-    assert entry == [[destination_of("worker/") + "/start.sh"]]
-
-
-def test_environment_points_at_the_copied_files() -> None:
+def test_environment_points_at_the_copied_files_and_the_handler_defaults() -> None:
     env = env_values()
     assert env["COMFY_WORKFLOWS_DIR"] == destination_of("comfy_workflows/")
-    assert env["COMFY_EXTRA_MODEL_PATHS"] == destination_of("worker/") + "/extra_model_paths.yaml"
-    assert env["NETWORK_VOLUME_PATH"] == "/runpod-volume"
-    assert env["COMFY_API_URL"] == "http://127.0.0.1:8188"
-    assert env["COMFY_WORKFLOW"] == "flux2_klein_9b_i2i"
-    clone = next(rest for word, rest in instructions() if word == "RUN" and "git clone" in rest)
-    assert env["COMFY_ROOT"] == "/comfyui"
-    assert "${COMFY_ROOT}" in clone
+    assert (REPO / "comfy_workflows" / f"{env['COMFY_WORKFLOW']}.json").is_file()
+    defaults = {name: field.default for name, field in HandlerSettings.model_fields.items()}
+    assert env["COMFY_API_URL"] == defaults["comfy_api_url"]
+    assert Path(env["NETWORK_VOLUME_PATH"]) == defaults["network_volume_path"]
 
 
-def test_baked_models_land_in_comfyui_model_folders() -> None:
-    bake = next(rest for word, rest in instructions() if word == "RUN" and "BAKE_MODELS" in rest)
-    assert arg_defaults()["BAKE_MODELS"] == "0"
-    for target in (
-        "diffusion_models/flux-2-klein-9b-fp8.safetensors",
-        "text_encoders/qwen_3_8b_fp8mixed.safetensors",
-        "vae/flux2-vae.safetensors",
-    ):
-        assert f"fetch {target} " in bake
-    for arg in bw.MODEL_URL_ARGS:
-        assert arg_defaults()[arg].startswith("https://huggingface.co/"), arg
+def test_build_script_defaults_to_the_comfyui_ref_the_dockerfile_defaults_to() -> None:
+    spec = importlib.util.spec_from_file_location("build_worker", REPO / "scripts/build_worker.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module: ModuleType = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    assert arg_defaults()["COMFYUI_REF"] == module.DEFAULT_COMFYUI_REF
+
+
+def test_entrypoint_is_the_copied_start_script_and_is_executable() -> None:
+    entry = [json.loads(rest) for word, rest in instructions() if word == "ENTRYPOINT"]
+    assert not [word for word, _ in instructions() if word == "CMD"]
+    assert entry == [[destination_of("worker/") + "/" + START_SH.name]]
+    assert START_SH.stat().st_mode & stat.S_IXUSR
+    assert START_SH.read_text().startswith("#!/usr/bin/env bash\n")
+    subprocess.run(["bash", "-n", str(START_SH)], check=True)
 
 
 # --- start.sh ----------------------------------------------------------------------------------
-
-
-def test_start_script_is_valid_bash_and_executable() -> None:
-    subprocess.run(["bash", "-n", str(START_SH)], check=True)
-    assert START_SH.stat().st_mode & stat.S_IXUSR
-    assert START_SH.read_text().startswith("#!/usr/bin/env bash\n")
 
 
 def _executable(path: Path, body: str) -> None:
@@ -233,7 +410,7 @@ def _executable(path: Path, body: str) -> None:
 
 @pytest.fixture
 def stand_ins(tmp_path: Path) -> dict[str, Any]:
-    """A ComfyUI folder and two recording executables: ComfyUI's python and the handler's."""
+    """The image's environment with a ComfyUI folder and two recording executables."""
     record = tmp_path / "record"
     record.mkdir()
     comfy_root = tmp_path / "comfyui"
@@ -247,14 +424,16 @@ def stand_ins(tmp_path: Path) -> dict[str, Any]:
     )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    # The handler stand-in waits (bounded) for ComfyUI's stand-in so both records exist.
+    # The handler stand-in records what it sees only once ComfyUI's stand-in has started.
     _executable(
         bin_dir / "python",
-        'printf "%s\\n" "$@" > "$RECORD/handler.args"\n'
-        'for _ in $(seq 1 400); do [ -f "$RECORD/comfy.args" ] && exit 0; sleep 0.05; done\n'
-        "exit 3\n",
+        'for _ in $(seq 1 400); do [ -f "$RECORD/comfy.args" ] && break; sleep 0.05; done\n'
+        '[ -f "$RECORD/comfy.args" ] || exit 3\n'
+        'env > "$RECORD/handler.env"\n'
+        'printf "%s\\n" "$@" > "$RECORD/handler.args"\n',
     )
     env = {
+        **env_values(),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "RECORD": str(record),
         "COMFY_ROOT": str(comfy_root),
@@ -266,6 +445,7 @@ def stand_ins(tmp_path: Path) -> dict[str, Any]:
 
 
 def run_start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run worker/start.sh as the container's entry point, with this environment."""
     return subprocess.run(
         ["bash", str(START_SH), *args],
         env=env,
@@ -276,20 +456,28 @@ def run_start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
     )
 
 
+def recorded(record: Path, name: str) -> list[str]:
+    """Lines a stand-in wrote."""
+    return record.joinpath(name).read_text().splitlines()
+
+
+def recorded_env(record: Path, name: str) -> dict[str, str]:
+    """The environment a stand-in saw."""
+    return dict(line.split("=", 1) for line in recorded(record, name) if "=" in line)
+
+
 def test_start_launches_comfyui_then_becomes_the_handler(stand_ins: dict[str, Any]) -> None:
     env = {**stand_ins["env"], "COMFY_EXTRA_ARGS": "--highvram --fast"}
     result = run_start(env, "--rp_serve_api", "--rp_api_host", "0.0.0.0")
     assert result.returncode == 0, result.stderr
     record: Path = stand_ins["record"]
-    comfy_args = record.joinpath("comfy.args").read_text().split()
+    comfy_args = recorded(record, "comfy.args")
     assert comfy_args[:2] == ["-u", "main.py"]
-    for flag in ("--disable-auto-launch", "--disable-api-nodes", "--highvram", "--fast"):
+    for flag in ("--disable-auto-launch", "--highvram", "--fast"):
         assert flag in comfy_args
-    assert comfy_args[comfy_args.index("--listen") + 1] == "127.0.0.1"
-    assert comfy_args[comfy_args.index("--port") + 1] == "8188"
     assert comfy_args[comfy_args.index("--extra-model-paths-config") + 1] == str(MODEL_PATHS)
-    assert record.joinpath("comfy.cwd").read_text().strip() == str(stand_ins["comfy_root"])
-    assert record.joinpath("handler.args").read_text().split() == [
+    assert recorded(record, "comfy.cwd") == [str(stand_ins["comfy_root"])]
+    assert recorded(record, "handler.args") == [
         "-u", "-m", "handler", "--rp_serve_api", "--rp_api_host", "0.0.0.0",
     ]  # fmt: skip
     lines = result.stdout.splitlines()
@@ -297,12 +485,26 @@ def test_start_launches_comfyui_then_becomes_the_handler(stand_ins: dict[str, An
     assert all(line.startswith("worker: ") for line in lines)
 
 
-def test_start_exports_the_default_volume_path_for_comfyui(stand_ins: dict[str, Any]) -> None:
+def test_handler_is_pointed_at_the_address_comfyui_listens_on(stand_ins: dict[str, Any]) -> None:
+    result = run_start(stand_ins["env"])
+    assert result.returncode == 0, result.stderr
+    record: Path = stand_ins["record"]
+    comfy_args = recorded(record, "comfy.args")
+    handler_env = recorded_env(record, "handler.env")
+    url = urlsplit(handler_env["COMFY_API_URL"])
+    assert url.hostname == comfy_args[comfy_args.index("--listen") + 1]
+    assert url.port == int(comfy_args[comfy_args.index("--port") + 1])
+
+
+def test_start_gives_comfyui_the_volume_path_the_handler_defaults_to(
+    stand_ins: dict[str, Any],
+) -> None:
     env = {k: v for k, v in stand_ins["env"].items() if k != "NETWORK_VOLUME_PATH"}
     result = run_start(env)
     assert result.returncode == 0, result.stderr
-    comfy_env = stand_ins["record"].joinpath("comfy.env").read_text().splitlines()
-    assert "NETWORK_VOLUME_PATH=/runpod-volume" in comfy_env
+    comfy_env = recorded_env(stand_ins["record"], "comfy.env")
+    default = HandlerSettings.model_fields["network_volume_path"].default
+    assert Path(comfy_env["NETWORK_VOLUME_PATH"]) == default
 
 
 def test_start_refuses_without_comfyui_and_starts_nothing(stand_ins: dict[str, Any]) -> None:
@@ -311,219 +513,3 @@ def test_start_refuses_without_comfyui_and_starts_nothing(stand_ins: dict[str, A
     assert result.returncode == 1
     assert result.stderr.startswith("worker: no ComfyUI at COMFY_ROOT=")
     assert list(stand_ins["record"].iterdir()) == []
-
-
-# --- extra_model_paths.yaml ------------------------------------------------------------------
-
-
-def test_model_paths_cover_the_graph_folders_on_the_network_volume(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    config = yaml.safe_load(MODEL_PATHS.read_text())
-    assert len(config) == 1
-    (section,) = config.values()
-    folders = {key for key in section if key != "base_path"}
-    assert {"diffusion_models", "text_encoders", "vae"} <= folders
-    assert {"unet", "clip", "checkpoints", "loras"} <= folders
-    # ComfyUI expands variables in base_path only (utils/extra_config.py); resolve it the same way.
-    assert not any("$" in section[folder] for folder in folders)
-    monkeypatch.setenv("NETWORK_VOLUME_PATH", "/vol")
-    base = os.path.expandvars(section["base_path"])
-    assert posixpath.join(base, section["diffusion_models"]) == "/vol/models/diffusion_models"
-    assert posixpath.join(base, section["vae"]) == "/vol/models/vae"
-
-
-# --- scripts/build_worker.py -------------------------------------------------------------------
-
-
-def test_image_needs_a_tag_that_is_not_latest() -> None:
-    for bad in ("me/klein", "me/klein:latest", "Me/Klein:1", "me/klein@sha256:abc"):
-        with pytest.raises(SystemExit) as exit_info:
-            bw.parse_options(["--image", bad], {})
-        assert exit_info.value.code == 2, bad
-    with pytest.raises(SystemExit):
-        bw.parse_options([], {})
-
-
-def test_plan_splits_registry_port_from_tag() -> None:
-    build = bw.plan(bw.parse_options(["--image", "localhost:5000/team/klein:0.2"], {}))
-    assert (build.repository, build.tag) == ("localhost:5000/team/klein", "0.2")
-    assert build.image == "localhost:5000/team/klein:0.2"
-    assert build.dockerfile == "Dockerfile.worker"
-    assert build.platform == "linux/amd64"
-    assert build.context_dir == REPO
-    assert build.push is True
-
-
-def test_default_build_args_pin_comfyui_and_read_models_from_the_volume() -> None:
-    options = bw.parse_options(["--image", "me/klein:1"], {"MODEL_VAE_URL": "https://e/vae"})
-    assert bw.build_args(options) == {"COMFYUI_REF": "v0.33.0", "BAKE_MODELS": "0"}
-
-
-def test_baking_passes_model_links_from_options_over_environment() -> None:
-    env = {"MODEL_VAE_URL": "https://env/vae", "MODEL_DIFFUSION_URL": "https://env/dit"}
-    argv = ["--image", "me/klein:1", "--bake-models", "--model-url-vae", "https://cli/vae"]
-    args = bw.build_args(bw.parse_options([*argv, "--comfyui-ref", "v0.34.0"], env))
-    assert args == {
-        "COMFYUI_REF": "v0.34.0",
-        "BAKE_MODELS": "1",
-        "MODEL_VAE_URL": "https://cli/vae",
-        "MODEL_DIFFUSION_URL": "https://env/dit",
-    }
-
-
-def test_extra_build_args_pass_through_but_cannot_override_managed_ones() -> None:
-    argv = ["--image", "me/klein:1", "--build-arg", "TORCH_INDEX_URL=https://t/cu130"]
-    assert bw.build_args(bw.parse_options(argv, {}))["TORCH_INDEX_URL"] == "https://t/cu130"
-    with pytest.raises(SystemExit):
-        bw.parse_options(["--image", "me/klein:1", "--build-arg", "COMFYUI_REF=master"], {})
-
-
-class FakeDockerClient:
-    """Stand-in for docker.DockerClient: its `.api` low-level calls are recorded and answered
-    with canned decoded streams, as the real SDK yields them with decode=True."""
-
-    def __init__(
-        self, build_stream: list[dict[str, Any]], push_stream: list[dict[str, Any]]
-    ) -> None:
-        self.api = self
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self._build_stream = build_stream
-        self._push_stream = push_stream
-
-    def build(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        self.calls.append(("build", kwargs))
-        return iter(self._build_stream)
-
-    def push(self, repository: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        self.calls.append(("push", {"repository": repository, **kwargs}))
-        return iter(self._push_stream)
-
-
-BUILD_OK = [
-    {"stream": "Step 1/30 : ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04\n"},
-    {"status": "Downloading", "progressDetail": {"current": 1, "total": 9}, "progress": "[=> ]"},
-    {"aux": {"ID": "sha256:0123"}},
-    {"stream": "Successfully tagged me/klein:1\n"},
-]
-PUSH_OK = [
-    {"status": "The push refers to repository [docker.io/me/klein]"},
-    {"status": "Pushing", "progressDetail": {"current": 5}, "progress": "[==> ]", "id": "ab"},
-    {"status": "Pushed", "progressDetail": {}, "id": "ab"},
-    {"status": "1: digest: sha256:4567 size: 1234"},
-]  # fmt: skip
-
-
-def run_main(
-    argv: list[str], env: dict[str, str], client: FakeDockerClient
-) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = bw.main(argv, env, lambda _env: client, out=out, err=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def test_main_builds_then_pushes_with_credentials_from_the_environment() -> None:
-    client = FakeDockerClient(BUILD_OK, PUSH_OK)
-    env = {"DOCKER_USERNAME": "me", "DOCKER_PASSWORD": "s3cret"}
-    code, out, err = run_main(["--image", "me/klein:1"], env, client)
-    assert (code, err) == (0, "")
-    assert [name for name, _ in client.calls] == ["build", "push"]
-    build = client.calls[0][1]
-    assert build["path"] == str(REPO)
-    assert build["dockerfile"] == "Dockerfile.worker"
-    assert build["tag"] == "me/klein:1"
-    assert build["platform"] == "linux/amd64"
-    assert build["buildargs"] == {"COMFYUI_REF": "v0.33.0", "BAKE_MODELS": "0"}
-    assert build["decode"] is True
-    assert client.calls[1][1] == {
-        "repository": "me/klein",
-        "tag": "1",
-        "stream": True,
-        "decode": True,
-        "auth_config": {"username": "me", "password": "s3cret"},
-    }
-    for shown in ("Step 1/30", "ab: Pushed", "digest: sha256:4567", "pushed me/klein:1"):
-        assert shown in out
-    for byte_counter in ("[=> ]", "[==> ]"):
-        assert byte_counter not in out
-    assert "s3cret" not in out
-
-
-def test_main_without_credentials_leaves_them_to_the_local_docker_config() -> None:
-    client = FakeDockerClient(BUILD_OK, PUSH_OK)
-    assert run_main(["--image", "me/klein:1"], {}, client)[0] == 0
-    assert client.calls[1][1]["auth_config"] is None
-
-
-def test_no_push_builds_only() -> None:
-    client = FakeDockerClient(BUILD_OK, PUSH_OK)
-    code, out, _ = run_main(["--image", "me/klein:1", "--no-push"], {}, client)
-    assert code == 0
-    assert [name for name, _ in client.calls] == ["build"]
-    assert "built me/klein:1" in out
-    assert "pushed" not in out
-
-
-def test_build_error_stops_before_push_with_one_line() -> None:
-    failing = [
-        *BUILD_OK[:1],
-        {"errorDetail": {"code": 1}, "error": "The command '/bin/sh -c git clone' returned\n 128"},
-    ]
-    client = FakeDockerClient(failing, PUSH_OK)
-    code, _, err = run_main(["--image", "me/klein:1"], {}, client)
-    assert code == 1
-    assert [name for name, _ in client.calls] == ["build"]
-    assert err == "build_worker: build failed: The command '/bin/sh -c git clone' returned 128\n"
-
-
-def test_push_error_fails_the_run() -> None:
-    client = FakeDockerClient(BUILD_OK, [{"error": "denied: requested access is denied"}])
-    code, _, err = run_main(["--image", "me/klein:1"], {}, client)
-    assert code == 1
-    assert err == "build_worker: push failed: denied: requested access is denied\n"
-
-
-def test_no_engine_gives_exit_code_2_and_one_line() -> None:
-    def unreachable(_env: object) -> None:
-        raise DockerException("Error while fetching server API version:\n connection refused")
-
-    out, err = io.StringIO(), io.StringIO()
-    code = bw.main(["--image", "me/klein:1"], {}, unreachable, out=out, err=err)
-    assert code == 2
-    assert err.getvalue().count("\n") == 1
-    assert err.getvalue().startswith("build_worker: no Docker engine reachable: Error while")
-
-
-def test_cli_with_the_real_sdk_and_no_engine_exits_2_with_one_line(tmp_path: Path) -> None:
-    # A subprocess: the SDK leaks its socket when the engine is missing, which is harmless
-    # for a CLI that exits but would trip this suite's warnings-as-errors.
-    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/build_worker.py"), "--image", "me/klein:1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
-        check=False,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("build_worker: no Docker engine reachable:")
-    assert result.stderr.count("\n") == 1
-
-
-def test_half_given_credentials_are_refused_before_any_engine_call() -> None:
-    client = FakeDockerClient(BUILD_OK, PUSH_OK)
-    code, _, err = run_main(["--image", "me/klein:1"], {"DOCKER_USERNAME": "me"}, client)
-    assert code == 2
-    assert client.calls == []
-    assert "DOCKER_PASSWORD" in err
-
-
-def test_dry_run_prints_the_plan_and_contacts_no_engine() -> None:
-    def no_engine_wanted(_env: object) -> None:
-        raise AssertionError("the engine was contacted")
-
-    out = io.StringIO()
-    code = bw.main(["--image", "me/klein:1", "--dry-run"], {}, no_engine_wanted, out=out)
-    assert code == 0
-    assert "build-arg:  COMFYUI_REF=v0.33.0" in out.getvalue()
