@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from devtools import comfy_standin
+from orchestrator.errors import ConfigError
 
 Command = Callable[[argparse.Namespace, Any], int]
 
@@ -75,4 +76,10 @@ def run_endpoint(args: argparse.Namespace, settings: Any) -> int:
 
 def run_comfy_standin(args: argparse.Namespace, settings: Any) -> int:
     """Serve the ComfyUI stand-in in the foreground until interrupted."""
+    if not comfy_standin.DATA_DIR.is_dir():
+        raise ConfigError(
+            f"the ComfyUI stand-in answers with a real ComfyUI's recordings in "
+            f"{comfy_standin.DATA_DIR}, which only a source checkout has: install the project "
+            "from its repository (pip install -e '.[dev]')"
+        )
     return comfy_standin.serve(args)
