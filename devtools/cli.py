@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from typing import Any
 
 from devtools import comfy_standin
 from orchestrator.errors import ConfigError
-
-Command = Callable[[argparse.Namespace, Any], int]
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
