@@ -42,9 +42,9 @@ from bench.benchkit import (
     scratch_database,
     spread,
 )
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.server import EndpointServer
 from orchestrator.db import Database
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.server import EndpointServer
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.runpod import RunPodClient

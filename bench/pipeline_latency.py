@@ -2,7 +2,7 @@
 
 `python -m orchestrator serve` runs as a subprocess, configured only by its environment
 (DATABASE_URL: a fresh migrated database; RUNPOD_API_BASE: the local RunPod endpoint of
-`orchestrator.endpoint`, run here on a thread; RUNPOD_ENDPOINT_ID=local; LOCAL_STORAGE_DIR: a
+`devtools.endpoint`, run here on a thread; RUNPOD_ENDPOINT_ID=local; LOCAL_STORAGE_DIR: a
 temporary folder; no OPENROUTER_API_KEY, so no translation or title call). Behind the endpoint an
 instant runner answers each job with a small PNG in the handler's output shape, after
 `--runner-s` seconds plus a uniform draw from [0, `--runner-jitter-s`) (default 0 and 0: no GPU
@@ -72,9 +72,9 @@ from bench.benchkit import (
     server_version,
     spread,
 )
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.server import EndpointServer
 from handler.config import HandlerSettings
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.server import EndpointServer
 from orchestrator.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""`klein` (or `python -m orchestrator`): migrate, serve, submit, status, endpoint.
+"""`klein` (or `python -m orchestrator`): migrate, serve, submit, status; with the dev tools,
+endpoint and comfy-standin.
 
 Configuration comes from the environment (see README); flags override a few of it. With nothing
 configured, `klein` runs PostgreSQL itself (data in .klein/pgdata) and `klein serve` runs jobs on
@@ -9,7 +10,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,7 +18,7 @@ import psycopg
 from pydantic import ValidationError
 
 from handler.contract.errors import InvalidInput
-from orchestrator import console, embedded, logs
+from orchestrator import console, embedded, logs, plugins
 from orchestrator.embedded import embedded_postgres
 from orchestrator.errors import ConfigError
 from orchestrator.migrate import MigrationError, apply_migrations, migrations_dir
@@ -47,8 +47,8 @@ def priority(text: str) -> int:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line."""
+def parser(devtools: plugins.Register | None) -> argparse.ArgumentParser:
+    """The command line; `devtools` adds the dev tools' commands (None: not installed)."""
     root = argparse.ArgumentParser(prog="klein", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser(
@@ -82,35 +82,32 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--user-id", default=None, help="the owner (default: a new UUID)")
     submit.add_argument("--wait", action="store_true", help="follow the job until it ends")
     submit.add_argument("--timeout", type=float, default=900.0, help="seconds --wait follows it")
-    endpoint = commands.add_parser(
-        "endpoint",
-        help="DEVELOPMENT TOOL: a local RunPod REST API that runs the real handler",
-        description=(
-            "A development tool, not for production: serves RunPod Serverless's REST API "
-            "(/v2/{endpoint_id}/run, runsync, status, cancel, health, purge-queue) and runs each "
-            "job with this project's handler against COMFY_API_URL. Point the orchestrator's "
-            "RUNPOD_API_BASE at http://HOST:PORT/v2 and RUNPOD_ENDPOINT_ID at --endpoint-id."
-        ),
-    )
-    endpoint.add_argument("--host", default="127.0.0.1")
-    endpoint.add_argument("--port", type=int, default=8000)
-    endpoint.add_argument("--endpoint-id", default="local")
-    endpoint.add_argument("--workers", type=int, default=1, help="jobs run at once")
-    endpoint.add_argument("--execution-timeout-s", type=float, default=600.0)
-    endpoint.add_argument("--result-retention-s", type=float, default=1800.0)
     status = commands.add_parser("status", help="one job (by job or work id), or the latest jobs")
     status.add_argument("id", nargs="?")
     status.add_argument("--json", action="store_true", help="print the whole row")
+    _add_devtools(commands, devtools)
     return root
+
+
+def _add_devtools(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]",
+    register: plugins.Register | None,
+) -> None:
+    """`endpoint` and `comfy-standin`, from the dev tools when installed (an entry point)."""
+    if register is None:
+        plugins.add_missing_commands(commands)
+    else:
+        register(commands)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; exit codes: 0 done, 1 failed, 2 bad usage or configuration."""
-    args = parser().parse_args(argv)
+    args = parser(plugins.commands()).parse_args(argv)
     logs.configure()
     try:
         settings = Settings()
-        return COMMANDS[args.command](args, settings)
+        run = COMMANDS.get(args.command) or args.run  # the dev tools set `run`
+        return run(args, settings)
     except ValidationError as exc:
         error = exc.errors()[0]
         return _fail(args, f"bad configuration: {error['loc']}: {error['msg']}", 2)
@@ -207,37 +204,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_endpoint(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve the local RunPod-compatible endpoint until interrupted."""
-    from handler.config import HandlerSettings  # noqa: PLC0415 - needs the handler extra
-    from handler.workflow import WorkflowError  # noqa: PLC0415
-    from orchestrator.endpoint import EndpointConfig, serve  # noqa: PLC0415
-    from orchestrator.endpoint.handler_runner import HandlerRunner  # noqa: PLC0415
-
-    api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
-    config = EndpointConfig(
-        endpoint_id=args.endpoint_id,
-        api_key=api_key,
-        workers=args.workers,
-        execution_timeout_ms=int(args.execution_timeout_s * 1000),
-        result_retention_s=args.result_retention_s,
-    )
-    try:
-        runner = HandlerRunner(HandlerSettings())
-    except WorkflowError as exc:
-        raise ConfigError(f"the handler's graph cannot be used: {exc}") from exc
-    # Logs whether ComfyUI answers, without holding the endpoint back: jobs queue meanwhile.
-    threading.Thread(target=runner.wait_for_comfy, daemon=True).start()
-    serve(config, runner, host=args.host, port=args.port)
-    return 0
-
-
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "migrate": cmd_migrate,
     "serve": cmd_serve,
     "submit": cmd_submit,
     "status": cmd_status,
-    "endpoint": cmd_endpoint,
 }
 
 if __name__ == "__main__":

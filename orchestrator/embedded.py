@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from orchestrator import plugins
 from orchestrator.errors import ConfigError
 from orchestrator.settings import DEFAULT_RUNPOD_API_BASE, Settings
 
@@ -26,8 +25,10 @@ log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "klein"
 LOCAL_ENDPOINT_ID = "local"
-# A first look for ComfyUI at start; jobs that meet no ComfyUI fail with a sentence saying so.
-COMFY_PROBE_S = 3.0
+NO_LOCAL_ENDPOINT = (
+    "no RUNPOD_ENDPOINT_ID is set and the local RunPod endpoint is a development tool that is not "
+    f"installed: {plugins.INSTALL}, or set RUNPOD_ENDPOINT_ID"
+)
 
 
 @contextmanager
@@ -75,43 +76,14 @@ def with_runpod_defaults(settings: Settings) -> Settings:
 
 @contextmanager
 def local_endpoint(settings: Settings) -> Iterator[Settings]:
-    """Run the local RunPod endpoint with the real handler on a free port, for as long as the
-    block lasts; yields `settings` pointed at it."""
-    try:
-        from handler.config import HandlerSettings  # noqa: PLC0415 - needs the handler extra
-        from handler.workflow import WorkflowError  # noqa: PLC0415
-        from orchestrator.endpoint import EndpointConfig, EndpointServer  # noqa: PLC0415
-        from orchestrator.endpoint.handler_runner import HandlerRunner  # noqa: PLC0415
-    except ImportError as exc:
-        raise ConfigError(
-            "no RUNPOD_ENDPOINT_ID is set and the handler is not installed to run jobs locally: "
-            "install the project with its `handler` extra, or set RUNPOD_ENDPOINT_ID"
-        ) from exc
-    handler_settings = HandlerSettings()
-    try:
-        runner = HandlerRunner(handler_settings)
-    except WorkflowError as exc:
-        raise ConfigError(f"the handler's graph cannot be used: {exc}") from exc
-    config = EndpointConfig(
+    """Run the dev tools' local RunPod endpoint (the real handler, a free port) for as long as
+    the block lasts; yields `settings` pointed at it."""
+    start = plugins.load("local_endpoint", NO_LOCAL_ENDPOINT)
+    with start(
         endpoint_id=LOCAL_ENDPOINT_ID,
         workers=settings.local_endpoint_workers,
-        execution_timeout_ms=int(settings.job_timeout_s * 1000),
-    )
-    with EndpointServer(config, runner) as server:
-        log.warning(
-            "no RUNPOD_ENDPOINT_ID: jobs run on a local RunPod endpoint (%s, a development "
-            "tool) with this project's handler and the ComfyUI at %s",
-            server.api_base,
-            handler_settings.comfy_api_url,
-        )
-        _probe_comfy_in_background(runner)
+        execution_timeout_s=settings.job_timeout_s,
+    ) as api_base:
         yield settings.model_copy(
-            update={"runpod_endpoint_id": LOCAL_ENDPOINT_ID, "runpod_api_base": server.api_base}
+            update={"runpod_endpoint_id": LOCAL_ENDPOINT_ID, "runpod_api_base": api_base}
         )
-
-
-def _probe_comfy_in_background(runner: Any) -> None:
-    """Say at start, not at the first job, when no ComfyUI answers (the runner logs either way)."""
-    threading.Thread(
-        target=runner.wait_for_comfy, args=(COMFY_PROBE_S,), name="comfy-probe", daemon=True
-    ).start()

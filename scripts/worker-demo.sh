@@ -14,7 +14,7 @@ trap cleanup EXIT
 if [ -z "${COMFY_API_URL:-}" ]; then
     port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     root=$(mktemp -d)
-    "$PY" -m tests.comfy_server --port "$port" --root "$root" >"$root/server.log" 2>&1 &
+    .venv/bin/klein comfy-standin --port "$port" --root "$root" >"$root/server.log" 2>&1 &
     server_pid=$!
     export COMFY_API_URL="http://127.0.0.1:$port" COMFY_ROOT="$root"
     echo "worker-demo: ComfyUI protocol server at $COMFY_API_URL"

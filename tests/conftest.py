@@ -11,13 +11,13 @@ import pytest
 from tests.fakes.fixtures import openrouter_server, storage_server  # noqa: F401
 
 if TYPE_CHECKING:
-    from tests.comfy_server import ComfyTestServer
+    from devtools.comfy_standin import ComfyTestServer
 
 
 @pytest.fixture
 def comfy_server(tmp_path: Path) -> Iterator[ComfyTestServer]:
     """A started ComfyUI protocol server rooted at tmp_path/"comfyui" (input/, output/)."""
-    from tests.comfy_server import ComfyTestServer
+    from devtools.comfy_standin import ComfyTestServer
 
     with ComfyTestServer(tmp_path / "comfyui") as server:
         yield server

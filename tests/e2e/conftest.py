@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.server import EndpointServer
-from tests.comfy_server import ComfyTestServer
+from devtools.comfy_standin import ComfyTestServer
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.server import EndpointServer
 from tests.e2e.fullstack import ImageHost, KleinEndpoint, Stack, endpoint_env
 from tests.e2e.servekit import (
     KleinServe,

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from tests.background_server import BackgroundServer
+from devtools.background_server import BackgroundServer
 from tests.e2e.servekit import (
     READY_TIMEOUT_S,
     KleinServe,

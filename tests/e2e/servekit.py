@@ -26,8 +26,8 @@ from PIL import Image
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from devtools.endpoint.server import EndpointServer
 from handler.config import HandlerSettings
-from orchestrator.endpoint.server import EndpointServer
 from orchestrator.settings import KLEIN_TEMPLATE_ID, Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.comfy_server import scaled_size
+from devtools.comfy_standin import scaled_size
 from tests.e2e.servekit import REPO_ROOT, SHORT_TIMINGS, KleinServe, base_env, free_port
 from tests.integration import clikit
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.comfy_server import ComfyTestServer, scaled_size
+from devtools.comfy_standin import ComfyTestServer, scaled_size
 from tests.e2e.fullstack import HANDLER_JOB_TIMEOUT_S, REAL_COMFY_URL, Stack
 from tests.e2e.servekit import execute, insert_work, job_row, png_b64, wait_for, wait_for_job
 from tests.fakes.openrouter import default_reply, is_image_request, user_text

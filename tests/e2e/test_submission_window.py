@@ -9,7 +9,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from tests.background_server import BackgroundServer
+from devtools.background_server import BackgroundServer
 from tests.e2e.servekit import free_port, insert_job, wait_for, wait_for_job
 
 ANSWER_DELAY_S = 4.0

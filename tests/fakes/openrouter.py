@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.background_server import BackgroundServer, Scripted, encode_body
+from devtools.background_server import BackgroundServer, Scripted, encode_body
 
 DEFAULT_API_KEY = "sk-or-v1-test-key"
 DEFAULT_BASE_PATH = "/api/v1"

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import BodyPartReader, web
 
-from tests.background_server import BackgroundServer, Scripted, encode_body
+from devtools.background_server import BackgroundServer, Scripted, encode_body
 
 DEFAULT_SERVICE_KEY = "test-service-role-key"
 DEFAULT_BUCKETS = ("works",)

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from PIL import Image
 
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.server import EndpointServer
 from orchestrator.claim import claim_jobs
 from orchestrator.db import Database
 from orchestrator.deps import FlowDeps
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.server import EndpointServer
 from orchestrator.flow import run_job
 from orchestrator.jobs import ClaimedJob, Outcome
 from orchestrator.openrouter import OpenRouterClient

@@ -19,7 +19,7 @@ import requests
 import websocket
 from PIL import Image
 
-from tests.comfy_server import ComfyTestServer, load_transcript, scaled_size
+from devtools.comfy_standin import ComfyTestServer, load_transcript, scaled_size
 
 TRANSCRIPT = load_transcript()
 CLIENT_ID: str = TRANSCRIPT["client_id"]
@@ -513,7 +513,15 @@ def test_websocket_without_client_id_is_given_a_sid(comfy_server: ComfyTestServe
 
 def test_command_line_serves_in_the_foreground(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
-    command = [sys.executable, "-m", "tests.comfy_server", "--port", "0", "--root", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "devtools.comfy_standin",
+        "--port",
+        "0",
+        "--root",
+        str(tmp_path),
+    ]
     process = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from orchestrator.endpoint import EndpointConfig, EndpointServer
+from devtools.endpoint import EndpointConfig, EndpointServer
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_INPUT = json.loads((REPO / "handler" / "test_input.json").read_text())["input"]
@@ -438,8 +438,8 @@ def test_purge_queue_removes_queued_jobs_and_leaves_the_running_one(start, runne
 
 @pytest.fixture
 def handler_client(start, comfy_server, monkeypatch) -> httpx.Client:
+    from devtools.endpoint.handler_runner import HandlerRunner
     from handler.config import HandlerSettings
-    from orchestrator.endpoint.handler_runner import HandlerRunner
 
     monkeypatch.setenv("COMFY_API_URL", comfy_server.url)  # as `klein endpoint` would be set up
     settings = HandlerSettings(

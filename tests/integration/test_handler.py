@@ -185,7 +185,7 @@ def test_an_execution_error_names_the_node_type(comfy_server):
 
 
 def test_missing_model_files_are_a_clear_processing_error(tmp_path):
-    from tests.comfy_server import ComfyTestServer
+    from devtools.comfy_standin import ComfyTestServer
 
     with ComfyTestServer(tmp_path, models_installed=False) as server:
         output = run(make_worker(server), TEST_INPUT)

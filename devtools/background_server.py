@@ -1,6 +1,6 @@
-"""The common part of the protocol servers (ComfyUI, OpenRouter, Storage): an aiohttp app on
-127.0.0.1, run on its own loop in a thread, plus a queue of scripted answers (failures and
-stalls) that the tests fill.
+"""The common part of the protocol servers (the ComfyUI stand-in; the tests' OpenRouter and
+Storage): an aiohttp app run on its own loop in a thread, plus a queue of scripted answers
+(failures and stalls), a development hook for playing an outside system's faults on purpose.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def encode_body(payload: dict[str, Any] | list[Any] | str | bytes) -> tuple[byte
 
 
 class ScriptQueue:
-    """A thread-safe FIFO of scripted answers: the test thread pushes, the server pops."""
+    """A thread-safe FIFO of scripted answers: the caller's thread pushes, the server pops."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -68,11 +68,13 @@ class ScriptQueue:
 
 
 class BackgroundServer:
-    """An aiohttp app on 127.0.0.1 served from a daemon thread; subclasses give `_routes()`."""
+    """An aiohttp app on `host` (127.0.0.1) served from a daemon thread; subclasses give
+    `_routes()`."""
 
     thread_name = "fake-server"
 
-    def __init__(self, *, port: int = 0) -> None:
+    def __init__(self, *, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = port
         self.url = ""
         self.script = ScriptQueue()
@@ -81,21 +83,21 @@ class BackgroundServer:
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
 
-    # ---- lifecycle (called from the test's thread)
+    # ---- lifecycle (called from the caller's thread)
 
     def start(self) -> Self:
-        """Bind 127.0.0.1 (the same port again after a stop) and serve in a background thread."""
+        """Bind `host` (the same port again after a stop) and serve in a background thread."""
         if self._thread is not None:
             raise RuntimeError("server already started")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", self.port))
+            sock.bind((self.host, self.port))
         except OSError:
             sock.close()
             raise
         self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{_url_host(self.host)}:{self.port}"
         self._prepare()
         loop = asyncio.new_event_loop()
         self._loop = loop
@@ -140,7 +142,7 @@ class BackgroundServer:
         return []
 
     def _prepare(self) -> None:
-        """Reset per-run state before serving (test thread)."""
+        """Reset per-run state before serving (caller's thread)."""
 
     async def _started(self) -> None:
         """After the site is up: start background tasks."""
@@ -199,3 +201,8 @@ class BackgroundServer:
             await self._runner.cleanup()
             self._runner = None
         await self._stopped()
+
+
+def _url_host(host: str) -> str:
+    """Where a client on this machine reaches `host`: loopback for the any-address."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host  # noqa: S104 - compared, not bound

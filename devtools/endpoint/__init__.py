@@ -3,15 +3,15 @@
 Point `RUNPOD_API_BASE` at `http://host:port/v2` and the orchestrator works without RunPod.
 Routes under `/v2/{endpoint_id}`: `POST /run`, `POST /runsync`, `GET|POST /status/{id}`,
 `POST /cancel/{id}`, `GET /health`, `POST /purge-queue`. The real worker is
-`orchestrator.endpoint.handler_runner.HandlerRunner`; the job life is drawn in `jobs.py`.
+`devtools.endpoint.handler_runner.HandlerRunner`; the job life is drawn in `jobs.py`.
 """
 
-from orchestrator.endpoint.app import create_app
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.engine import LocalEndpoint
-from orchestrator.endpoint.jobs import JobStatus
-from orchestrator.endpoint.runner import JobRunner, ProgressSource, Stoppable
-from orchestrator.endpoint.server import EndpointServer, serve
+from devtools.endpoint.app import create_app
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.engine import LocalEndpoint
+from devtools.endpoint.jobs import JobStatus
+from devtools.endpoint.runner import JobRunner, ProgressSource, Stoppable
+from devtools.endpoint.server import EndpointServer, serve
 
 __all__ = [
     "EndpointConfig",

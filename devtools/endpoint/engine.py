@@ -18,12 +18,12 @@ from typing import Any
 
 import httpx
 
-from orchestrator.endpoint import jobs
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.jobs import Job, JobRequest, JobStatus, Outcome
-from orchestrator.endpoint.limits import Injections
-from orchestrator.endpoint.runner import JobRunner, ProgressSource, Stoppable
-from orchestrator.endpoint.webhook import deliver_webhook
+from devtools.endpoint import jobs
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.jobs import Job, JobRequest, JobStatus, Outcome
+from devtools.endpoint.limits import Injections
+from devtools.endpoint.runner import JobRunner, ProgressSource, Stoppable
+from devtools.endpoint.webhook import deliver_webhook
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class LocalEndpoint:
         self.injections = Injections()
 
     def inject(self, status_code: int = 429, times: int = 1, route: str = "status") -> None:
-        """FOR TESTS: the next `times` requests to `route` answer `status_code`."""
+        """A development hook: the next `times` requests to `route` answer `status_code`, to
+        play RunPod's rate limits and outages on purpose."""
         self.injections.add(status_code, times, route)
 
     async def start(self) -> None:

@@ -1,9 +1,11 @@
-"""A ComfyUI v0.33.0 protocol server for tests (routes, shapes and messages of api_transcript.md).
+"""A ComfyUI v0.33.0 stand-in: its protocol (routes, shapes and messages of api_transcript.md)
+without a GPU, for running the handler on one machine during development.
 
 Nodes are not computed, except LoadImage, ImageScaleToTotalPixels, ImageInvert, SaveImage and
 PreviewImage; every other node passes its first image input through, so a diffusion graph saves
-the scaled reference image. `python -m tests.comfy_server --port 8188 --root DIR` runs it in the
-foreground.
+the scaled reference image. `klein comfy-standin --port 8188 --root DIR` (or
+`python -m devtools.comfy_standin`) runs it in the foreground. `behaviour` ("fail", "stall",
+"drop_socket", "slow_history") is a development hook that plays ComfyUI's failures on purpose.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from aiohttp import web
 from PIL import Image, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from tests.background_server import BackgroundServer
+from devtools.background_server import BackgroundServer
 
 log = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).parent / "data" / "comfy"
+# What a real ComfyUI v0.33.0 answered (node types, a recorded session), kept with the tests.
+DATA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "comfy"
 BEHAVIOURS = ("success", "fail", "stall", "drop_socket", "slow_history")
 SAMPLER_CLASSES = frozenset(
     {"SamplerCustomAdvanced", "SamplerCustom", "KSampler", "KSamplerAdvanced"}
@@ -645,7 +648,11 @@ class _Connection:
 
 
 class ComfyTestServer(BackgroundServer):
-    """ComfyUI's HTTP + websocket API on 127.0.0.1, run on its own loop in a thread."""
+    """ComfyUI's HTTP + websocket API on `host` (127.0.0.1), run on its own loop in a thread.
+
+    `behaviour`, `models_installed`, `node_delay_s`, `calls` and `interrupts` are development
+    hooks: they play ComfyUI's failures and record what a client asked for.
+    """
 
     thread_name = "comfy-test-server"
 
@@ -659,6 +666,7 @@ class ComfyTestServer(BackgroundServer):
         sampler_steps: int = 4,
         cache_outputs: bool = True,
         port: int = 0,
+        host: str = "127.0.0.1",
     ) -> None:
         self.root = Path(root).resolve()
         self.input_dir = self.root / "input"
@@ -671,7 +679,7 @@ class ComfyTestServer(BackgroundServer):
         self.node_delay_s = node_delay_s
         self.sampler_steps = sampler_steps
         self.cache_outputs = cache_outputs
-        super().__init__(port=port)
+        super().__init__(port=port, host=host)
         self.calls: list[tuple[str, str]] = []
         self.interrupts = 0
         self._worker: asyncio.Task[None] | None = None
@@ -1032,7 +1040,7 @@ class ComfyTestServer(BackgroundServer):
             try:
                 success = await self._execute(run)
             except Exception:
-                log.exception("comfy test server: run %s crashed", item.prompt_id)
+                log.exception("comfy stand-in: run %s crashed", item.prompt_id)
                 success = False
             self._record_history(run, success)
             self._running = None
@@ -1201,7 +1209,7 @@ class ComfyTestServer(BackgroundServer):
         preview = node["class_type"] == "PreviewImage"
         prefix = str(node["inputs"].get("filename_prefix", "ComfyUI"))
         if preview:
-            prefix += "_temp_" + "".join(random.choices("abcdefghijklmnopqrstupvxyz", k=5))
+            prefix += "_temp_" + "".join(random.choices("abcdefghijklmnopqrstupvxyz", k=5))  # noqa: S311 - a name, not a secret
         base = self.temp_dir if preview else self.output_dir
         folder, filename, subfolder = save_target(base, prefix, image.width, image.height)
         folder.mkdir(parents=True, exist_ok=True)
@@ -1243,19 +1251,19 @@ def _server_error() -> web.Response:
 # --------------------------------------------------------------------------- command line
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve in the foreground until Ctrl-C, so the handler can be pointed at it."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.comfy_server", description="ComfyUI protocol test server"
-    )
-    parser.add_argument("--port", type=int, default=8188)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stand-in's flags, shared by `klein comfy-standin` and `python -m`."""
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8188, help="listen port (0: a free one)")
     parser.add_argument("--root", type=Path, required=True, help="ComfyUI folder (input/, output/)")
     parser.add_argument("--behaviour", choices=BEHAVIOURS, default="success")
     parser.add_argument("--no-models", action="store_true", help="loaders list no model files")
     parser.add_argument("--node-delay-s", type=float, default=0.05)
     parser.add_argument("--sampler-steps", type=int, default=4)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve in the foreground until Ctrl-C, so the handler can be pointed at it."""
     server = ComfyTestServer(
         args.root,
         behaviour=args.behaviour,
@@ -1263,12 +1271,24 @@ def main(argv: list[str] | None = None) -> int:
         node_delay_s=args.node_delay_s,
         sampler_steps=args.sampler_steps,
         port=args.port,
+        host=args.host,
     )
     with contextlib.suppress(KeyboardInterrupt), server:
-        banner = f"ComfyUI test server on {server.url} (root {server.root}); Ctrl-C stops it"
+        banner = f"ComfyUI stand-in on {server.url} (root {server.root}); Ctrl-C stops it"
         print(banner, flush=True)
         threading.Event().wait()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m devtools.comfy_standin`: the same as `klein comfy-standin`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.comfy_standin", description="A ComfyUI protocol stand-in"
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    return serve(args)
 
 
 if __name__ == "__main__":

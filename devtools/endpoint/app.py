@@ -1,7 +1,8 @@
 """RunPod Serverless's REST API under `/v2/{endpoint_id}`, served locally for development.
 
-Every route checks, in order: the API key (when one is configured), failures scripted by tests,
-the endpoint id, and the route's rate limit. Error bodies are `{"error": "<sentence>"}`.
+Every route checks, in order: the API key (when one is configured), failures scripted through
+`inject` (a development hook), the endpoint id, and the route's rate limit. Error bodies are
+`{"error": "<sentence>"}`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.engine import LocalEndpoint
-from orchestrator.endpoint.jobs import BadRequest, JobRequest, parse_request
-from orchestrator.endpoint.limits import Injections, TokenBucket
-from orchestrator.endpoint.runner import JobRunner
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.engine import LocalEndpoint
+from devtools.endpoint.jobs import BadRequest, JobRequest, parse_request
+from devtools.endpoint.limits import Injections, TokenBucket
+from devtools.endpoint.runner import JobRunner
 
 RATE_WINDOW_S = 10.0
 RUNSYNC_WAIT_MS = (1_000, 300_000)  # RunPod's range for `/runsync?wait=`
@@ -74,7 +75,7 @@ class Gate:
             raise ApiError(401, "Unauthorized: send 'Authorization: Bearer <api key>'")
         injected = self._injections.take(route)
         if injected is not None:
-            raise ApiError(injected, f"injected {injected} (test hook)")
+            raise ApiError(injected, f"injected {injected} (development hook)")
         if endpoint_id != self._config.endpoint_id:
             raise ApiError(404, f"endpoint {endpoint_id!r} not found")
         bucket = self._buckets.get(route)

@@ -1,4 +1,4 @@
-"""Request gates that need no job: RunPod-style rate limits, and scripted failures for tests."""
+"""Request gates that need no job: RunPod-style rate limits, and scripted failures on demand."""
 
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ class TokenBucket:
 
 
 class Injections:
-    """FOR TESTS: the next N requests to a route answer a given status code instead."""
+    """A development hook: the next N requests to a route answer a given status code instead."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()  # tests script it from their own thread
+        self._lock = threading.Lock()  # scripted from the caller's own thread
         self._pending: dict[str, list[int]] = {}
 
     def add(self, status_code: int, times: int, route: str) -> None:

@@ -11,10 +11,10 @@ from types import TracebackType
 
 import uvicorn
 
-from orchestrator.endpoint.app import create_app
-from orchestrator.endpoint.config import EndpointConfig
-from orchestrator.endpoint.engine import LocalEndpoint
-from orchestrator.endpoint.runner import JobRunner
+from devtools.endpoint.app import create_app
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.engine import LocalEndpoint
+from devtools.endpoint.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class EndpointServer:
 
     @property
     def endpoint(self) -> LocalEndpoint:
-        """The job table and its test hook (`inject`)."""
+        """The job table and its development hook (`inject`)."""
         endpoint: LocalEndpoint = self.app.state.endpoint
         return endpoint
 

@@ -1,0 +1,1 @@
+"""What runs RunPod and ComfyUI on one machine for development: the endpoint, the stand-in."""
