@@ -1,13 +1,15 @@
 """ComfyUI graphs and their bindings: which node input each job parameter goes to.
 
 Graphs are data (`comfy_workflows/<name>.json`, API format); parameters are applied only
-through the bindings file beside each graph (`<name>.bindings.json`).
+through the bindings file beside each graph (`<name>.bindings.json`). They ship as the package
+data `handler/workflows`, a link to `comfy_workflows/` in the source tree.
 """
 
 import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,14 @@ class Workflow:
             for binding in self.bindings.get(name, ()):
                 graph[binding.node]["inputs"][binding.input] = value
         return graph
+
+
+def packaged_workflows_dir() -> Path:
+    """The graphs shipped with the handler (`comfy_workflows/` itself in an editable install)."""
+    folder = resources.files("handler") / "workflows"
+    if not isinstance(folder, Path):
+        raise WorkflowError("the handler package is not installed as plain files")
+    return folder.resolve()
 
 
 def workflow_paths(name: str, directory: Path) -> tuple[Path, Path]:
