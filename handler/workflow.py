@@ -85,7 +85,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise WorkflowError(f"workflow file not found: {path}") from None
+        raise WorkflowError(
+            f"workflow file not found: {path}; set COMFY_WORKFLOWS_DIR to a folder of graphs"
+        ) from None
     except (OSError, ValueError) as exc:
         raise WorkflowError(f"cannot read {path}: {exc}") from None
     if not isinstance(document, dict):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from handler.config import HandlerSettings
-from handler.workflow import packaged_workflows_dir
+from handler.workflow import WorkflowError, load_workflow, packaged_workflows_dir
 from orchestrator.migrate import migrations_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,3 +57,9 @@ def test_the_build_ships_every_file_of_both_folders() -> None:
     assert names(REPO_ROOT / "comfy_workflows", "*") == names(
         REPO_ROOT / "comfy_workflows", "*.json"
     )
+
+
+def test_a_missing_graph_says_where_it_looked_and_what_to_set(tmp_path: Path) -> None:
+    with pytest.raises(WorkflowError, match="set COMFY_WORKFLOWS_DIR") as raised:
+        load_workflow("flux2_klein_9b_i2i", tmp_path)
+    assert str(tmp_path / "flux2_klein_9b_i2i.json") in str(raised.value)
