@@ -2,9 +2,13 @@
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_WORKFLOWS_DIR = Path(__file__).resolve().parent.parent / "comfy_workflows"
+from handler.workflow import packaged_workflows_dir
+
+# The packaged graphs; in the source tree (and an editable install) the repo's comfy_workflows/.
+REPO_WORKFLOWS_DIR = packaged_workflows_dir()
 
 
 class HandlerSettings(BaseSettings):
@@ -14,7 +18,8 @@ class HandlerSettings(BaseSettings):
 
     comfy_api_url: str = "http://127.0.0.1:8188"
     comfy_workflow: str = "flux2_klein_9b_i2i"
-    comfy_workflows_dir: Path = REPO_WORKFLOWS_DIR
+    # Unset: the graphs shipped in the package (handler/workflows).
+    comfy_workflows_dir: Path = Field(default_factory=packaged_workflows_dir)
     # ComfyUI's install folder when it runs beside the worker: the job's files are removed there.
     comfy_root: Path | None = None
     network_volume_path: Path = Path("/runpod-volume")

@@ -1,13 +1,15 @@
 """ComfyUI graphs and their bindings: which node input each job parameter goes to.
 
 Graphs are data (`comfy_workflows/<name>.json`, API format); parameters are applied only
-through the bindings file beside each graph (`<name>.bindings.json`).
+through the bindings file beside each graph (`<name>.bindings.json`). They ship as the package
+data `handler/workflows`, a link to `comfy_workflows/` in the source tree.
 """
 
 import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,14 @@ class Workflow:
         return graph
 
 
+def packaged_workflows_dir() -> Path:
+    """The graphs shipped with the handler (`comfy_workflows/` itself in an editable install)."""
+    folder = resources.files("handler") / "workflows"
+    if not isinstance(folder, Path):
+        raise WorkflowError("the handler package is not installed as plain files")
+    return folder.resolve()
+
+
 def workflow_paths(name: str, directory: Path) -> tuple[Path, Path]:
     """The graph and bindings files for a workflow name (or a path to a graph file)."""
     graph_path = Path(name) if name.endswith(".json") else directory / f"{name}.json"
@@ -75,7 +85,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise WorkflowError(f"workflow file not found: {path}") from None
+        raise WorkflowError(
+            f"workflow file not found: {path}; set COMFY_WORKFLOWS_DIR to a folder of graphs"
+        ) from None
     except (OSError, ValueError) as exc:
         raise WorkflowError(f"cannot read {path}: {exc}") from None
     if not isinstance(document, dict):

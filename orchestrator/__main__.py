@@ -2,13 +2,14 @@
 endpoint and comfy-standin.
 
 Configuration comes from the environment (see README); flags override a few of it. With nothing
-configured, `klein` runs PostgreSQL itself (data in .klein/pgdata) and `klein serve` runs jobs on
-a local RunPod endpoint with this project's handler against COMFY_API_URL.
+configured, `klein` runs PostgreSQL itself (data in the per-user folder below) and `klein serve`
+runs jobs on a local RunPod endpoint with this project's handler against COMFY_API_URL.
 """
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from orchestrator import console, embedded, logs, plugins
 from orchestrator.embedded import embedded_postgres
 from orchestrator.errors import ConfigError
 from orchestrator.migrate import MigrationError, apply_migrations, migrations_dir
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, default_klein_home
 
 log = logging.getLogger("klein")
 
@@ -47,9 +48,18 @@ def priority(text: str) -> int:
     return value
 
 
+def home_note() -> str:
+    """Where local state lives, for --help (read before Settings, which may refuse the env)."""
+    home = os.environ.get("KLEIN_HOME") or str(default_klein_home())
+    return (
+        f"Local state (the embedded database, local storage) lives in {home}, whatever the "
+        "current directory; KLEIN_HOME moves it. Stop klein and delete that folder to start afresh."
+    )
+
+
 def parser(devtools: plugins.Register | None) -> argparse.ArgumentParser:
     """The command line; `devtools` adds the dev tools' commands (None: not installed)."""
-    root = argparse.ArgumentParser(prog="klein", description=__doc__)
+    root = argparse.ArgumentParser(prog="klein", description=__doc__, epilog=home_note())
     commands = root.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "migrate", help="apply supabase/migrations to DATABASE_URL (or the embedded database)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -55,8 +56,12 @@ class Migration:
 
 
 def migrations_dir() -> Path:
-    """The repository's `supabase/migrations` folder."""
-    return Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+    """The migrations shipped as package data (`orchestrator/migrations`, a link to
+    `supabase/migrations` in the source tree, so this is that folder in an editable install)."""
+    folder = resources.files("orchestrator") / "migrations"
+    if not isinstance(folder, Path):
+        raise MigrationError("the orchestrator package is not installed as plain files")
+    return folder.resolve()
 
 
 def parse_filename(filename: str) -> tuple[str, str]:
@@ -85,6 +90,8 @@ async def apply_migrations(conn: psycopg.AsyncConnection[Any], directory: Path) 
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise MigrationError("the connection must not be inside a transaction")
     migrations = discover(directory)
+    if not migrations:
+        raise MigrationError(f"no migration files in {directory}; the installation is incomplete")
     applied: list[str] = []
     for migration in migrations:
         if await _apply_one(conn, migration):

@@ -4,11 +4,17 @@ import socket
 import uuid
 from pathlib import Path
 
+import platformdirs
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KLEIN_TEMPLATE_ID = "82064257-1bef-45d8-a6ba-715f33c887cc"
 DEFAULT_RUNPOD_API_BASE = "https://api.runpod.ai/v2"
+
+
+def default_klein_home() -> Path:
+    """The per-user data folder: ~/.local/share/klein on Linux, its equivalent elsewhere."""
+    return platformdirs.user_data_path("klein", appauthor=False)
 
 
 def default_worker_id() -> str:
@@ -38,9 +44,12 @@ class Settings(BaseSettings):
     supabase_url: str | None = None
     supabase_service_role_key: SecretStr | None = None
     storage_bucket: str = "works"
-    local_storage_dir: Path = Path(".klein/storage")
+    # Local state lives in one per-user folder, whatever the current directory; KLEIN_HOME moves
+    # it, LOCAL_STORAGE_DIR and LOCAL_DATABASE_DIR move one part each.
+    klein_home: Path = Field(default_factory=default_klein_home)
+    local_storage_dir: Path = Field(default_factory=lambda data: data["klein_home"] / "storage")
     # The embedded defaults (no DATABASE_URL; no RunPod endpoint): see orchestrator/embedded.py.
-    local_database_dir: Path = Path(".klein/pgdata")
+    local_database_dir: Path = Field(default_factory=lambda data: data["klein_home"] / "pgdata")
     local_endpoint_workers: int = Field(default=1, ge=1)
     public_base_url: str | None = None
     webhook_secret: SecretStr | None = None

@@ -1,7 +1,7 @@
 """The README's promise on a new machine: `klein serve` with nothing configured runs PostgreSQL
 from its wheel, the local RunPod endpoint and the real handler; `klein submit --wait` (also with
 nothing configured) finds the same database and follows a job to its end. Only COMFY_API_URL
-points at the ComfyUI protocol server, and the data folders at the test's own."""
+points at the ComfyUI protocol server, and KLEIN_HOME at the test's own data folder."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from PIL import Image
 
 from devtools.comfy_standin import scaled_size
 from tests.e2e.servekit import REPO_ROOT, SHORT_TIMINGS, KleinServe, base_env, free_port
+from tests.e2e.test_home import klein_home  # noqa: F401 - a fixture
 from tests.integration import clikit
 
 SAMPLE = REPO_ROOT / "samples" / "portrait.png"
@@ -32,13 +33,14 @@ def handler_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def nothing_configured(tmp_path: Path) -> dict[str, str]:
-    """No DATABASE_URL, RunPod, OpenRouter or Supabase setting; data folders under tmp_path."""
-    return handler_env() | {
-        "LOCAL_DATABASE_DIR": str(tmp_path / "klein" / "pgdata"),
-        "LOCAL_STORAGE_DIR": str(tmp_path / "klein" / "storage"),
-        "COMFY_STARTUP_TIMEOUT_S": "2",
-    }
+def nothing_configured(klein_home: Path) -> dict[str, str]:  # noqa: F811
+    """No DATABASE_URL, RunPod, OpenRouter or Supabase setting; the data folder the test's own."""
+    return handler_env() | {"KLEIN_HOME": str(klein_home), "COMFY_STARTUP_TIMEOUT_S": "2"}
+
+
+def database_dir(env: dict[str, str]) -> str:
+    """Where the embedded PostgreSQL keeps its data: in the data folder."""
+    return str(Path(env["KLEIN_HOME"]) / "pgdata")
 
 
 def klein(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -100,7 +102,8 @@ def test_a_new_machine_runs_a_job_with_nothing_but_a_comfyui(
     finally:
         klein_serve.stop()
     assert klein_serve.process.returncode == 0, klein_serve.log()
-    assert not postgres_running_in(env["LOCAL_DATABASE_DIR"])  # stopped with the last user
+    assert Path(database_dir(env), "PG_VERSION").is_file()
+    assert not postgres_running_in(database_dir(env))  # stopped with the last user
 
 
 def test_without_a_comfyui_the_job_fails_saying_where_it_looked_and_what_to_set(
@@ -127,4 +130,4 @@ def test_migrate_with_nothing_configured_prepares_the_embedded_database(nothing_
     assert "the embedded database in" in first.stdout
     listing = klein(nothing_configured, "status")
     assert (listing.returncode, listing.stdout) == (0, "")
-    assert not postgres_running_in(nothing_configured["LOCAL_DATABASE_DIR"])
+    assert not postgres_running_in(database_dir(nothing_configured))
