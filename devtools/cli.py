@@ -75,8 +75,8 @@ def run_comfy_standin(args: argparse.Namespace, settings: Any) -> int:
     """Serve the ComfyUI stand-in in the foreground until interrupted."""
     if not comfy_standin.DATA_DIR.is_dir():
         raise ConfigError(
-            f"the ComfyUI stand-in answers with a real ComfyUI's recordings in "
-            f"{comfy_standin.DATA_DIR}, which only a source checkout has: install the project "
-            "from its repository (pip install -e '.[dev]')"
+            "the ComfyUI stand-in answers with a real ComfyUI's recordings in "
+            f"{comfy_standin.DATA_DIR}, which this installation lacks: "
+            "reinstall klein-i2i[devtools]"
         )
     return comfy_standin.serve(args)

@@ -41,7 +41,7 @@ from devtools.background_server import BackgroundServer
 log = logging.getLogger(__name__)
 
 # What a real ComfyUI v0.33.0 answered (node types, a recorded session), kept with the tests.
-DATA_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "comfy"
+DATA_DIR = Path(__file__).resolve().parent / "comfy_recordings"  # package data
 BEHAVIOURS = ("success", "fail", "stall", "drop_socket", "slow_history")
 SAMPLER_CLASSES = frozenset(
     {"SamplerCustomAdvanced", "SamplerCustom", "KSampler", "KSamplerAdvanced"}

@@ -1,7 +1,7 @@
 """Folding ComfyUI's websocket messages and history entries into one run state. Pure.
 
 Message shapes are those of a real ComfyUI v0.33.0, as recorded in
-tests/data/comfy/api_transcript.json.
+devtools/comfy_recordings/api_transcript.json.
 """
 
 from collections.abc import Mapping

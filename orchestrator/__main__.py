@@ -69,9 +69,10 @@ def parser(devtools: plugins.Register | None) -> argparse.ArgumentParser:
         help="HTTP (webhooks, health, metrics) and the job worker",
         description=(
             "The HTTP app and the job worker, until SIGTERM. Without DATABASE_URL it runs an "
-            "embedded PostgreSQL (LOCAL_DATABASE_DIR); without RUNPOD_ENDPOINT_ID (and "
-            "RUNPOD_API_BASE) a local RunPod endpoint that runs this project's handler against "
-            "COMFY_API_URL; without SUPABASE_URL it stores images in LOCAL_STORAGE_DIR."
+            "embedded PostgreSQL (in the data folder below); without RUNPOD_ENDPOINT_ID (and "
+            "RUNPOD_API_BASE) a local RunPod endpoint, one of the dev tools "
+            "(klein-i2i[devtools]), that runs this project's handler against COMFY_API_URL; "
+            "without SUPABASE_URL it stores images in the data folder."
         ),
     )
     serve.add_argument("--host", help="listen address (KLEIN_HOST, default 127.0.0.1)")

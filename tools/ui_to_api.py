@@ -7,8 +7,8 @@ node depends on (ComfyUI would not run it). Widget values are named through obje
 input order. `comfy_workflows/flux2_klein_9b_i2i.json` was made with:
 
     .venv/bin/python tools/ui_to_api.py \
-        tests/data/comfy/templates/image_flux2_klein_image_edit_9b_distilled.json \
-        tests/data/comfy/object_info.json \
+        devtools/comfy_recordings/templates/image_flux2_klein_image_edit_9b_distilled.json \
+        devtools/comfy_recordings/object_info.json \
         --set 75:72.vae_name=flux2-vae.safetensors \
         --set 75:73.noise_seed=0 \
         --set 9.filename_prefix=klein/output \

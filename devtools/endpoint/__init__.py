@@ -9,7 +9,7 @@ Routes under `/v2/{endpoint_id}`: `POST /run`, `POST /runsync`, `GET|POST /statu
 from devtools.endpoint.app import create_app
 from devtools.endpoint.config import EndpointConfig
 from devtools.endpoint.engine import LocalEndpoint
-from devtools.endpoint.jobs import JobStatus
+from devtools.endpoint.jobs import RunPodStatus
 from devtools.endpoint.runner import JobRunner, ProgressSource, Stoppable
 from devtools.endpoint.server import EndpointServer, serve
 
@@ -17,9 +17,9 @@ __all__ = [
     "EndpointConfig",
     "EndpointServer",
     "JobRunner",
-    "JobStatus",
     "LocalEndpoint",
     "ProgressSource",
+    "RunPodStatus",
     "Stoppable",
     "create_app",
     "serve",

@@ -20,7 +20,7 @@ import httpx
 
 from devtools.endpoint import jobs
 from devtools.endpoint.config import EndpointConfig
-from devtools.endpoint.jobs import Job, JobRequest, JobStatus, Outcome
+from devtools.endpoint.jobs import Job, JobRequest, Outcome, RunPodStatus
 from devtools.endpoint.limits import Injections
 from devtools.endpoint.runner import JobRunner, ProgressSource, Stoppable
 from devtools.endpoint.webhook import deliver_webhook
@@ -43,7 +43,7 @@ class LocalEndpoint:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._busy = 0
-        self._ended_counts: Counter[JobStatus] = Counter()
+        self._ended_counts: Counter[RunPodStatus] = Counter()
         self._http: httpx.AsyncClient | None = None
         self.injections = Injections()
 
@@ -99,8 +99,8 @@ class LocalEndpoint:
         if job is None:
             return None
         if job.status not in jobs.TERMINAL:
-            running = job.status is JobStatus.IN_PROGRESS
-            self._end(job, Outcome(JobStatus.CANCELLED))
+            running = job.status is RunPodStatus.IN_PROGRESS
+            self._end(job, Outcome(RunPodStatus.CANCELLED))
             log.info("job %s cancelled", job_id)
             if running:
                 self._stop_runner(job_id)
@@ -109,7 +109,7 @@ class LocalEndpoint:
     def purge_queue(self) -> int:
         """Forget every queued job; running ones go on. The number removed."""
         self._sweep()
-        queued = [j.id for j in self._jobs.values() if j.status is JobStatus.IN_QUEUE]
+        queued = [j.id for j in self._jobs.values() if j.status is RunPodStatus.IN_QUEUE]
         for job_id in queued:
             self._forget(job_id)
         return len(queued)
@@ -118,13 +118,15 @@ class LocalEndpoint:
         """RunPod's /health body; completed and failed count since start."""
         self._sweep()
         live = Counter(job.status for job in self._jobs.values())
-        failed = self._ended_counts[JobStatus.FAILED] + self._ended_counts[JobStatus.TIMED_OUT]
+        failed = (
+            self._ended_counts[RunPodStatus.FAILED] + self._ended_counts[RunPodStatus.TIMED_OUT]
+        )
         return {
             "jobs": {
-                "completed": self._ended_counts[JobStatus.COMPLETED],
+                "completed": self._ended_counts[RunPodStatus.COMPLETED],
                 "failed": failed,
-                "inProgress": live[JobStatus.IN_PROGRESS],
-                "inQueue": live[JobStatus.IN_QUEUE],
+                "inProgress": live[RunPodStatus.IN_PROGRESS],
+                "inQueue": live[RunPodStatus.IN_QUEUE],
                 "retried": 0,
             },
             "workers": {"idle": self._config.workers - self._busy, "running": self._busy},
@@ -132,7 +134,7 @@ class LocalEndpoint:
 
     def _body(self, job: Job) -> dict[str, Any]:
         progress = None
-        if job.status is JobStatus.IN_PROGRESS and isinstance(self._runner, ProgressSource):
+        if job.status is RunPodStatus.IN_PROGRESS and isinstance(self._runner, ProgressSource):
             progress = self._runner.progress(job.id)
         return jobs.status_body(job, progress)
 
@@ -151,7 +153,7 @@ class LocalEndpoint:
     def _take(self, job_id: str, worker_id: str) -> Job | None:
         self._sweep()
         job = self._jobs.get(job_id)
-        if job is None or job.status is not JobStatus.IN_QUEUE:
+        if job is None or job.status is not RunPodStatus.IN_QUEUE:
             return None  # cancelled, purged or past its TTL while queued
         job = jobs.started(job, self._clock(), worker_id)
         self._jobs[job_id] = job
@@ -181,7 +183,7 @@ class LocalEndpoint:
 
     def _settle(self, job_id: str, outcome: Outcome) -> None:
         job = self._jobs.get(job_id)
-        if job is None or job.status is not JobStatus.IN_PROGRESS:
+        if job is None or job.status is not RunPodStatus.IN_PROGRESS:
             return  # cancelled, timed out or forgotten meanwhile: the result is discarded
         self._end(job, outcome)
         log.info("job %s %s", job_id, outcome.status.value)
@@ -189,8 +191,8 @@ class LocalEndpoint:
     def _on_deadline(self, job_id: str) -> None:
         self._sweep()  # past its TTL: forgotten, not timed out
         job = self._jobs.get(job_id)
-        if job is not None and job.status is JobStatus.IN_PROGRESS:
-            self._end(job, Outcome(JobStatus.TIMED_OUT))
+        if job is not None and job.status is RunPodStatus.IN_PROGRESS:
+            self._end(job, Outcome(RunPodStatus.TIMED_OUT))
             log.warning("job %s timed out after %g s", job_id, job.request.execution_timeout_s)
             self._stop_runner(job_id)
 

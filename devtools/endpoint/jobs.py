@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 
-class JobStatus(StrEnum):
+class RunPodStatus(StrEnum):
     """RunPod's job statuses."""
 
     IN_QUEUE = "IN_QUEUE"
@@ -33,7 +33,7 @@ class JobStatus(StrEnum):
 
 
 TERMINAL = frozenset(
-    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.TIMED_OUT}
+    {RunPodStatus.COMPLETED, RunPodStatus.FAILED, RunPodStatus.CANCELLED, RunPodStatus.TIMED_OUT}
 )
 
 
@@ -55,7 +55,7 @@ class JobRequest:
 class Outcome:
     """How a run ended: the status, and the `output` and `error` that /status shows."""
 
-    status: JobStatus
+    status: RunPodStatus
     output: Any = None
     error: str | None = None
 
@@ -68,7 +68,7 @@ class Job:
     request: JobRequest
     retention_s: float
     submitted_at: float
-    status: JobStatus = JobStatus.IN_QUEUE
+    status: RunPodStatus = RunPodStatus.IN_QUEUE
     started_at: float | None = None
     finished_at: float | None = None
     worker_id: str | None = None
@@ -114,14 +114,14 @@ def parse_request(body: object, execution_timeout_ms: int, ttl_ms: int) -> JobRe
 def outcome_of_output(output: object) -> Outcome:
     """RunPod's rule: a dict with a truthy "error" is FAILED; the rest of the dict stays output."""
     if not isinstance(output, dict):
-        return Outcome(JobStatus.COMPLETED, output)
+        return Outcome(RunPodStatus.COMPLETED, output)
     rest = {k: v for k, v in output.items() if k not in ("error", "refresh_worker")}
     error = output.get("error")
     if error:
         return Outcome(
-            JobStatus.FAILED, rest or None, error if isinstance(error, str) else str(error)
+            RunPodStatus.FAILED, rest or None, error if isinstance(error, str) else str(error)
         )
-    return Outcome(JobStatus.COMPLETED, rest or None)
+    return Outcome(RunPodStatus.COMPLETED, rest or None)
 
 
 def outcome_of_exception(exc: BaseException) -> Outcome:
@@ -131,12 +131,12 @@ def outcome_of_exception(exc: BaseException) -> Outcome:
         "error_message": str(exc),
         "error_traceback": "".join(traceback.format_exception(exc)),
     }
-    return Outcome(JobStatus.FAILED, error=json.dumps(error))
+    return Outcome(RunPodStatus.FAILED, error=json.dumps(error))
 
 
 def started(job: Job, now: float, worker_id: str) -> Job:
     """The job taken by a worker."""
-    return replace(job, status=JobStatus.IN_PROGRESS, started_at=now, worker_id=worker_id)
+    return replace(job, status=RunPodStatus.IN_PROGRESS, started_at=now, worker_id=worker_id)
 
 
 def finished(job: Job, outcome: Outcome, now: float) -> Job:
@@ -174,7 +174,7 @@ def status_body(job: Job, progress: dict[str, Any] | None = None) -> dict[str, A
             body["executionTime"] = _ms(job.finished_at - job.started_at)
     if job.output is not None:
         body["output"] = job.output
-    elif job.status is JobStatus.IN_PROGRESS and progress is not None:
+    elif job.status is RunPodStatus.IN_PROGRESS and progress is not None:
         body["output"] = progress
     if job.error is not None:
         body["error"] = job.error

@@ -13,7 +13,7 @@ from handler.graph_check import check_bindings, check_graph, load_json
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / "comfy_workflows"
-OBJECT_INFO = ROOT / "tests" / "data" / "comfy" / "object_info.json"
+OBJECT_INFO = ROOT / "devtools" / "comfy_recordings" / "object_info.json"
 GRAPH_FILES = sorted(
     path for path in WORKFLOWS.glob("*.json") if not path.name.endswith(".bindings.json")
 )

@@ -15,7 +15,8 @@ from handler.run_state import (
     state_from_history,
 )
 
-TRANSCRIPT = json.loads((Path(__file__).parents[1] / "data/comfy/api_transcript.json").read_text())
+RECORDINGS = Path(__file__).parents[2] / "devtools" / "comfy_recordings"
+TRANSCRIPT = json.loads((RECORDINGS / "api_transcript.json").read_text())
 
 
 def recorded_messages(title: str) -> list[dict]:

@@ -14,7 +14,7 @@ import pytest
 from handler.graph_check import load_json
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "tests" / "data" / "comfy"
+DATA = ROOT / "devtools" / "comfy_recordings"
 TEMPLATE = DATA / "templates" / "image_flux2_klein_image_edit_9b_distilled.json"
 COMMITTED = ROOT / "comfy_workflows" / "flux2_klein_9b_i2i.json"
 
