@@ -1,5 +1,6 @@
-"""A ComfyUI v0.33.0 stand-in: its protocol (routes, shapes and messages of api_transcript.md)
-without a GPU, for running the handler on one machine during development.
+"""A ComfyUI v0.33.0 stand-in: its protocol (the routes, shapes and messages recorded in
+comfy_recordings/api_transcript.json) without a GPU, for running the handler on one machine
+during development.
 
 Nodes are not computed, except LoadImage, ImageScaleToTotalPixels, ImageInvert, SaveImage and
 PreviewImage; every other node passes its first image input through, so a diffusion graph saves

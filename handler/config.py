@@ -5,6 +5,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from handler.contract.images import MAX_PIXELS
 from handler.workflow import packaged_workflows_dir
 
 # The packaged graphs; in the source tree (and an editable install) the repo's comfy_workflows/.
@@ -30,6 +31,6 @@ class HandlerSettings(BaseSettings):
     comfy_warmup: bool = False
     allow_private_image_urls: bool = False
     image_max_bytes: int = 20_000_000
-    image_max_pixels: int = 40_000_000
+    image_max_pixels: int = MAX_PIXELS
     image_fetch_timeout_s: float = 30.0
     progress_interval_s: float = 1.0

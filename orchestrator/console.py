@@ -23,7 +23,6 @@ FINISHED = ("completed", "failed", "cancelled")
 UNCLAIMED_HINT = (
     "  (still queued after {seconds:g} s: is `klein serve` running against this database?)"
 )
-MAX_PIXELS = 40_000_000  # the worker's IMAGE_MAX_PIXELS default
 LABELS = {
     "pending": "queued",
     "taken": "starting...",
@@ -60,7 +59,7 @@ def read_image(path: Path) -> bytes:
     """A local image's bytes, refused here (InvalidInput) if it is not one: no job is created."""
     data = path.read_bytes()
     try:
-        verify_image(data, max_pixels=MAX_PIXELS)
+        verify_image(data)
     except InvalidInput as exc:
         raise InvalidInput(f"{path}: {exc}") from None
     return data
