@@ -7,6 +7,7 @@ outside RunPod it runs `test_input.json` from the working directory.
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 import runpod
@@ -37,9 +38,9 @@ def main() -> int:
     except WorkflowError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    if worker.wait_for_comfy() and settings.comfy_warmup:
-        worker.warm_up()
-    runpod.serverless.start({"handler": worker.handle})
+    # ComfyUI is awaited beside the SDK, not before it: a bad job is answered at once.
+    threading.Thread(target=worker.start_up, name="comfy-start-up", daemon=True).start()
+    runpod.serverless.start({"handler": worker.handle_async})
     return 0
 
 

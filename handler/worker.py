@@ -1,8 +1,10 @@
 """The RunPod side of the worker: start-up, warm-up, and the handler function RunPod calls."""
 
+import asyncio
 import base64
 import io
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,14 +14,24 @@ from PIL import Image
 
 from handler.comfy import ComfyClient
 from handler.config import HandlerSettings
-from handler.errors import ComfyUnavailable, HandlerError
+from handler.contract import parse_input
+from handler.errors import ComfyRejected, ComfyUnavailable, HandlerError, InvalidInput
 from handler.job import JobContext, ProgressFn, edit_image
+from handler.models import (
+    DOCS_SECTION,
+    missing_in_error,
+    missing_models,
+    missing_models_sentence,
+    required_models,
+)
 from handler.run_state import RunState, progress_payload
 from handler.workflow import Workflow, load_workflow
 
 log = logging.getLogger(__name__)
 
 ProgressSink = Callable[[dict[str, Any], dict[str, Any]], None]  # (job, payload)
+# How long a cancelled job waits for its thread to hear the stop (it checks every 0.5 s).
+STOP_WAIT_S = 2.0
 
 
 class ProgressThrottle:
@@ -54,6 +66,9 @@ class Worker:
             http=requests.Session(),
         )
         self._report = report
+        self._models = required_models(workflow.graph)
+        self._start_lock = threading.Lock()
+        self._started = False
 
     @classmethod
     def from_settings(cls, settings: HandlerSettings, report: ProgressSink) -> "Worker":
@@ -77,6 +92,35 @@ class Worker:
         )
         return False
 
+    def start_up(self) -> None:
+        """Once per worker (later callers wait for the first): wait for ComfyUI, report missing
+        model files, warm up if asked. Bounded; a ComfyUI that never came fails the jobs."""
+        with self._start_lock:
+            if self._started:
+                return
+            if self.wait_for_comfy():
+                self.check_models()
+                if self.settings.comfy_warmup:
+                    self.warm_up()
+            self._started = True
+
+    def check_models(self) -> None:
+        """Log each model file the graph needs that ComfyUI does not list, and where it goes."""
+        try:
+            info = self.context.comfy.object_info()
+        except ComfyUnavailable as exc:
+            log.warning("could not read ComfyUI's /object_info: %s", exc)
+            return
+        for model in missing_models(self._models, info):
+            log.error(
+                "ComfyUI does not list the model file %s (%s %s): put it at %s (see %s)",
+                model.file,
+                model.class_type,
+                model.input_name,
+                model.path,
+                DOCS_SECTION,
+            )
+
     def warm_up(self) -> None:
         """Run the graph once on a small generated image so the first job skips model loading."""
         job = {"id": "warmup", "input": warmup_input()}
@@ -86,8 +130,7 @@ class Worker:
         else:
             log.info("warm-up done in %s s", result.get("timings", {}).get("total_s"))
 
-    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
-        """RunPod's handler: the output dict, or {"error": sentence} so RunPod marks it FAILED."""
+    def _handle(self, job: dict[str, Any]) -> dict[str, Any]:
         job_id = str(job.get("id", "local"))
         throttle = ProgressThrottle(self.settings.progress_interval_s)
         node_types = self.context.workflow.node_types()
@@ -97,8 +140,33 @@ class Worker:
             if throttle.due(payload):
                 self._report(job, payload)
 
-        self.context.stop.clear()
         return self._run(job_id, job.get("input"), progress)
+
+    def handle(self, job: dict[str, Any]) -> dict[str, Any]:
+        """RunPod's handler, blocking: the output dict, or {"error": sentence} so RunPod marks
+        it FAILED. (The in-process local endpoint calls this one and stops it with `stop`.)"""
+        self.context.stop.clear()
+        return self._handle(job)
+
+    async def handle_async(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The handler given to RunPod: bad input is answered at once, even before ComfyUI is
+        up; cancelling the task (RunPod's per-job stop, its execution timeout) interrupts the
+        prompt and ends the job within about a second."""
+        try:
+            parse_input(job.get("input"))
+        except InvalidInput as exc:
+            log.warning("job %s failed: %s", job.get("id", "local"), exc)
+            return {"error": str(exc)}
+        await asyncio.to_thread(self.start_up)
+        self.context.stop.clear()  # here, not in the thread: a stop from now on is kept
+        running = asyncio.ensure_future(asyncio.to_thread(self._handle, job))
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            log.info("job %s: stopped by RunPod, interrupting its prompt", job.get("id"))
+            self.stop()
+            await asyncio.wait({running}, timeout=STOP_WAIT_S)
+            raise
 
     def stop(self) -> None:
         """Stop the job running now (from another thread): its prompt is interrupted, and it
@@ -112,8 +180,9 @@ class Worker:
             log.error("job %s: %s", job_id, exc)
             return {"error": str(exc), "refresh_worker": True}
         except HandlerError as exc:
-            log.warning("job %s failed: %s", job_id, exc)
-            return {"error": str(exc)}
+            message = self._explained(exc)
+            log.warning("job %s failed: %s", job_id, message)
+            return {"error": message}
         except Exception as exc:  # a bug of ours must still give the job a clear end
             log.exception("job %s: unexpected failure", job_id)
             return {"error": f"Processing failed: internal error ({type(exc).__name__})"}
@@ -121,6 +190,12 @@ class Worker:
             "job %s done: %sx%s %s", job_id, output["width"], output["height"], output["timings"]
         )
         return output
+
+    def _explained(self, exc: HandlerError) -> str:
+        """The job's sentence; a refusal for missing model files says where they go."""
+        if isinstance(exc, ComfyRejected) and (missing := missing_in_error(self._models, str(exc))):
+            return missing_models_sentence(missing)
+        return str(exc)
 
 
 def warmup_input() -> dict[str, Any]:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -184,14 +185,14 @@ def test_an_execution_error_names_the_node_type(comfy_server):
     assert "refresh_worker" not in output
 
 
-def test_missing_model_files_are_a_clear_processing_error(tmp_path):
+def test_missing_model_files_are_one_sentence_saying_where_they_go(tmp_path):
     from devtools.comfy_standin import ComfyTestServer
 
     with ComfyTestServer(tmp_path, models_installed=False) as server:
         output = run(make_worker(server), TEST_INPUT)
-    assert output["error"].startswith("Processing failed: ")
-    assert "Value not in list" in output["error"]
-    assert "qwen_3_8b_fp8mixed.safetensors" in output["error"]
+    assert output["error"].startswith("ComfyUI lacks model files: put them at ")
+    assert "models/text_encoders/qwen_3_8b_fp8mixed.safetensors" in output["error"]
+    assert output["error"].endswith("(see docs/runpod.md, 'Where the model files go')")
 
 
 def test_a_stalled_run_is_interrupted_at_the_deadline(comfy_server):
@@ -256,11 +257,13 @@ def test_the_startup_wait_is_bounded(tmp_path):
     assert worker.wait_for_comfy() is False
 
 
-def handler_process(comfy_url: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+def handler_process(
+    comfy_url: str, *args: str, cwd: Path, startup_timeout_s: float = 5
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "COMFY_API_URL": comfy_url,
-        "COMFY_STARTUP_TIMEOUT_S": "5",
+        "COMFY_STARTUP_TIMEOUT_S": str(startup_timeout_s),
         "COMFY_JOB_TIMEOUT_S": "30",
         "RUNPOD_DEBUG_LEVEL": "INFO",
     }
@@ -287,6 +290,17 @@ def test_python_m_handler_with_a_missing_image_fails_with_the_sentence(comfy_ser
     done = handler_process(comfy_server.url, "--test_input", job, cwd=REPO)
     assert done.returncode == 1
     assert "Missing required parameter: image" in done.stdout + done.stderr
+
+
+def test_python_m_handler_answers_a_bad_job_at_once_while_comfyui_is_away():
+    """It once waited the whole start-up timeout (180 s) for ComfyUI before reading the input."""
+    job = json.dumps({"input": {"prompt": "edit prompt"}})
+    begun = time.monotonic()
+    done = handler_process(
+        "http://127.0.0.1:9", "--test_input", job, cwd=REPO, startup_timeout_s=180
+    )
+    assert "Missing required parameter: image" in done.stdout + done.stderr
+    assert time.monotonic() - begun < 30  # the process start-up itself takes a few seconds
 
 
 def test_warm_up_runs_the_graph_once_on_a_generated_image(comfy_server):
