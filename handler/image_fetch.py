@@ -91,6 +91,8 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _WatchedHTTPConnection(HTTPConnection):
+    """A connection whose socket the download's deadline can shut down."""
+
     def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
@@ -101,15 +103,8 @@ class _WatchedHTTPConnection(HTTPConnection):
         return sock
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    def __init__(self, *args: Any, deadline: Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        self._deadline.watch(sock)
-        return sock
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, HTTPSConnection):
+    """The same for https (the MRO puts HTTPSConnection's TLS set-up under the watching)."""
 
 
 def fetch_image(
