@@ -103,7 +103,7 @@ class RunPodClient:
         raise_for_status(response, path, self._endpoint_id)
         try:
             return await self._parse_json(response.content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
 
     async def _parse_json(self, body: bytes) -> Any:
