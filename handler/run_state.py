@@ -156,9 +156,13 @@ STAGE_BY_NODE_TYPE = {
     "SaveImage": "saving",
     "PreviewImage": "saving",
 }
+# The sampler's settings (noise, scheduler, empty latent) are nodes too, run in a moment and
+# often first of all: "setting up", so that "sampling" means the steps themselves.
+SETUP_NODE_TYPES = frozenset(
+    {"KSamplerSelect", "RandomNoise", "Flux2Scheduler", "BasicScheduler", "EmptyFlux2LatentImage"}
+)
 SAMPLING_NODE_TYPES = frozenset(
-    {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced", "KSamplerSelect"}
-    | {"RandomNoise", "Flux2Scheduler", "BasicScheduler", "EmptyFlux2LatentImage"}
+    {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
 )
 
 
@@ -166,7 +170,9 @@ def stage_of_node_type(node_type: str) -> str:
     """The plain-word stage a node of this class type stands for."""
     if node_type in STAGE_BY_NODE_TYPE:
         return STAGE_BY_NODE_TYPE[node_type]
-    if node_type in SAMPLING_NODE_TYPES or node_type.startswith("KSampler"):
+    if node_type in SETUP_NODE_TYPES:
+        return "setting up"
+    if node_type in SAMPLING_NODE_TYPES:
         return "sampling"
     if node_type.endswith("Loader") or node_type.endswith("LoaderSimple"):
         return "loading models"
