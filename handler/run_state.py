@@ -203,3 +203,8 @@ def progress_payload(state: RunState, node_types: Mapping[str, str]) -> dict[str
 def preparing_payload() -> dict[str, Any]:
     """The report sent before ComfyUI sees the job (the reference image is loaded and checked)."""
     return {"stage": STAGE_PREPARING, "phase": "preparing"}
+
+
+def starting_payload() -> dict[str, Any]:
+    """The report of a job that waits for the worker to start (ComfyUI coming up, warm-up)."""
+    return {"stage": "waiting for ComfyUI", "phase": "starting"}

@@ -24,7 +24,7 @@ from handler.models import (
     missing_models_sentence,
     required_models,
 )
-from handler.run_state import RunState, preparing_payload, progress_payload
+from handler.run_state import RunState, preparing_payload, progress_payload, starting_payload
 from handler.workflow import Workflow, load_workflow
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,8 @@ class Worker:
         except InvalidInput as exc:
             log.warning("job %s failed: %s", job.get("id", "local"), exc)
             return {"error": str(exc)}
+        if not self._started:  # off the loop: the report may be an HTTP call to RunPod
+            await asyncio.to_thread(self._report, job, starting_payload())
         await asyncio.to_thread(self.start_up)
         self.context.stop.clear()  # here, not in the thread: a stop from now on is kept
         running = asyncio.ensure_future(asyncio.to_thread(self._handle, job))
