@@ -151,6 +151,7 @@ def execute(
     socket = ctx.comfy.open_socket(client_id, timeout_s=ctx.settings.comfy_http_timeout_s)
     try:
         prompt_id = ctx.comfy.queue_prompt(graph, client_id)
+        progress(RunState(prompt_id))  # queued: ComfyUI says nothing more until it starts it
         try:
             state = follow(ctx, socket, prompt_id, deadline, progress)
         except (JobTimedOut, JobStopped):

@@ -22,6 +22,16 @@ def poll_interval_s(elapsed_s: float, min_s: float, max_s: float) -> float:
     return max(min_s, min(max_s, elapsed_s / 10))
 
 
+def progress_due(
+    new: object, recorded: object, since_recorded_s: float, min_interval_s: float
+) -> bool:
+    """Whether to write a job's progress now: only news (something, and not what is already
+    recorded), and at most once per `min_interval_s`."""
+    if new is None or new == recorded:
+        return False
+    return since_recorded_s >= min_interval_s
+
+
 def backoff_s(
     attempt: int,
     base_s: float = 1.0,

@@ -3,6 +3,7 @@
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -20,6 +21,33 @@ from orchestrator.metrics import Metrics
 
 JSON_ON_LOOP_MAX_BYTES = 64 * 1024
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+# What a worker's progress report may carry into works.progress; anything else is dropped.
+STAGE_MAX_CHARS = 40
+NODE_MAX_CHARS = 80
+STEPS_MAX = 10_000
+QUEUED_STAGE = "queued on RunPod"
+RUNNING_STAGE = "running"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a RunPod job is doing now, as the handler's progress_update reported it."""
+
+    stage: str
+    node: str | None = None
+    step: int | None = None
+    steps: int | None = None
+
+    def as_json(self, at: datetime) -> dict[str, Any]:
+        """The works.progress shape: every key present, `at` in ISO 8601 UTC."""
+        stamp = at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return {
+            "stage": self.stage,
+            "node": self.node,
+            "step": self.step,
+            "steps": self.steps,
+            "at": stamp,
+        }
 
 
 @dataclass(frozen=True)
@@ -30,6 +58,7 @@ class RunPodJob:
     status: str
     output: Any = None
     error: str | None = None
+    progress: Progress | None = None
 
     @property
     def finished(self) -> bool:
@@ -74,7 +103,7 @@ class RunPodClient:
         raise_for_status(response, path, self._endpoint_id)
         try:
             return await self._parse_json(response.content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
 
     async def _parse_json(self, body: bytes) -> Any:
@@ -121,7 +150,39 @@ def parse_status(job_id: str, answer: object) -> RunPodJob:
         status=answer["status"],
         output=answer.get("output"),
         error=str(error) if error is not None else None,
+        progress=parse_progress(answer["status"], answer.get("output")),
     )
+
+
+def parse_progress(status: str, output: object) -> Progress | None:
+    """The progress a waiting job's `/status` shows: "queued on RunPod" while IN_QUEUE; while
+    IN_PROGRESS the handler's last report (`output`), or just "running" when that is missing or
+    unusable. The worker's report is untrusted: capped, typed, anything off is dropped."""
+    if status == "IN_QUEUE":
+        return Progress(QUEUED_STAGE)
+    if status != "IN_PROGRESS":
+        return None
+    report = output if isinstance(output, dict) else {}
+    step, steps = _int(report.get("step")), _int(report.get("steps"))
+    if step is None or steps is None or not 0 <= step <= steps <= STEPS_MAX:
+        step = steps = None
+    return Progress(
+        stage=_text(report.get("stage"), STAGE_MAX_CHARS) or RUNNING_STAGE,
+        node=_text(report.get("node"), NODE_MAX_CHARS),
+        step=step,
+        steps=steps,
+    )
+
+
+def _text(value: object, max_chars: int) -> str | None:
+    if not isinstance(value, str) or len(value) > max_chars:
+        return None
+    text = " ".join(value.split())
+    return text if text and text.isprintable() else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def transport_error(exc: httpx.HTTPError, path: str) -> Transient:

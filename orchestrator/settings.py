@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     poll_min_interval_s: float = Field(default=1.0, gt=0)
     poll_max_interval_s: float = Field(default=10.0, gt=0)
+    # works.progress (what a running job is doing) is written at most this often per job.
+    progress_write_interval_s: float = Field(default=1.0, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     # A job's retry budget (stored in generation_jobs.retries): transient and unexpected errors
     # spend one each; waiting for an operator spends none.

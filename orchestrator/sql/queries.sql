@@ -145,6 +145,17 @@ SET status = 'processing', runpod_job_id = %(runpod_job_id)s, updated_at = now()
 WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
 RETURNING id;
 
+-- name: record_progress
+-- What the job's RunPod worker is doing now, on its work for the web app and `klein submit
+-- --wait` (shape in migration 20260214000000). Fenced like every job write; updated_at is left
+-- alone, since this is no change of state. Zero rows: fenced out, or the work already ended.
+UPDATE works w
+SET progress = %(progress)s
+FROM generation_jobs j
+WHERE j.id = %(job_id)s AND j.locked_by = %(worker_id)s AND j.status = 'taken'
+  AND w.id = j.work_id AND w.status IN ('taken', 'processing')
+RETURNING w.id;
+
 -- name: forget_submission
 -- RunPod no longer knows the job (its result expired): submit again, counted in attempts.
 UPDATE generation_jobs
@@ -165,7 +176,7 @@ UPDATE works
 SET status = 'completed', output_file_id = %(file_id)s, thumbnail_file_id = %(file_id)s,
     title = %(title)s, output_data_json = %(output_data)s, tags = %(tags)s,
     generation_metadata = coalesce(generation_metadata, '{}'::jsonb) || %(metadata_patch)s,
-    error_message = NULL, completed_at = now(), updated_at = now()
+    error_message = NULL, progress = NULL, completed_at = now(), updated_at = now()
 WHERE id = %(work_id)s AND status IN ('taken', 'processing')
 RETURNING id;
 
@@ -174,14 +185,16 @@ SELECT id FROM works WHERE id = %(work_id)s AND status = 'cancelled';
 
 -- name: fail_work
 UPDATE works
-SET status = 'failed', error_message = %(error)s, failed_at = now(), updated_at = now()
+SET status = 'failed', error_message = %(error)s, progress = NULL, failed_at = now(),
+    updated_at = now()
 WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
 RETURNING id;
 
 -- name: cancel_work
 -- The user's cancellation: the status may already be cancelled (the web app set it).
 UPDATE works
-SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), updated_at = now()
+SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), progress = NULL,
+    updated_at = now()
 WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing', 'cancelled')
 RETURNING id;
 
@@ -205,7 +218,8 @@ WITH jobs AS (
 ),
 works_done AS (
     UPDATE works w
-    SET status = 'cancelled', cancelled_at = coalesce(w.cancelled_at, now()), updated_at = now()
+    SET status = 'cancelled', cancelled_at = coalesce(w.cancelled_at, now()), progress = NULL,
+        updated_at = now()
     FROM generation_jobs j
     WHERE j.work_id = w.id AND j.status = 'cancelled' AND j.locked_by IS NULL
       AND w.status IN ('pending', 'taken', 'processing')

@@ -69,6 +69,18 @@ def test_a_job_returns_the_image_seed_prompt_id_and_real_size(comfy_server):
     assert any(r.get("node") == "SamplerCustomAdvanced" and r.get("steps") for r in reports)
 
 
+def test_progress_reports_name_the_stages_in_order(comfy_server):
+    reports: list[dict] = []
+    output = run(make_worker(comfy_server, reports), TEST_INPUT)
+    assert "error" not in output, output
+    stages = list(dict.fromkeys(r["stage"] for r in reports))
+    assert stages[:2] == ["preparing image", "queued in ComfyUI"]
+    assert stages.index("loading models") < stages.index("sampling") < stages.index("decoding")
+    assert stages[-2:] == ["saving", "finishing"]
+    sampling = [r for r in reports if r["stage"] == "sampling" and "step" in r]
+    assert sampling[-1]["step"] == sampling[-1]["steps"]
+
+
 def test_the_job_files_are_removed_from_a_local_comfyui_folder(comfy_server):
     output = run(make_worker(comfy_server), TEST_INPUT)
     assert "error" not in output, output
