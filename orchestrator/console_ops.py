@@ -98,8 +98,8 @@ def retry(conn: psycopg.Connection[Any], work_id: str) -> str:
         if rows:
             return str(rows[0]["job_id"])
         [state] = _rows(conn, "work_state", work_id=work_id)
-    if state["unfinished_jobs"]:
-        raise InvalidInput(f"work {work_id} still has a job running; `klein cancel` it first")
+    if state["work_status"] in ("failed", "cancelled"):
+        raise InvalidInput(f"work {work_id} still has a job running; wait for it to end")
     raise InvalidInput(
         f"work {work_id} is {state['work_status']}: only a failed or cancelled work is retried"
     )

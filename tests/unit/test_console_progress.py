@@ -97,7 +97,8 @@ def test_on_a_terminal_one_line_is_redrawn_and_left_standing_at_the_end():
         row("completed", "completed", title="t", image_url="u"),
     ]
     _, text = follow(rows, tty=True)
-    assert text.count("\n") == 1 and text.endswith("\n")
+    assert text.count("\n") == 1
+    assert text.endswith("\n")
     assert text.count(CLEAR_LINE) == 3
     assert text.rsplit(CLEAR_LINE, 1)[1] == f"{JOB}  done  't'  u\n"
 
@@ -115,7 +116,7 @@ def test_a_prefix_naming_one_work_picks_the_matched_job_else_the_newest():
 def test_a_prefix_naming_several_works_is_ambiguous_and_says_how_many():
     with pytest.raises(InvalidInput, match=r"^ab is ambiguous: it starts 3 jobs or works"):
         pick("ab", matches(("a1", "w1", True), ("a2", "w2", True), ("x", "ab3", False)))
-    with pytest.raises(NotFound, match="^no job or work ab$"):
+    with pytest.raises(NotFound, match=r"^no job or work ab$"):
         pick("ab", [])
 
 
