@@ -33,6 +33,7 @@ def home_note() -> str:
     """Where local state lives, for --help (read before Settings, which may refuse the env)."""
     home = os.environ.get("KLEIN_HOME") or str(default_klein_home())
     return (
+        "Exit codes: 0 done, 1 failed, 2 bad usage or configuration, 130 interrupted (Ctrl-C). "
         f"Local state (the embedded database, local storage) lives in {home}, whatever the "
         "current directory; KLEIN_HOME moves it. Stop klein and delete that folder to start afresh."
     )
@@ -129,7 +130,10 @@ def _add_submit(commands: Commands, common: argparse.ArgumentParser) -> None:
         "when OPENROUTER_API_KEY is set, else sent as it is",
     )
     submit.add_argument(
-        "--seed", type=int, help="the noise seed; 0, negative or absent: a random one (default)"
+        "--seed",
+        type=int,
+        help="the noise seed, up to 2^64-1; 0, negative or absent (default): a random seed, "
+        "recorded with the result",
     )
     submit.add_argument(
         "--steps",
