@@ -131,15 +131,10 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
             print(f"work {done.work_id} was already cancelled")
             return 0
         raise Failed(f"work {done.work_id} is {done.work_status}: there is nothing to cancel")
-    line = f"cancelled work {done.work_id}"
-    if done.job_ended:
-        line += f" and its job {done.job_id}"
-    else:
-        line += f"; {done.holder}, which holds job {done.job_id}, stops it within seconds"
-    problem = runpod_cancel(settings, done.runpod_job_id) if done.runpod_job_id else None
-    if done.runpod_job_id:
-        line += f"; RunPod job {done.runpod_job_id} " + (problem or "cancelled")
-    print(line)
+    problem = None
+    if done.runpod_job_id and (done.job_ended or not embedded.wants_local_endpoint(settings)):
+        problem = runpod_cancel(settings, done.runpod_job_id)
+    print(console_ops.cancel_line(done, problem))
     return 0
 
 

@@ -91,6 +91,20 @@ def cancel(conn: psycopg.Connection[Any], target: Resolved) -> Cancelled:
     )
 
 
+def cancel_line(done: Cancelled, runpod_problem: str | None) -> str:
+    """What `klein cancel` did, in one line; `runpod_problem` is why RunPod's cancel failed."""
+    line = f"cancelled work {done.work_id}"
+    runpod = f"RunPod job {done.runpod_job_id}" if done.runpod_job_id else None
+    if done.job_ended:
+        line += f" and its job {done.job_id}"
+    else:  # its holder cancels the RunPod job too; say so unless it was cancelled here
+        stops = f"it and {runpod}" if runpod and runpod_problem else "it"
+        line += f"; {done.holder}, which holds job {done.job_id}, stops {stops} within seconds"
+    if runpod and (done.job_ended or runpod_problem is None):
+        line += f"; {runpod} {runpod_problem or 'cancelled'}"
+    return line
+
+
 def retry(conn: psycopg.Connection[Any], work_id: str) -> str:
     """A new pending job for a failed or cancelled work; InvalidInput saying why not otherwise."""
     with conn.transaction():

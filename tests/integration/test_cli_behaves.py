@@ -4,7 +4,9 @@ Subprocesses against a real database; the job's progress is written to the rows 
 as the orchestrator would."""
 
 import os
+import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -198,3 +200,49 @@ def test_a_wrong_id_shape_still_names_what_was_expected(migrated_url):
     done = klein("cancel", str(uuid.uuid4()), database_url=migrated_url)
     assert done.returncode == 1
     assert done.stderr.startswith("klein cancel: no job or work ")
+
+
+def read_until(fd: int, text: str, seen: bytearray, limit_s: float = 60) -> None:
+    """Read the terminal's output until `text` appears (the limit only guards a hang)."""
+    while text.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], limit_s)
+        assert ready, f"no {text!r} on the terminal; so far {bytes(seen)!r}"
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the process closed the terminal
+            chunk = b""
+        assert chunk, f"the terminal closed before {text!r}; it showed {bytes(seen)!r}"
+        seen += chunk
+
+
+def test_on_a_terminal_the_progress_is_one_line_redrawn_in_place(migrated_url, tmp_path):
+    main, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {
+        "DATABASE_URL": migrated_url
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "submit", "https://e.com/c.png", "x", "--wait"],
+        env=env,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+    )
+    os.close(terminal)
+    seen = bytearray()
+    try:
+        read_until(main, "queued", seen)
+        job_id, work_id = SUBMITTED.match(seen.decode().splitlines()[0].strip()).groups()
+        move(migrated_url, job_id, work_id, "processing", progress("sampling", 3, 4))
+        read_until(main, "3/4", seen)
+        complete(migrated_url, job_id, work_id, "https://cdn.example/out.png")
+        read_until(main, "out.png", seen)
+        process.wait(timeout=30)
+        err = process.stderr.read().decode()
+    finally:
+        process.kill()
+        process.stderr.close()
+        os.close(main)
+    assert (process.returncode, err) == (0, "")
+    followed = seen.decode().split("\r\n", 1)[1]  # after the "submitted" line
+    assert followed.count("\r\x1b[K") == 3  # queued, sampling 3/4, done: redrawn in place
+    assert "\n" not in followed.rstrip("\r\n")  # one line, left standing at the end
+    assert followed.rsplit("\r\x1b[K", 1)[1].startswith(f"{job_id}  done  '해변'")

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from handler.contract.errors import InvalidInput
 from orchestrator.__main__ import log_level
-from orchestrator.console_ops import NotFound, pick, stuck_reason
+from orchestrator.console_ops import Cancelled, NotFound, cancel_line, pick, stuck_reason
 from orchestrator.console_output import input_image, looks_unedited
 from orchestrator.console_wait import CLEAR_LINE, progress_bar, render, wait_for
 
@@ -194,3 +194,43 @@ def test_the_input_image_is_read_back_from_image_base64_with_or_without_a_data_p
     assert input_image({"image_base64": "data:image/png;base64,aGk="}) == b"hi"
     assert input_image({"image_url": "https://e.com/x.png"}) is None
     assert input_image({"image_base64": "%%%"}) is None
+
+
+def cancelled(job_ended, runpod_job_id="rp-1", holder="host-2"):
+    return Cancelled(
+        work_id="W",
+        job_id="J",
+        work_cancelled=True,
+        job_ended=job_ended,
+        runpod_job_id=runpod_job_id,
+        holder=holder,
+        work_status="processing",
+    )
+
+
+@pytest.mark.parametrize(
+    ("done", "problem", "line"),
+    [
+        (cancelled(True, None), None, "cancelled work W and its job J"),
+        (cancelled(True), None, "cancelled work W and its job J; RunPod job rp-1 cancelled"),
+        (
+            cancelled(True),
+            "could not be cancelled: RunPod answered HTTP 503 on cancel",
+            "cancelled work W and its job J; RunPod job rp-1 could not be cancelled: "
+            "RunPod answered HTTP 503 on cancel",
+        ),
+        (
+            cancelled(False),
+            "is not cancelled here: no RunPod endpoint is configured",
+            "cancelled work W; host-2, which holds job J, stops it and RunPod job rp-1 "
+            "within seconds",
+        ),
+        (
+            cancelled(False, None),
+            None,
+            "cancelled work W; host-2, which holds job J, stops it within seconds",
+        ),
+    ],
+)
+def test_cancel_says_in_one_line_what_happened_to_each_row_and_the_runpod_job(done, problem, line):
+    assert cancel_line(done, problem) == line
