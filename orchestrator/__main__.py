@@ -85,10 +85,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serve until SIGTERM, with the embedded defaults for what is not configured."""
     from orchestrator.serve import Address, bind, run_server  # noqa: PLC0415 - heavy; serve only
 
-    address = Address(args.host or settings.klein_host, args.port or settings.klein_port)
+    port = settings.klein_port if args.port is None else args.port
     with ExitStack() as stack:
-        sock = bind(address)  # a busy port is refused before anything starts
+        sock = bind(Address(args.host or settings.klein_host, port))  # a busy port: refused now
         stack.callback(sock.close)
+        address = Address(args.host or settings.klein_host, sock.getsockname()[1])  # port 0
         url = stack.enter_context(database_url(settings))
         settings = settings.model_copy(update={"database_url": url})
         if embedded.wants_local_endpoint(settings):

@@ -29,6 +29,17 @@ def priority(text: str) -> int:
     return value
 
 
+def port(text: str) -> int:
+    """A --port value: 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return value
+
+
 def home_note() -> str:
     """Where local state lives, for --help (read before Settings, which may refuse the env)."""
     home = os.environ.get("KLEIN_HOME") or str(default_klein_home())
@@ -109,7 +120,9 @@ def _add_serve(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--host", help="listen address (default: KLEIN_HOST, else 127.0.0.1)")
     serve.add_argument(
-        "--port", type=int, help="listen port, 1..65535 (default: KLEIN_PORT, else 8080)"
+        "--port",
+        type=port,
+        help="listen port, 1..65535, or 0 for any free one (default: KLEIN_PORT, else 8080)",
     )
 
 

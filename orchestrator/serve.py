@@ -53,14 +53,14 @@ def bind(address: Address) -> socket.socket:
             address.host, address.port, type=socket.SOCK_STREAM
         )[0]
         sock = socket.socket(family, kind, proto)
-    except (OSError, UnicodeError) as exc:
-        raise ConfigError(f"cannot listen on {address.host}: {exc}") from exc
+    except (OSError, UnicodeError, OverflowError) as exc:
+        raise ConfigError(f"cannot listen on {address.host}:{address.port}: {exc}") from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(where)
-    except OSError as exc:
+    except (OSError, OverflowError) as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
+        if getattr(exc, "errno", None) == errno.EADDRINUSE:
             raise ConfigError(
                 f"port {address.port} on {address.host} is already in use: stop what listens "
                 "there or choose another port with --port (or KLEIN_PORT)"

@@ -14,6 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from PIL import Image, ImageDraw
@@ -246,3 +247,33 @@ def test_on_a_terminal_the_progress_is_one_line_redrawn_in_place(migrated_url, t
     assert followed.count("\r\x1b[K") == 3  # queued, sampling 3/4, done: redrawn in place
     assert "\n" not in followed.rstrip("\r\n")  # one line, left standing at the end
     assert followed.rsplit("\r\x1b[K", 1)[1].startswith(f"{job_id}  done  '해변'")
+
+
+def test_serve_on_port_0_listens_on_a_free_port_says_which_and_stops_on_ctrl_c(migrated_url):
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {
+        "DATABASE_URL": migrated_url,
+        "RUNPOD_ENDPOINT_ID": "x",
+        "RUNPOD_API_BASE": "http://127.0.0.1:9/v2",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        serving = None
+        while serving is None:
+            line = process.stderr.readline()
+            assert line, "klein serve ended before serving"
+            serving = re.search(r"serving on http://127\.0\.0\.1:(\d+) ", line)
+        port = int(serving[1])
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert "Traceback" not in rest
