@@ -14,7 +14,7 @@ import psycopg
 
 from handler.contract.errors import InvalidInput
 from orchestrator import console, console_ops, console_output, embedded
-from orchestrator.console_wait import wait_for
+from orchestrator.console_wait import render, wait_for
 from orchestrator.db import queries
 from orchestrator.embedded import database_url
 from orchestrator.errors import OrchestratorError
@@ -118,7 +118,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         found = console.job_status(conn, target.job_id)
     if found is None:
         raise console_ops.NotFound(f"no job or work {args.id}")
-    print(console.as_json(found) if args.json else console.describe(found))
+    print(console.as_json(found) if args.json else render(found))
     return 0
 
 

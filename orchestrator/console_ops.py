@@ -59,7 +59,8 @@ def resolve(conn: psycopg.Connection[Any], text: str) -> Resolved:
     if not ID_PREFIX.match(prefix):
         raise InvalidInput(f"not a job or work id: {text}")
     with contextlib.suppress(ValueError):
-        prefix = str(uuid.UUID(prefix))  # a whole id in any accepted spelling
+        whole = str(uuid.UUID(prefix))  # a whole id in any accepted spelling
+        return pick(text, _rows(conn, "jobs_by_id", id=whole))
     return pick(text, _rows(conn, "jobs_by_id_prefix", pattern=f"{prefix}%"))
 
 

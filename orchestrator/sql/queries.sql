@@ -336,3 +336,12 @@ LIMIT %(limit)s;
 
 -- name: work_input
 SELECT input_data FROM works WHERE id = %(work_id)s;
+
+-- name: jobs_by_id
+-- The same rows as jobs_by_id_prefix for a whole id (the primary keys' indexes, no scan).
+SELECT j.id::text AS job_id, w.id::text AS work_id, j.id = %(id)s AS job_matched
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id = %(id)s OR w.id = %(id)s
+ORDER BY j.created_at DESC
+LIMIT 50;
