@@ -25,6 +25,7 @@ from orchestrator.console_commands import (
     cmd_submit,
 )
 from orchestrator.console_ops import NotFound
+from orchestrator.console_output import ResultError
 from orchestrator.embedded import database_url, migrate
 from orchestrator.errors import ConfigError
 from orchestrator.migrate import MigrationError
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, f"bad configuration: {error['loc']}: {error['msg']}", 2)
     except (ConfigError, InvalidInput) as exc:
         return _fail(args, str(exc), 2)
-    except (Failed, NotFound, MigrationError, psycopg.Error, OSError) as exc:
+    except (Failed, NotFound, ResultError, MigrationError, psycopg.Error, OSError) as exc:
         return _fail(args, str(exc) or type(exc).__name__, 1)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", INTERRUPTED)

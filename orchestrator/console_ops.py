@@ -2,7 +2,6 @@
 `klein retry`, `klein jobs --stuck`. Decisions (which job a prefix means, why a job is stuck)
 are pure; the rest runs one named query each."""
 
-import contextlib
 import re
 import uuid
 from dataclasses import dataclass
@@ -58,10 +57,11 @@ def resolve(conn: psycopg.Connection[Any], text: str) -> Resolved:
     prefix = text.strip().lower()
     if not ID_PREFIX.match(prefix):
         raise InvalidInput(f"not a job or work id: {text}")
-    with contextlib.suppress(ValueError):
-        whole = str(uuid.UUID(prefix))  # a whole id in any accepted spelling
-        return pick(text, _rows(conn, "jobs_by_id", id=whole))
-    return pick(text, _rows(conn, "jobs_by_id_prefix", pattern=f"{prefix}%"))
+    try:
+        whole = uuid.UUID(prefix)  # a whole id in any accepted spelling
+    except ValueError:
+        return pick(text, _rows(conn, "jobs_by_id_prefix", pattern=f"{prefix}%"))
+    return pick(text, _rows(conn, "jobs_by_id", id=str(whole)))
 
 
 @dataclass(frozen=True)

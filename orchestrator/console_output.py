@@ -11,7 +11,6 @@ from urllib.parse import unquote, urlsplit
 import httpx
 from PIL import Image, ImageChops, ImageStat
 
-from orchestrator.errors import ConfigError
 from orchestrator.settings import Settings
 
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -20,6 +19,10 @@ UNEDITED_NOTE = (
     "note: the result is the input image, only scaled: the ComfyUI at COMFY_API_URL is the "
     "stand-in, which does not edit; point COMFY_API_URL at a real ComfyUI for edits"
 )
+
+
+class ResultError(Exception):
+    """The job completed but its image could not be fetched or written (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ def fetch_result(url: str, settings: Settings) -> Result:
         response = httpx.get(url, timeout=DOWNLOAD_TIMEOUT_S, follow_redirects=True)
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot download the result from {url}: {exc}") from exc
+        raise ResultError(f"cannot download the result from {url}: {exc}") from exc
     return Result(response.content, None)
 
 
@@ -85,5 +88,5 @@ def write(target: Path, data: bytes) -> Path:
     try:
         target.write_bytes(data)
     except OSError as exc:
-        raise ConfigError(f"cannot write {target}: {exc.strerror or type(exc).__name__}") from exc
+        raise ResultError(f"cannot write {target}: {exc.strerror or type(exc).__name__}") from exc
     return target.resolve()

@@ -277,3 +277,22 @@ def test_serve_on_port_0_listens_on_a_free_port_says_which_and_stops_on_ctrl_c(m
         process.kill()
     assert process.returncode == 0
     assert "Traceback" not in rest
+
+
+def test_a_result_that_cannot_be_downloaded_fails_in_one_line(migrated_url, tmp_path):
+    args = ["https://e.com/c.png", "x", "-o", "out.png"]
+    process = follower(args, migrated_url, tmp_path / "home", tmp_path)
+    try:
+        job_id, work_id = SUBMITTED.match(process.stdout.readline().strip()).groups()
+        assert process.stdout.readline() == f"{job_id}  queued\n"
+        complete(migrated_url, job_id, work_id, "http://127.0.0.1:9/nothing-listens.png")
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 1
+    assert out.splitlines()[-1].startswith(f"{job_id}  done")
+    assert err.startswith(
+        "klein submit: cannot download the result from http://127.0.0.1:9/nothing-listens.png: "
+    )
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "out.png").exists()
