@@ -4,6 +4,7 @@ On a terminal one line is redrawn in place (status, stage, a bar for sampling st
 anywhere else (a pipe, a log file) one line is printed per change.
 """
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ UNCLAIMED_HINT = (
 )
 BAR_WIDTH = 20
 CLEAR_LINE = "\r\x1b[K"
+SHORT_ID_CHARS = 8
 
 
 def progress_bar(step: int, steps: int, width: int = BAR_WIDTH) -> str:
@@ -25,13 +27,16 @@ def progress_bar(step: int, steps: int, width: int = BAR_WIDTH) -> str:
     return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{steps}"
 
 
-def render(row: dict[str, Any]) -> str:
-    """One line for a job being followed: its state, then its stage and step when known."""
+def render(row: dict[str, Any], id_chars: int = 36) -> str:
+    """One line for a job being followed: its state, then its stage and step when known (the
+    job id cut to `id_chars`, which the terminal's redrawn line uses to fit its width)."""
     status = row["work_status"] or row["job_status"]
     progress = row.get("progress")
-    if status in FINISHED or not isinstance(progress, dict):
+    if status in FINISHED:
         return describe(row)
-    line = f"{row['job_id']}  {LABELS.get(status, status)}"
+    line = f"{str(row['job_id'])[:id_chars]}  {LABELS.get(status, status)}"
+    if not isinstance(progress, dict):
+        return line
     if progress.get("stage"):
         line += f"  {progress['stage']}"
     if progress.get("node"):
@@ -48,8 +53,16 @@ class Display:
     def __init__(self, out: TextIO, tty: bool | None = None) -> None:
         self.out = out
         self.tty = out.isatty() if tty is None else tty
+        self.width = shutil.get_terminal_size(fallback=(100, 24)).columns
         self.last: str | None = None
         self.open_line = False
+
+    def show_row(self, row: dict[str, Any]) -> None:
+        """A job's line: on a terminal, short enough to redraw in place until the job ends."""
+        if self.tty and not finished(row):
+            self.show(render(row, id_chars=SHORT_ID_CHARS)[: max(20, self.width - 1)])
+        else:
+            self.show(render(row))
 
     def show(self, line: str) -> None:
         """Show the line if it differs from the last one shown."""
@@ -76,6 +89,11 @@ class Display:
             self.open_line = False
 
 
+def finished(row: dict[str, Any]) -> bool:
+    """Both the work and its job have ended."""
+    return row["work_status"] in FINISHED and row["job_status"] in FINISHED
+
+
 def _unclaimed(row: dict[str, Any]) -> bool:
     return (row["work_status"], row["job_status"]) == ("pending", "pending")
 
@@ -100,8 +118,8 @@ def wait_for(
         while True:
             row = fetch()
             if row is not None:
-                display.show(render(row))
-                if row["work_status"] in FINISHED and row["job_status"] in FINISHED:
+                display.show_row(row)
+                if finished(row):
                     return row
                 if not hinted and _unclaimed(row) and clock() - started >= hint_after_s:
                     display.note(UNCLAIMED_HINT.format(seconds=hint_after_s))

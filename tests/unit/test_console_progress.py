@@ -100,7 +100,15 @@ def test_on_a_terminal_one_line_is_redrawn_and_left_standing_at_the_end():
     assert text.count("\n") == 1
     assert text.endswith("\n")
     assert text.count(CLEAR_LINE) == 3
-    assert text.rsplit(CLEAR_LINE, 1)[1] == f"{JOB}  done  't'  u\n"
+    first = text.split(CLEAR_LINE)[1]
+    assert first == "11111111  generating...  sampling  [#####---------------] 1/4"
+    assert text.rsplit(CLEAR_LINE, 1)[1] == f"{JOB}  done  't'  u\n"  # the whole id, at the end
+
+
+def test_on_a_narrow_terminal_the_redrawn_line_is_cut_to_fit(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "30")
+    _, text = follow([row("processing", "taken", progress("sampling", 1, 4))], tty=True)
+    assert text.split(CLEAR_LINE)[1].rstrip("\n") == "11111111  generating...  samp"
 
 
 def matches(*pairs):
