@@ -250,7 +250,8 @@ RETURNING id;
 -- name: job_status
 SELECT j.id AS job_id, j.status AS job_status, j.attempts, j.last_error, j.runpod_job_id,
        w.id AS work_id, w.status AS work_status, w.title, w.error_message, w.output_data_json,
-       w.generation_metadata, w.created_at, w.completed_at, w.failed_at, w.cancelled_at
+       w.generation_metadata, w.created_at, w.completed_at, w.failed_at, w.cancelled_at,
+       w.progress
 FROM generation_jobs j
 JOIN works w ON w.id = j.work_id
 WHERE j.id = %(id)s OR w.id = %(id)s
@@ -264,3 +265,97 @@ FROM generation_jobs j
 JOIN works w ON w.id = j.work_id
 ORDER BY j.created_at DESC
 LIMIT %(limit)s;
+
+-- ---------------------------------------------------------------------------------------------
+-- The operator's commands (`klein cancel`, `klein retry`, `klein jobs --stuck`) and id prefixes.
+
+-- name: jobs_by_id_prefix
+-- Jobs whose own id or whose work's id starts with the prefix (lowercase hex and dashes only),
+-- newest first; `job_matched` says which id matched.
+SELECT j.id::text AS job_id, w.id::text AS work_id, j.id::text LIKE %(pattern)s AS job_matched
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id::text LIKE %(pattern)s OR w.id::text LIKE %(pattern)s
+ORDER BY j.created_at DESC
+LIMIT 50;
+
+-- name: operator_cancel
+-- Cancel a work that has not ended. Its job ends here too when nobody alive holds it (pending,
+-- or taken with no lease or an expired one); a job a live process holds is left to that process,
+-- which sees the cancellation, cancels the RunPod job and ends the job itself.
+WITH work AS (
+    UPDATE works
+    SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), progress = NULL,
+        updated_at = now()
+    WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
+    RETURNING id
+),
+job AS (
+    UPDATE generation_jobs
+    SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL, updated_at = now()
+    WHERE id = %(job_id)s AND EXISTS (SELECT 1 FROM work)
+      AND (status = 'pending'
+           OR (status = 'taken' AND (lease_expires_at IS NULL OR lease_expires_at < now())))
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM work) AS works, (SELECT count(*) FROM job) AS jobs,
+       j.runpod_job_id, j.locked_by, w.status AS work_status
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id = %(job_id)s;
+
+-- name: operator_retry
+-- A failed or cancelled work whose jobs have all ended gets a new pending job (the last job's
+-- priority) and goes back to pending; zero rows: it is not in such a state.
+WITH work AS (
+    UPDATE works w
+    SET status = 'pending', error_message = NULL, failed_at = NULL, cancelled_at = NULL,
+        runpod_job_id = NULL, progress = NULL, updated_at = now()
+    WHERE w.id = %(work_id)s AND w.status IN ('failed', 'cancelled')
+      AND NOT EXISTS (SELECT 1 FROM generation_jobs j
+                      WHERE j.work_id = w.id AND j.status IN ('pending', 'taken'))
+    RETURNING w.id
+)
+INSERT INTO generation_jobs (id, work_id, status, priority)
+SELECT %(job_id)s, work.id, 'pending',
+       coalesce((SELECT priority FROM generation_jobs WHERE work_id = work.id
+                 ORDER BY created_at DESC LIMIT 1), 0)
+FROM work
+RETURNING id::text AS job_id;
+
+-- name: work_state
+SELECT w.status AS work_status,
+       (SELECT count(*) FROM generation_jobs j
+        WHERE j.work_id = w.id AND j.status IN ('pending', 'taken')) AS unfinished_jobs
+FROM works w
+WHERE w.id = %(work_id)s;
+
+-- name: stuck_candidates
+-- Unfinished jobs worth an operator's look: old, taken with no lease (rows the n8n workflow left),
+-- leased by a holder whose lease expired, or waiting with an error. Oldest first; the reason is
+-- decided in orchestrator/console_ops.py.
+SELECT j.id::text AS job_id, j.work_id::text AS work_id, j.status, j.locked_by, j.last_error,
+       j.runpod_job_id,
+       extract(epoch FROM now() - j.created_at)::float AS age_s,
+       extract(epoch FROM now() - j.lease_expires_at)::float AS lease_expired_s,
+       j.lease_expires_at IS NULL AS no_lease,
+       extract(epoch FROM j.not_before - now())::float AS due_in_s
+FROM generation_jobs j
+WHERE j.status IN ('pending', 'taken')
+  AND (j.created_at < now() - make_interval(secs => %(older_than_s)s)
+       OR (j.status = 'taken' AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now()))
+       OR (j.status = 'pending' AND j.last_error IS NOT NULL))
+ORDER BY j.created_at ASC
+LIMIT %(limit)s;
+
+-- name: work_input
+SELECT input_data FROM works WHERE id = %(work_id)s;
+
+-- name: jobs_by_id
+-- The same rows as jobs_by_id_prefix for a whole id (the primary keys' indexes, no scan).
+SELECT j.id::text AS job_id, w.id::text AS work_id, j.id = %(id)s AS job_matched
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id = %(id)s OR w.id = %(id)s
+ORDER BY j.created_at DESC
+LIMIT 50;
