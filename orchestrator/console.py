@@ -111,14 +111,25 @@ def image_url(row: dict[str, Any]) -> str | None:
     return str(url) if url else None
 
 
+def shown_status(row: dict[str, Any]) -> str:
+    """The work's status, as the web app shows it; but a job that ended while its work goes on
+    (the work was retried as a new job) shows its own end, not its successor's state."""
+    job, work = row["job_status"], row["work_status"]
+    if job in FINISHED and work not in FINISHED:
+        return str(job)
+    return str(work or job)
+
+
 def describe(row: dict[str, Any]) -> str:
     """One line for a job's state, as the web app's UI would show it."""
-    status = row["work_status"] or row["job_status"]
+    status = shown_status(row)
     line = f"{row['job_id']}  {LABELS.get(status, status)}"
     if status == "completed":
         line += f"  {row.get('title')!r}  {image_url(row)}"
-    elif status == "failed":
-        line += f"  {row.get('error_message')}"
+    elif status == "failed" and row.get("error_message"):
+        line += f"  {row['error_message']}"
+    if status != row["work_status"]:
+        line += f"  (work {row['work_id']} was retried; it is {row['work_status']})"
     return line
 
 

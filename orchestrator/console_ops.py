@@ -116,14 +116,18 @@ def retry(conn: psycopg.Connection[Any], work_id: str) -> str:
     if state["work_status"] in ("failed", "cancelled"):
         raise InvalidInput(f"work {work_id} still has a job running; wait for it to end")
     raise InvalidInput(
-        f"work {work_id} is {state['work_status']}: only a failed or cancelled work is retried"
+        f"work {work_id} is {state['work_status']}: only a failed or cancelled work is retried "
+        "(`klein cancel` it first)"
     )
 
 
 def stuck_reason(row: dict[str, Any], older_than_s: float) -> str | None:
     """Why an unfinished job needs an operator's look, in one line; None when it does not."""
     if row["status"] == "taken" and row["no_lease"]:
-        return "taken with no lease (a row the n8n workflow left); `klein cancel` or `klein retry`"
+        return (
+            "taken with no lease (a row the n8n workflow left): "
+            "`klein cancel` it, then `klein retry`"
+        )
     if row["status"] == "taken" and (row["lease_expired_s"] or 0) > 0:
         return (
             f"leased by {row['locked_by']}, whose lease expired {row['lease_expired_s']:.0f} s ago "

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from orchestrator.console import FINISHED, LABELS, describe
+from orchestrator.console import FINISHED, LABELS, describe, shown_status
 
 UNCLAIMED_HINT = (
     "  (still queued after {seconds:g} s: is `klein serve` running against this database?)"
@@ -30,7 +30,7 @@ def progress_bar(step: int, steps: int, width: int = BAR_WIDTH) -> str:
 def render(row: dict[str, Any], id_chars: int = 36) -> str:
     """One line for a job being followed: its state, then its stage and step when known (the
     job id cut to `id_chars`, which the terminal's redrawn line uses to fit its width)."""
-    status = row["work_status"] or row["job_status"]
+    status = shown_status(row)
     progress = row.get("progress")
     if status in FINISHED:
         return describe(row)

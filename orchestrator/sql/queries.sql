@@ -259,7 +259,7 @@ ORDER BY j.created_at DESC
 LIMIT 1;
 
 -- name: recent_jobs
-SELECT j.id AS job_id, j.status AS job_status, w.status AS work_status, w.title,
+SELECT j.id AS job_id, w.id AS work_id, j.status AS job_status, w.status AS work_status, w.title,
        w.error_message, w.output_data_json->>'image_url' AS image_url, j.created_at
 FROM generation_jobs j
 JOIN works w ON w.id = j.work_id

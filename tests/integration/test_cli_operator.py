@@ -190,6 +190,12 @@ def test_retry_gives_a_failed_work_a_new_pending_job_with_the_same_priority(migr
     assert (work["status"], work["error_message"]) == ("pending", None)
     with psycopg.connect(migrated_url) as conn:
         assert str(console.job_status(conn, work_id)["job_id"]) == new["id"]
+    listed = klein("status", database_url=migrated_url).stdout.splitlines()
+    # The old job shows its own end, not its successor's state.
+    assert listed == [
+        f"{new['id']}  queued",
+        f"{job_id}  failed  (work {work_id} was retried; it is pending)",
+    ]
 
 
 def test_retry_of_a_work_still_running_is_refused(migrated_url):
@@ -197,7 +203,8 @@ def test_retry_of_a_work_still_running_is_refused(migrated_url):
     done = klein("retry", work_id, database_url=migrated_url)
     assert done.returncode == 2
     assert done.stderr == (
-        f"klein retry: work {work_id} is pending: only a failed or cancelled work is retried\n"
+        f"klein retry: work {work_id} is pending: only a failed or cancelled work is retried "
+        "(`klein cancel` it first)\n"
     )
     assert statuses(migrated_url, work_id) == ("pending", ["pending"])
 
