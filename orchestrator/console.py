@@ -128,7 +128,7 @@ def describe(row: dict[str, Any]) -> str:
         line += f"  {row.get('title')!r}  {image_url(row)}"
     elif status == "failed" and row.get("error_message"):
         line += f"  {row['error_message']}"
-    if status != row["work_status"]:
+    if row["work_status"] and status != row["work_status"]:
         line += f"  (work {row['work_id']} was retried; it is {row['work_status']})"
     return line
 
