@@ -45,21 +45,27 @@ def handler_env(comfy_server: Any) -> dict[str, str]:
 def start(comfy_server) -> Iterator[Callable[..., EndpointServer]]:
     """`start(**config)`: an endpoint on a free port with worker subprocesses; stopped after."""
     servers: list[EndpointServer] = []
+    clients: list[httpx.Client] = []
 
     def _start(**config: Any) -> EndpointServer:
         config = {"endpoint_id": "local", "worker_poll_s": 2.0, **config}
         server = EndpointServer(EndpointConfig(**config), worker_env=handler_env(comfy_server))
         server.start()
         servers.append(server)
+        server.http = httpx.Client(base_url=server.url, timeout=10)  # type: ignore[attr-defined]
+        clients.append(server.http)  # type: ignore[attr-defined]
         return server
 
     yield _start
+    for http in clients:
+        http.close()
     for server in servers:
         server.stop()
 
 
 def client(server: EndpointServer) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=10)
+    http: httpx.Client = server.http  # type: ignore[attr-defined]
+    return http
 
 
 def submit(http: httpx.Client, job_input: dict, **extra: Any) -> str:
@@ -154,11 +160,11 @@ def test_a_worker_asking_for_refresh_is_replaced_and_the_next_job_is_served(star
 
 
 def test_a_result_over_the_size_limit_fails_the_job_saying_so(start):
-    http = client(start(max_result_bytes=10_000))
+    http = client(start(max_result_bytes=1_000))
     body = final(http, submit(http, TEST_INPUT))
     assert body["status"] == "FAILED"
     assert body["error"].startswith("the job's result is ")
-    assert "over RunPod's 0.01 MB limit" in body["error"]
+    assert "over RunPod's 0.001 MB limit" in body["error"]
 
 
 def test_a_worker_that_dies_is_restarted_and_no_process_outlives_the_endpoint(start):
