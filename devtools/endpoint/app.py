@@ -172,6 +172,7 @@ class Workers:
         )
         self.launch: WorkerLaunch | None = None
         self.pool: WorkerPool | None = None
+        self._stopped = False
 
     def start(self) -> None:
         if self._in_process is not None:
@@ -185,6 +186,9 @@ class Workers:
             self.pool.replace(worker_id)
 
     async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self._in_process is not None:
             await self._in_process.stop()
         if self.pool is not None:

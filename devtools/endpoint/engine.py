@@ -49,6 +49,7 @@ class LocalEndpoint:
         self._progress_readers: list[ProgressReader] = []
         self._streams: dict[str, list[Any]] = {}
         self._retired: set[str] = set()
+        self._closing = False
         self.last_ping: dict[str, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ended_counts: Counter[RunPodStatus] = Counter()
@@ -72,11 +73,16 @@ class LocalEndpoint:
         """Open the webhook client."""
         self._http = httpx.AsyncClient(timeout=self._config.webhook_timeout_s)
 
-    async def stop(self) -> None:
-        """Stop pending webhooks and deadline watches; wake every long poll."""
+    def close_polls(self) -> None:
+        """Answer every long poll now, and later ones at once (the server is stopping)."""
+        self._closing = True
         self._queued.wake_all()
         for waiters in self._stop_waiters.values():
             waiters.wake_all()
+
+    async def stop(self) -> None:
+        """Stop pending webhooks and deadline watches; answer every long poll."""
+        self.close_polls()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -161,7 +167,7 @@ class LocalEndpoint:
         if worker_id in self._retired:  # held, not refused: the SDK would ask again at once
             await asyncio.sleep(hold_s or 0)
             return None
-        while True:
+        while not self._closing:
             job = self._take_next(worker_id)
             if job is not None:
                 return job
@@ -169,10 +175,11 @@ class LocalEndpoint:
             if left is not None and left <= 0:
                 return None
             await self._queued.wait(left)
+        return None
 
     async def stop_signals(self, worker_id: str, hold_s: float) -> list[str]:
         """The ids of jobs `worker_id` must stop, waiting up to `hold_s` for one."""
-        if not self._stops.get(worker_id):
+        if not self._stops.get(worker_id) and not self._closing:
             await self._stop_waiters.setdefault(worker_id, Waiters()).wait(hold_s)
         return self._stops.pop(worker_id, [])
 

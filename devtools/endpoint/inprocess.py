@@ -48,11 +48,9 @@ class InProcessWorkers:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _work(self, worker_id: str) -> None:
-        while True:
-            job = await self._endpoint.take(worker_id, None)
-            if job is not None:
-                self._start_thread(job)
-                await self._endpoint.wait_for_end(job.id, None)
+        while job := await self._endpoint.take(worker_id, None):  # None: the endpoint stops
+            self._start_thread(job)
+            await self._endpoint.wait_for_end(job.id, None)
 
     def _start_thread(self, job: Job) -> None:
         loop = asyncio.get_running_loop()

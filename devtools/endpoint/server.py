@@ -48,6 +48,21 @@ def launch_workers(
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, stopping the workers before it waits for open connections: their long polls
+    would hold it for the whole grace period and end in tracebacks."""
+
+    def __init__(self, app: FastAPI, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        workers: Workers = self._app.state.workers
+        await workers.stop()
+        self._app.state.endpoint.close_polls()
+        await super().shutdown(sockets)
+
+
 def serve(config: EndpointConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the endpoint with worker subprocesses until interrupted; clients use
     `http://{host}:{port}/v2` as API base."""
@@ -55,13 +70,14 @@ def serve(config: EndpointConfig, host: str = "127.0.0.1", port: int = 8000) -> 
     sock = bind(host, port)
     app = create_app(config)
     launch_workers(app, config, f"http://{host}:{sock.getsockname()[1]}/v2")
-    server = uvicorn.Server(
+    server = _Server(
+        app,
         uvicorn.Config(
             app,
             ws="none",
             access_log=False,  # a line for every /status poll drowns the jobs' own lines
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-        )
+        ),
     )
     server.run(sockets=[sock])
 
@@ -86,14 +102,15 @@ class EndpointServer:
         self._worker_env = worker_env
         self.app = create_app(config, runner, clock=clock)
         self._host, self._port = host, port
-        self._server = uvicorn.Server(
+        self._server = _Server(
+            self.app,
             uvicorn.Config(
                 self.app,
                 ws="none",
                 log_level="warning",
                 lifespan="on",
                 timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
-            )
+            ),
         )
         self._thread: threading.Thread | None = None
 

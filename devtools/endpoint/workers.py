@@ -91,6 +91,7 @@ class WorkerPool:
         self._running: dict[str, asyncio.subprocess.Process] = {}
         self._replaced: set[str] = set()
         self._slots: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     @property
     def pids(self) -> dict[str, int]:
@@ -110,11 +111,17 @@ class WorkerPool:
             asyncio.get_running_loop().create_task(self._terminate(proc))
 
     async def stop(self) -> None:
-        """Stop every worker and its children, bounded; no process is left behind."""
+        """Stop every worker and its children, bounded; no process is left behind. The SDK
+        ends its job loop on SIGTERM once its long polls answer, which `close_polls` makes so."""
+        self._stopping = True
+        running = list(self._running.values())
+        for proc in running:
+            _signal_group(proc.pid, signal.SIGTERM)
+        self._endpoint.close_polls()
+        await asyncio.gather(*(self._terminate(proc) for proc in running))
         for task in self._slots:
             task.cancel()
         await asyncio.gather(*self._slots, return_exceptions=True)
-        await asyncio.gather(*(self._terminate(p) for p in list(self._running.values())))
 
     async def _keep_one(self) -> None:
         deaths = 0
@@ -122,6 +129,8 @@ class WorkerPool:
             worker_id = f"local-worker-{next(self._numbers)}"
             started = asyncio.get_running_loop().time()
             code = await self._run(worker_id)
+            if self._stopping:
+                return
             if worker_id in self._replaced:
                 self._endpoint.worker_lost(worker_id, "the worker was replaced during the job")
                 deaths = 0
