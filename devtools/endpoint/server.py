@@ -96,9 +96,11 @@ class EndpointServer:
         *,
         clock: Callable[[], float] = time.monotonic,
         worker_env: Mapping[str, str] | None = None,
+        start_workers: bool = True,
     ) -> None:
         self.config = config
-        self._has_runner = runner is not None
+        # False: no worker processes; whoever holds the worker key plays them (tests).
+        self._start_workers = runner is None and start_workers
         self._worker_env = worker_env
         self.app = create_app(config, runner, clock=clock)
         self._host, self._port = host, port
@@ -140,7 +142,7 @@ class EndpointServer:
         """Bind, start serving, and return once the server answers (or raise RuntimeError)."""
         sock = bind(self._host, self._port)
         self._port = sock.getsockname()[1]
-        if not self._has_runner:
+        if self._start_workers:
             launch_workers(self.app, self.config, self.api_base, self._worker_env)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [sock]}, name="local-endpoint", daemon=True

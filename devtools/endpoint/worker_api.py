@@ -24,6 +24,11 @@ from devtools.endpoint.engine import LocalEndpoint
 log = logging.getLogger(__name__)
 
 Replace = Callable[[str], None]  # a worker asked to be replaced (stopPod)
+UNAUTHORIZED_WORKER = (
+    "a worker sent the wrong key; the runpod SDK sends the api_key of ~/.runpod/config.toml "
+    "instead of RUNPOD_AI_API_KEY when that file exists: move it aside while using the local "
+    "endpoint"
+)
 
 
 class WorkerApiError(Exception):
@@ -71,6 +76,7 @@ def worker_router(
 
     def check(endpoint_id: str, authorization: Annotated[str | None, Header()] = None) -> None:
         if not authorized(authorization):
+            log.warning(UNAUTHORIZED_WORKER)
             raise WorkerApiError(401, "Unauthorized: a worker sends the endpoint's worker key")
         if endpoint_id != config.endpoint_id:
             raise WorkerApiError(404, f"endpoint {endpoint_id!r} not found")
