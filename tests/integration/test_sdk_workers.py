@@ -176,3 +176,15 @@ def test_a_worker_that_dies_is_restarted_and_no_process_outlives_the_endpoint(st
     server.stop()
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
+
+
+def test_a_job_whose_worker_dies_fails_saying_so(start, comfy_server):
+    comfy_server.behaviour = "stall"
+    server = start()
+    http = client(server)
+    job_id = submit(http, TEST_INPUT)
+    running_on_comfy(http, job_id, comfy_server)
+    os.killpg(server.worker_pids["local-worker-1"], 9)
+    body = final(http, job_id)
+    assert body["status"] == "FAILED"
+    assert body["error"] == "the worker running the job exited (exit status -9)"
