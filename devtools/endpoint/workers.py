@@ -92,6 +92,7 @@ class WorkerPool:
         self._replaced: set[str] = set()
         self._slots: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._pumps: set[asyncio.Task[None]] = set()
 
     @property
     def pids(self) -> dict[str, int]:
@@ -122,6 +123,10 @@ class WorkerPool:
         for task in self._slots:
             task.cancel()
         await asyncio.gather(*self._slots, return_exceptions=True)
+        if self._pumps:  # the last lines of output
+            await asyncio.wait(self._pumps, timeout=STOP_GRACE_S)
+        for pump in self._pumps:
+            pump.cancel()
 
     async def _keep_one(self) -> None:
         deaths = 0
@@ -158,15 +163,22 @@ class WorkerPool:
         )
         self._running[worker_id] = proc
         log.info("%s started (pid %d)", worker_id, proc.pid)
+        assert proc.stdout is not None
+        # Apart from the exit: the SDK's heartbeat process holds the pipe open after it.
+        pump = asyncio.get_running_loop().create_task(self._pump(worker_id, proc.stdout))
+        self._pumps.add(pump)
+        pump.add_done_callback(self._pumps.discard)
         try:
-            assert proc.stdout is not None
-            async for line in proc.stdout:
-                log.info("[%s] %s", worker_id, line.decode(errors="replace").rstrip())
             return await proc.wait()
         finally:
             _signal_group(proc.pid, signal.SIGKILL)  # the SDK's heartbeat process, if left
             if proc.returncode is not None:
                 self._running.pop(worker_id, None)
+
+    @staticmethod
+    async def _pump(worker_id: str, output: asyncio.StreamReader) -> None:
+        async for line in output:
+            log.info("[%s] %s", worker_id, line.decode(errors="replace").rstrip())
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         _signal_group(proc.pid, signal.SIGTERM)
