@@ -42,12 +42,20 @@ class WorkerLaunch:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
+LOCAL_COMFY_STARTUP_TIMEOUT_S = "10"
+
+
 def worker_env(base: Mapping[str, str], launch: WorkerLaunch, worker_id: str) -> dict[str, str]:
     """The environment RunPod gives a worker, pointed at this endpoint (docs/runpod.md)."""
     url = launch.endpoint_url
-    quiet = {"RUNPOD_LOG_LEVEL": "WARN"}  # the SDK logs each job's output at DEBUG
+    defaults = {
+        "RUNPOD_LOG_LEVEL": "WARN",  # the SDK logs each job's output at DEBUG
+        # On RunPod, ComfyUI starts beside the worker and may take minutes; here it is already
+        # running or it is not, and a first job should not wait 180 s to say so.
+        "COMFY_STARTUP_TIMEOUT_S": LOCAL_COMFY_STARTUP_TIMEOUT_S,
+    }
     return {
-        **quiet,
+        **defaults,
         **base,
         **launch.extra_env,
         "RUNPOD_POD_ID": worker_id,

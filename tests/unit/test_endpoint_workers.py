@@ -27,6 +27,12 @@ def test_the_hosts_log_level_wins_but_not_its_runpod_urls():
     assert env["RUNPOD_WEBHOOK_GET_JOB"].startswith("http://127.0.0.1:1234/")
 
 
+def test_a_local_worker_waits_briefly_for_comfyui_unless_told_otherwise():
+    assert worker_env({}, LAUNCH, "local-worker-1")["COMFY_STARTUP_TIMEOUT_S"] == "10"
+    told = worker_env({"COMFY_STARTUP_TIMEOUT_S": "180"}, LAUNCH, "local-worker-1")
+    assert told["COMFY_STARTUP_TIMEOUT_S"] == "180"
+
+
 def test_the_launch_does_not_show_its_key():
     assert "secret" not in repr(LAUNCH)
 
