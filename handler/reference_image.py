@@ -1,7 +1,8 @@
 """The reference image: fetched under the URL policy or decoded from base64, then normalised.
 
-Nothing reaches ComfyUI but what this module made: Pillow decodes the image once, within the size
-caps, and the worker uploads a single-frame PNG, upright (EXIF orientation applied).
+Nothing reaches ComfyUI but what this module checked: Pillow decodes the image once, within the
+size caps, and the worker uploads a single-frame PNG, upright (EXIF orientation applied). A PNG
+that already is one (RGB or RGBA, one frame, no orientation) goes as it came, not re-encoded.
 """
 
 import base64
@@ -22,6 +23,7 @@ DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 # What the worker decodes (JPEG covers MPO): photo formats, never those Pillow hands to other
 # programs (EPS goes to Ghostscript).
 REFERENCE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,28 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
 
 
 def normalise_image(data: bytes, max_pixels: int) -> ReferenceImage:
-    """Decode once and re-encode what ComfyUI gets: frame 0 only, EXIF orientation applied, PNG
-    (RGBA when the image has transparency, RGB otherwise)."""
+    """Decode once; what ComfyUI gets is one upright frame as PNG (RGBA when the image has
+    transparency, RGB otherwise). A PNG that already is that is passed on as it came, unencoded."""
     with decoded(data, max_pixels, REFERENCE_FORMATS) as image:
         source_format = image.format or "PNG"
+        if is_upload_ready(image):
+            return ReferenceImage(data, image.width, image.height, source_format)
         upright = ImageOps.exif_transpose(image)
         mode = "RGBA" if _has_alpha(upright) else "RGB"
         buffer = io.BytesIO()
         upright.convert(mode).save(buffer, format="PNG", compress_level=1)
         return ReferenceImage(buffer.getvalue(), upright.width, upright.height, source_format)
+
+
+def is_upload_ready(image: Image.Image) -> bool:
+    """True for a decoded PNG that is already what ComfyUI must get: one frame, 8-bit RGB (no
+    transparency key) or RGBA, no EXIF orientation to apply."""
+    return (
+        image.format == "PNG"
+        and getattr(image, "n_frames", 1) == 1
+        and (image.mode == "RGBA" or (image.mode == "RGB" and "transparency" not in image.info))
+        and image.getexif().get(ORIENTATION, 1) == 1
+    )
 
 
 def _has_alpha(image: Image.Image) -> bool:

@@ -186,6 +186,8 @@ def base64_too_large() -> str:
 
 
 def _json_size(text: str) -> int:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text)  # nothing JSON escapes (base64 text): no megabyte-long dumps
     return len(json.dumps(text)) - 2
 
 
