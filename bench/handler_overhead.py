@@ -25,13 +25,14 @@ import cProfile
 import io
 import json
 import pstats
+import select
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,11 +46,13 @@ from handler.config import HandlerSettings
 from handler.contract import parse_input
 from handler.job import graph_values
 from handler.worker import Worker
+from handler.workflow import Workflow
 
 DRIVER = Path(__file__).with_name("worker_comfyui_driver.py")
 PROMPT = "Replace the background with a sandy beach at sunset"
 START_TIMEOUT_S = 30.0
-REFERENCE_TIMEOUT_S = 600.0
+JOB_TIMEOUT_S = 120.0
+REFERENCE_NAME = "worker-comfyui 5.8.5 (base64)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Sample:
 
     wall_s: float
     execution_s: float
+    cpu_s: float  # the handler process's CPU time (all its threads) during the job
 
     @property
     def overhead_ms(self) -> float:
@@ -91,7 +95,9 @@ def standin(root: Path) -> Iterator[str]:
     """The ComfyUI stand-in as a subprocess (no node delay); yields its URL."""
     command = [sys.executable, "-m", "devtools.comfy_standin", "--port", "0", "--root", str(root)]
     command += ["--node-delay-s", "0", "--sampler-steps", "4"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         yield _banner_url(process)
     finally:
@@ -153,112 +159,161 @@ def our_input(source: str, png_b64: str, image_url: str, seed: int) -> dict[str,
     return {"prompt": PROMPT, **image, "seed": seed, "steps": 4, "megapixels": 0.5}
 
 
-def run_ours(
-    url: str, root: Path, job_inputs: list[dict[str, Any]], profile: cProfile.Profile | None
-) -> list[Sample]:
-    """Our handler on each job, as RunPod calls it (handle_async; handle when profiling, so the
-    profiler sees the job's thread)."""
-    settings = HandlerSettings(comfy_api_url=url, comfy_root=root, allow_private_image_urls=True)
-    worker = Worker.from_settings(settings, lambda job, payload: None)
-    loop = asyncio.new_event_loop()
-    samples = []
-    try:
-        for i, job_input in enumerate(job_inputs):
-            job = {"id": f"bench-{i}", "input": job_input}
-            started = time.perf_counter()
-            if profile is None:
-                output = loop.run_until_complete(worker.handle_async(job))
-            else:
-                output = profile.runcall(worker.handle, job)
-            wall_s = time.perf_counter() - started
-            if "error" in output:
-                raise BenchError(f"our handler failed: {output['error']}")
-            entry = history(url, output["prompt_id"])[output["prompt_id"]]
-            samples.append(Sample(wall_s, execution_s(entry)))
-    finally:
-        loop.close()
-    return samples
+class Ours:
+    """Our handler, as RunPod calls it (handle_async; handle when profiling, so the profiler
+    sees the job's thread)."""
+
+    def __init__(self, url: str, root: Path, profile: cProfile.Profile | None) -> None:
+        settings = HandlerSettings(
+            comfy_api_url=url, comfy_root=root, allow_private_image_urls=True
+        )
+        self.worker = Worker.from_settings(settings, lambda job, payload: None)
+        self.url = url
+        self.profile = profile
+        self.loop = asyncio.new_event_loop()
+        self.count = 0
+
+    def run(self, job_input: dict[str, Any]) -> Sample:
+        self.count += 1
+        job = {"id": f"bench-{self.count}", "input": job_input}
+        started, cpu_started = time.perf_counter(), time.process_time()
+        if self.profile is None:
+            output = self.loop.run_until_complete(self.worker.handle_async(job))
+        else:
+            output = self.profile.runcall(self.worker.handle, job)
+        wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+        if "error" in output:
+            raise BenchError(f"our handler failed: {output['error']}")
+        entry = history(self.url, output["prompt_id"])[output["prompt_id"]]
+        return Sample(wall_s, execution_s(entry), cpu_s)
+
+    def close(self) -> None:
+        self.loop.close()
 
 
-def reference_jobs(url: str, png_b64: str, count: int) -> list[dict[str, Any]]:
+def reference_jobs(workflow: Workflow, png_b64: str, count: int) -> list[dict[str, Any]]:
     """worker-comfyui's jobs: the graph ours sends (same values), the image under a fresh name."""
-    settings = HandlerSettings(comfy_api_url=url)
-    workflow = Worker.from_settings(settings, lambda job, payload: None).context.workflow
     jobs = []
     for i in range(count):
         params = parse_input(our_input("base64", png_b64, "", seed=i))
         name = f"wc_{i}.png"
         graph = workflow.apply(graph_values(params, name, f"wc-{i}"))
-        jobs.append({"id": f"wc-{i}", "input": {"workflow": graph, "images": [{"name": name, "image": png_b64}]}})
+        images = [{"name": name, "image": png_b64}]
+        jobs.append({"id": f"wc-{i}", "input": {"workflow": graph, "images": images}})
     return jobs
 
 
-def run_reference(checkout: Path, url: str, jobs: list[dict[str, Any]], scratch: Path) -> list[Sample]:
-    """worker-comfyui's handler on each job, in its own Python; matched to history by file name."""
-    python = checkout / "venv" / "bin" / "python"
-    if not python.exists():
-        raise BenchError(f"no {python}: make worker-comfyui's venv first (docs/benchmarks.md)")
-    jobs_path, results_path = scratch / "wc_jobs.json", scratch / "wc_results.json"
-    jobs_path.write_text(json.dumps(jobs))
-    host = url.removeprefix("http://")
-    command = [str(python), str(DRIVER), str(checkout), host, str(jobs_path), str(results_path)]
-    subprocess.run(command, check=True, timeout=REFERENCE_TIMEOUT_S, stderr=subprocess.DEVNULL)
-    by_file = {
-        image["filename"]: entry
-        for entry in history(url).values()
-        for output in entry["outputs"].values()
-        for image in output.get("images", [])
-    }
-    samples = []
-    for result in json.loads(results_path.read_text()):
+class Reference:
+    """worker-comfyui's handler in its own Python, one job per line (worker_comfyui_driver.py)."""
+
+    def __init__(self, checkout: Path, url: str) -> None:
+        python = checkout / "venv" / "bin" / "python"
+        if not python.exists():
+            raise BenchError(f"no {python}: make worker-comfyui's venv first (docs/benchmarks.md)")
+        host = url.removeprefix("http://")
+        command = [str(python), str(DRIVER), str(checkout), host]
+        self.url = url
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def run(self, job: dict[str, Any]) -> Sample:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write(json.dumps(job) + "\n")
+        stdin.flush()
+        ready, _, _ = select.select([stdout], [], [], JOB_TIMEOUT_S)
+        if not ready:
+            raise BenchError(f"worker-comfyui gave no answer within {JOB_TIMEOUT_S:g} s")
+        result = json.loads(stdout.readline() or "null") or {
+            "error": "its process ended",
+            "files": [],
+        }
         if result["error"] or not result["files"]:
             raise BenchError(f"worker-comfyui failed: {result['error']}")
-        samples.append(Sample(result["wall_s"], execution_s(by_file[result["files"][0]])))
-    return samples
+        entry = self._entry(result["files"][0])
+        return Sample(result["wall_s"], execution_s(entry), result["cpu_s"])
 
+    def _entry(self, filename: str) -> dict[str, Any]:
+        """The history entry whose output is this file."""
+        for entry in history(self.url).values():
+            for output in entry["outputs"].values():
+                if any(image["filename"] == filename for image in output.get("images", [])):
+                    return entry
+        raise BenchError(f"no history entry wrote {filename}")
 
-def measured(samples: list[Sample], warmup: int) -> list[Sample]:
-    """The samples after the warm-up jobs."""
-    return samples[warmup:]
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
 
 
 def summary(name: str, runs: list[list[Sample]]) -> list[tuple[str, str]]:
-    """p50/p95 overhead (median and spread over the runs) and the execution time excluded."""
+    """p50/p95 overhead (median and spread over the runs), the handler process's CPU time (less
+    sensitive to other load on the machine) and the execution time excluded."""
     p50 = [percentile([s.overhead_ms for s in run], 0.5) for run in runs]
     p95 = [percentile([s.overhead_ms for s in run], 0.95) for run in runs]
     execution = [statistics.median(s.execution_s * 1000 for s in run) for run in runs]
+    cpu = [statistics.median(s.cpu_s * 1000 for s in run) for run in runs]
     return [
         (f"{name}: overhead p50 ms", spread(p50)),
         (f"{name}: overhead p95 ms", spread(p95)),
+        (f"{name}: handler CPU p50 ms", spread(cpu)),
         (f"{name}: ComfyUI execution p50 ms (excluded)", spread(execution)),
     ]
 
 
-def one_run(args: argparse.Namespace, png: bytes, profile: cProfile.Profile | None) -> dict[str, list[Sample]]:
-    """Every handler and source once, on a fresh stand-in."""
+def one_run(
+    args: argparse.Namespace, png: bytes, profile: cProfile.Profile | None
+) -> dict[str, list[Sample]]:
+    """Every handler and source on a fresh stand-in, job by job in turn, warm-up jobs dropped."""
     png_b64 = base64.b64encode(png).decode("ascii")
-    total = args.warmup + args.jobs
     results: dict[str, list[Sample]] = {}
-    with tempfile.TemporaryDirectory(prefix="klein-overhead-") as scratch, image_server(png) as image_url:
-        root = Path(scratch) / "comfy"
-        with standin(root) as url:
-            for source in ("base64", "url"):
-                inputs = [our_input(source, png_b64, image_url, seed) for seed in range(total)]
-                results[f"ours ({source})"] = measured(run_ours(url, root, inputs, profile), args.warmup)
-            if args.reference is not None:
-                jobs = reference_jobs(url, png_b64, total)
-                samples = run_reference(args.reference, url, jobs, Path(scratch))
-                results["worker-comfyui 5.8.5 (base64)"] = measured(samples, args.warmup)
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="klein-overhead-")))
+        image_url = stack.enter_context(image_server(png))
+        url = stack.enter_context(standin(scratch / "comfy"))
+        ours = Ours(url, scratch / "comfy", profile)
+        stack.callback(ours.close)
+        reference = None
+        if args.reference is not None:
+            reference = Reference(args.reference, url)
+            stack.callback(reference.close)
+            jobs = reference_jobs(ours.worker.context.workflow, png_b64, args.warmup + args.jobs)
+        for i in range(args.warmup + args.jobs):
+            row = {
+                f"ours ({source})": ours.run(our_input(source, png_b64, image_url, i))
+                for source in ("base64", "url")
+            }
+            if reference is not None:
+                row[REFERENCE_NAME] = reference.run(jobs[i])
+            if i >= args.warmup:
+                for name, sample in row.items():
+                    results.setdefault(name, []).append(sample)
     return results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=29, help="measured jobs per handler (default 29)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=29, help="measured jobs per handler (default 29)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="jobs run first and not counted")
-    parser.add_argument("--repeat", type=int, default=1, help="runs; the table shows median (min-max)")
-    parser.add_argument("--reference", type=Path, help="worker-comfyui checkout with venv/ (omit: ours only)")
-    parser.add_argument("--profile", type=Path, help="cProfile our handler's jobs into this file and print the top")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs; the table shows median (min-max)"
+    )
+    parser.add_argument(
+        "--reference", type=Path, help="worker-comfyui checkout with venv/ (omit: ours only)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="cProfile our handler's jobs into this file and print the top"
+    )
     return parser.parse_args(argv)
 
 
@@ -280,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    rows = [("input", f"1024x768 PNG, {len(png) / 1e6:.2f} MB; 0.5 MP out; {args.jobs} jobs after {args.warmup} warm-up")]
+    rows = [
+        (
+            "input",
+            f"1024x768 PNG, {len(png) / 1e6:.2f} MB; 0.5 MP out; "
+            f"{args.jobs} jobs after {args.warmup} warm-up",
+        )
+    ]
     for name, name_runs in runs.items():
         rows += summary(name, name_runs)
     print_table(f"handler overhead (wall minus ComfyUI execution), {args.repeat} run(s)", rows)

@@ -2,7 +2,10 @@
 writes each job's wall time. Started by `handler_overhead.py` with worker-comfyui's own Python (a
 venv under /tmp that has its requirements); it imports nothing from this project.
 
-    python worker_comfyui_driver.py CHECKOUT COMFY_HOST JOBS.json RESULTS.json
+    python worker_comfyui_driver.py CHECKOUT COMFY_HOST
+
+It reads one job (JSON) per line on stdin and answers each with one line on stdout, so the
+benchmark can interleave its jobs with ours (the machine's load then weighs on both alike).
 
 CHECKOUT is the folder holding worker-comfyui's `handler.py` (and `src/network_volume.py`), a copy
 made for the measurement only. COMFY_HOST is `host:port` of the ComfyUI to use: worker-comfyui
@@ -36,18 +39,20 @@ def output_names(result: dict) -> list[str]:
 
 
 def main() -> int:
-    checkout, comfy_host, jobs_path, results_path = sys.argv[1:5]
-    module = load_handler(Path(checkout), comfy_host)
-    jobs = json.loads(Path(jobs_path).read_text())
-    results = []
-    for job in jobs:
-        sink = io.StringIO()  # its progress prints, kept off the terminal
-        with contextlib.redirect_stdout(sink):
-            started = time.perf_counter()
+    checkout, comfy_host = sys.argv[1:3]
+    answers = sys.stdout
+    with contextlib.redirect_stdout(io.StringIO()):  # its import-time prints
+        module = load_handler(Path(checkout), comfy_host)
+    for line in sys.stdin:
+        job = json.loads(line)
+        with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, off our pipe
+            started, cpu_started = time.perf_counter(), time.process_time()
             result = module.handler(job)
-            wall_s = time.perf_counter() - started
-        results.append({"wall_s": wall_s, "files": output_names(result), "error": result.get("error")})
-    Path(results_path).write_text(json.dumps(results))
+            wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+        answer = {"wall_s": wall_s, "cpu_s": cpu_s, "files": output_names(result)}
+        answer["error"] = result.get("error")
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
     return 0
 
 

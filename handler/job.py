@@ -19,7 +19,8 @@ import websocket
 from handler.comfy import ComfyClient
 from handler.config import HandlerSettings
 from handler.contract import JobParams, parse_input, unknown_fields
-from handler.contract.images import verify_image
+from handler.contract.errors import InvalidInput
+from handler.contract.images import VerifiedImage, check_structure
 from handler.errors import ComfyRejected, InvalidOutput, JobStopped, JobTimedOut
 from handler.reference_image import ImageLimits, load_reference_image
 from handler.run_state import Phase, RunState, fold, output_images, state_from_history
@@ -130,9 +131,7 @@ def edit_image(
         files.append(Path("output") / str(record.get("subfolder", "")) / str(record["filename"]))
     finally:
         remove_local_files(ctx.settings.comfy_root, files)
-    result = verify_image(data, ctx.settings.image_max_pixels)
-    if result.format != "PNG":
-        raise InvalidOutput(f"ComfyUI returned a {result.format} file, not a PNG")
+    result = checked_output(data, ctx.settings.image_max_pixels)
     return {
         "image": base64.b64encode(result.data).decode("ascii"),
         "seed": params.seed,
@@ -235,6 +234,18 @@ def fetch_output(
     if not images:
         raise InvalidOutput(NO_OUTPUT)
     return images[0], ctx.comfy.view(images[0])
+
+
+def checked_output(data: bytes, max_pixels: int) -> VerifiedImage:
+    """ComfyUI's output, checked as a whole PNG without decoding its pixels (its header, every
+    chunk's CRC): the orchestrator decodes it once when it stores it."""
+    try:
+        result = check_structure(data, max_pixels)
+    except InvalidInput:
+        raise InvalidOutput("ComfyUI returned a file that is not a readable PNG") from None
+    if result.format != "PNG":
+        raise InvalidOutput(f"ComfyUI returned a {result.format} file, not a PNG")
+    return result
 
 
 def remove_local_files(comfy_root: Path | None, relative_paths: list[Path]) -> None:

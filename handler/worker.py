@@ -157,7 +157,8 @@ class Worker:
         except InvalidInput as exc:
             log.warning("job %s failed: %s", job.get("id", "local"), exc)
             return {"error": str(exc)}
-        await asyncio.to_thread(self.start_up)
+        if not self._started:  # once started, no thread hop per job
+            await asyncio.to_thread(self.start_up)
         self.context.stop.clear()  # here, not in the thread: a stop from now on is kept
         running = asyncio.ensure_future(asyncio.to_thread(self._handle, job))
         try:
