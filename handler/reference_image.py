@@ -1,8 +1,9 @@
 """The reference image: fetched under the URL policy or decoded from base64, then normalised.
 
-Nothing reaches ComfyUI but what this module checked: Pillow decodes the image once, within the
-size caps, and the worker uploads a single-frame PNG, upright (EXIF orientation applied). A PNG
-that already is one (RGB or RGBA, one frame, no orientation) goes as it came, not re-encoded.
+Nothing reaches ComfyUI but what this module checked, within the size caps: a single-frame PNG,
+upright (EXIF orientation applied). A PNG that already is one goes as it came once ready_png has
+proven it intact (every CRC, the pixel stream inflated in full); any other image Pillow decodes
+once, and the worker uploads its re-encoding.
 """
 
 import base64
@@ -17,13 +18,13 @@ from handler.contract import ImageBase64, ImageSource, ImageUrl
 from handler.contract.errors import InvalidInput
 from handler.contract.images import MAX_PIXELS, decoded
 from handler.image_fetch import fetch_image, too_large
+from handler.ready_png import ready_png_size
 from handler.url_policy import UrlPolicy
 
 DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 # What the worker decodes (JPEG covers MPO): photo formats, never those Pillow hands to other
 # programs (EPS goes to Ghostscript).
 REFERENCE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-ORIENTATION = 0x0112  # the EXIF tag
 
 
 @dataclass(frozen=True)
@@ -63,28 +64,18 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
 
 
 def normalise_image(data: bytes, max_pixels: int) -> ReferenceImage:
-    """Decode once; what ComfyUI gets is one upright frame as PNG (RGBA when the image has
-    transparency, RGB otherwise). A PNG that already is that is passed on as it came, unencoded."""
+    """What ComfyUI gets: one upright frame as PNG (RGBA when the image has transparency, RGB
+    otherwise). A PNG proven intact and already that goes as it came; anything else is decoded
+    once and re-encoded."""
+    if size := ready_png_size(data, max_pixels):
+        return ReferenceImage(data, size[0], size[1], "PNG")
     with decoded(data, max_pixels, REFERENCE_FORMATS) as image:
         source_format = image.format or "PNG"
-        if is_upload_ready(image):
-            return ReferenceImage(data, image.width, image.height, source_format)
         upright = ImageOps.exif_transpose(image)
         mode = "RGBA" if _has_alpha(upright) else "RGB"
         buffer = io.BytesIO()
         upright.convert(mode).save(buffer, format="PNG", compress_level=1)
         return ReferenceImage(buffer.getvalue(), upright.width, upright.height, source_format)
-
-
-def is_upload_ready(image: Image.Image) -> bool:
-    """True for a decoded PNG that is already what ComfyUI must get: one frame, 8-bit RGB (no
-    transparency key) or RGBA, no EXIF orientation to apply."""
-    return (
-        image.format == "PNG"
-        and getattr(image, "n_frames", 1) == 1
-        and (image.mode == "RGBA" or (image.mode == "RGB" and "transparency" not in image.info))
-        and image.getexif().get(ORIENTATION, 1) == 1
-    )
 
 
 def _has_alpha(image: Image.Image) -> bool:

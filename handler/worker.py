@@ -59,6 +59,9 @@ class Worker:
     def __init__(self, settings: HandlerSettings, workflow: Workflow, report: ProgressSink) -> None:
         self.settings = settings
         session = requests.Session()
+        # ComfyUI is the worker's own: no proxy variables or ~/.netrc, which requests would
+        # otherwise read again on every call (a few ms a job).
+        session.trust_env = False
         self.context = JobContext(
             settings=settings,
             comfy=ComfyClient(settings.comfy_api_url, session, settings.comfy_http_timeout_s),
