@@ -30,6 +30,7 @@ from handler.workflow import Workflow
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[RunState], None]
+Saved = list[Mapping[str, Any]]  # image records (`filename`, `subfolder`, `type`)
 IDLE_CHECK_S = 5.0  # a silent socket this long makes us look at /history (missed messages)
 STOP_CHECK_S = 0.5  # how soon a stop request is noticed while the socket is silent
 NO_OUTPUT = "No output image from SaveImage"
@@ -126,8 +127,8 @@ def edit_image(
         files.append(Path("input") / uploaded)
         graph = ctx.workflow.apply(graph_values(params, uploaded, token))
         with timings.stage("comfy_s"):
-            prompt_id = execute(ctx, graph, deadline, progress)
-            record, data = fetch_output(ctx, prompt_id, deadline)
+            prompt_id, saved = execute(ctx, graph, deadline, progress)
+            record, data = fetch_output(ctx, prompt_id, deadline, saved)
         files.append(Path("output") / str(record.get("subfolder", "")) / str(record["filename"]))
     finally:
         remove_local_files(ctx.settings.comfy_root, files)
@@ -144,14 +145,15 @@ def edit_image(
 
 def execute(
     ctx: JobContext, graph: Mapping[str, Any], deadline: float, progress: ProgressFn
-) -> str:
-    """Queue the graph and follow it to the end; returns the prompt id of a successful run."""
+) -> tuple[str, Saved]:
+    """Queue the graph and follow it to the end; the prompt id of a successful run, and the images
+    the output node reported on the websocket (empty if none was heard)."""
     client_id = uuid.uuid4().hex
     socket = ctx.comfy.open_socket(client_id, timeout_s=ctx.settings.comfy_http_timeout_s)
     try:
         prompt_id = ctx.comfy.queue_prompt(graph, client_id)
         try:
-            state = follow(ctx, socket, prompt_id, deadline, progress)
+            state, saved = follow(ctx, socket, prompt_id, deadline, progress)
         except (JobTimedOut, JobStopped):
             ctx.comfy.interrupt(prompt_id)
             raise
@@ -160,7 +162,7 @@ def execute(
             socket.close()
     if state.phase is not Phase.SUCCEEDED:
         raise ComfyRejected(f"Processing failed: {state.error}")
-    return prompt_id
+    return prompt_id, saved
 
 
 def _check_deadline(ctx: JobContext, deadline: float) -> float:
@@ -181,9 +183,11 @@ def follow(
     prompt_id: str,
     deadline: float,
     progress: ProgressFn,
-) -> RunState:
-    """Fold websocket messages until the prompt ends; fall back to /history if the socket drops."""
+) -> tuple[RunState, Saved]:
+    """Fold websocket messages until the prompt ends, keeping what the output node saved; fall
+    back to /history if the socket drops."""
     state = RunState(prompt_id)
+    saved: Saved = []
     heard_at = time.monotonic()
     while not state.done:
         socket.settimeout(min(_check_deadline(ctx, deadline), STOP_CHECK_S))
@@ -196,14 +200,29 @@ def follow(
             continue
         except (websocket.WebSocketException, OSError):
             log.warning("prompt %s: websocket dropped, polling /history", prompt_id)
-            return poll_history(ctx, prompt_id, deadline, progress)
+            return poll_history(ctx, prompt_id, deadline, progress), []
         heard_at = time.monotonic()
         if isinstance(raw, str):
-            new_state = fold(state, json.loads(raw))
+            message = json.loads(raw)
+            saved = saved_images(message, prompt_id, ctx.workflow.output_node) or saved
+            new_state = fold(state, message)
             if new_state != state:
                 progress(new_state)
             state = new_state
-    return state
+    return state, saved
+
+
+def saved_images(message: object, prompt_id: str, node_id: str) -> Saved:
+    """The images our output node saved, when the message is its `executed` for our prompt
+    (ComfyUI sends none for a cached node: then /history has them)."""
+    if not isinstance(message, Mapping) or message.get("type") != "executed":
+        return []
+    data = message.get("data")
+    if not isinstance(data, Mapping) or data.get("prompt_id") != prompt_id:
+        return []
+    if node_id not in (data.get("node"), data.get("display_node")):
+        return []
+    return output_images({"outputs": {node_id: data.get("output")}}, node_id)
 
 
 def _merge(current: RunState, from_history: RunState) -> RunState:
@@ -225,9 +244,12 @@ def poll_history(
 
 
 def fetch_output(
-    ctx: JobContext, prompt_id: str, deadline: float
+    ctx: JobContext, prompt_id: str, deadline: float, saved: Saved
 ) -> tuple[Mapping[str, Any], bytes]:
-    """The saved output image's record and bytes (history can lag the websocket briefly)."""
+    """The saved output image's record and bytes: as the websocket reported it, else from
+    /history (which can lag the websocket briefly)."""
+    if saved:
+        return saved[0], ctx.comfy.view(saved[0])
     while (entry := ctx.comfy.history(prompt_id)) is None:
         ctx.stop.wait(min(ctx.settings.comfy_poll_interval_s, _check_deadline(ctx, deadline)))
     images = output_images(entry, ctx.workflow.output_node)
