@@ -32,8 +32,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -147,8 +148,9 @@ def execution_s(entry: dict[str, Any]) -> float:
 
 
 def history(url: str, prompt_id: str = "") -> dict[str, Any]:
-    """The stand-in's /history (all entries, or one prompt's)."""
-    path = f"/history/{prompt_id}" if prompt_id else "/history"
+    """One prompt's /history entry, or the latest prompt's (kept small: serialising the whole
+    history would load the stand-in right before the next job)."""
+    path = f"/history/{prompt_id}" if prompt_id else "/history?max_items=1"
     body: dict[str, Any] = requests.get(url + path, timeout=10).json()
     return body
 
@@ -270,7 +272,8 @@ def summary(name: str, runs: list[list[Sample]]) -> list[tuple[str, str]]:
 def one_run(
     args: argparse.Namespace, png: bytes, profile: cProfile.Profile | None
 ) -> dict[str, list[Sample]]:
-    """Every handler and source on a fresh stand-in, job by job in turn, warm-up jobs dropped."""
+    """Every handler and source on a fresh stand-in, job by job in turn (rotating which goes
+    first), warm-up jobs dropped."""
     png_b64 = base64.b64encode(png).decode("ascii")
     results: dict[str, list[Sample]] = {}
     with contextlib.ExitStack() as stack:
@@ -285,12 +288,15 @@ def one_run(
             stack.callback(reference.close)
             jobs = reference_jobs(ours.worker.context.workflow, png_b64, args.warmup + args.jobs)
         for i in range(args.warmup + args.jobs):
-            row = {
-                f"ours ({source})": ours.run(our_input(source, png_b64, image_url, i))
+            turns: list[tuple[str, Callable[[], Sample]]] = [
+                (f"ours ({source})", partial(ours.run, our_input(source, png_b64, image_url, i)))
                 for source in ("base64", "url")
-            }
+            ]
             if reference is not None:
-                row[REFERENCE_NAME] = reference.run(jobs[i])
+                turns.append((REFERENCE_NAME, partial(reference.run, jobs[i])))
+            # Each handler goes first in turn: none always follows the same one.
+            shift = i % len(turns)
+            row = {name: turn() for name, turn in turns[shift:] + turns[:shift]}
             if i >= args.warmup:
                 for name, sample in row.items():
                     results.setdefault(name, []).append(sample)
