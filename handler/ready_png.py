@@ -58,8 +58,10 @@ def _header(data: bytes, max_pixels: int) -> PngHeader | None:
 
 
 def _image_data(data: bytes) -> bytes | None:
-    """The IDAT chunks' data joined, if every chunk's CRC holds and IEND ends the file."""
+    """The IDAT chunks' data joined, if every chunk's CRC holds, the IDATs follow one another
+    and IEND ends the file."""
     parts: list[bytes] = []
+    previous = b""
     position = len(SIGNATURE)
     while position + 12 <= len(data):
         (length,) = struct.unpack(">I", data[position : position + 4])
@@ -73,8 +75,12 @@ def _image_data(data: bytes) -> bytes | None:
         if kind == b"IEND":
             return b"".join(parts) if end == len(data) and parts else None
         if kind == b"IDAT":
+            if parts and previous != b"IDAT":
+                return None  # image data split by another chunk
             parts.append(body)
-        position = end
+        elif kind == b"IHDR" and position != len(SIGNATURE):
+            return None  # a second header
+        previous, position = kind, end
     return None
 
 

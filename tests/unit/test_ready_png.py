@@ -148,3 +148,22 @@ def test_whatever_the_fast_path_accepts_pillow_decodes_alike(position, value):
     image = Image.open(io.BytesIO(bytes(data)))
     image.load()
     assert (image.size, image.mode, getattr(image, "n_frames", 1)) == (size, "RGBA", 1)
+
+
+def test_image_data_split_by_another_chunk_or_a_second_header_is_not_passed_on():
+    raw = bytes(2 * (1 + 4 * 3))
+    stream = zlib.compress(raw)
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 2, 8, 2, 0, 0, 0))
+    split = (
+        SIGNATURE
+        + header
+        + chunk(b"IDAT", stream[:5])
+        + chunk(b"tEXt", b"k\x00v")
+        + chunk(b"IDAT", stream[5:])
+        + chunk(b"IEND", b"")
+    )
+    twice = SIGNATURE + header + header + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
+    assert ready_png_size(split, CAP) is None
+    assert ready_png_size(twice, CAP) is None
+    together = split.replace(chunk(b"tEXt", b"k\x00v"), b"")
+    assert ready_png_size(together, CAP) == (4, 2)
