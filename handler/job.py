@@ -198,7 +198,7 @@ def follow(
                 state = _merge(state, state_from_history(prompt_id, ctx.comfy.history(prompt_id)))
                 heard_at = time.monotonic()
             continue
-        except (websocket.WebSocketException, OSError):
+        except (websocket.WebSocketException, OSError, UnicodeDecodeError):  # (no UTF-8 check)
             log.warning("prompt %s: websocket dropped, polling /history", prompt_id)
             return poll_history(ctx, prompt_id, deadline, progress), []
         heard_at = time.monotonic()

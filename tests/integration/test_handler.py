@@ -452,3 +452,24 @@ def test_the_output_record_comes_from_the_websocket_without_a_history_call(comfy
     assert "error" not in output, output
     assert "/view" in comfy_paths(comfy_server)
     assert not any(path.startswith("/history") for path in comfy_paths(comfy_server))
+
+
+class UndecodableFrames:
+    """A websocket whose text frame is not UTF-8 (the client no longer checks that itself)."""
+
+    def settimeout(self, timeout_s: float) -> None:
+        pass
+
+    def recv(self) -> str:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+
+def test_a_text_frame_that_is_not_utf8_falls_back_to_history(comfy_server):
+    from handler.job import follow
+    from handler.run_state import Phase
+
+    worker = make_worker(comfy_server)
+    prompt_id = run(worker, TEST_INPUT)["prompt_id"]  # a finished prompt, in /history
+    deadline = time.monotonic() + 10
+    state, saved = follow(worker.context, UndecodableFrames(), prompt_id, deadline, print)
+    assert (state.phase, saved) == (Phase.SUCCEEDED, [])
