@@ -60,6 +60,9 @@ class Worker:
     def __init__(self, settings: HandlerSettings, workflow: Workflow, report: ProgressSink) -> None:
         self.settings = settings
         session = requests.Session()
+        # ComfyUI is the worker's own: no proxy variables or ~/.netrc, which requests would
+        # otherwise read again on every call (a few ms a job).
+        session.trust_env = False
         self.context = JobContext(
             settings=settings,
             comfy=ComfyClient(settings.comfy_api_url, session, settings.comfy_http_timeout_s),
@@ -159,9 +162,10 @@ class Worker:
         except InvalidInput as exc:
             log.warning("job %s failed: %s", job.get("id", "local"), exc)
             return {"error": str(exc)}
-        if not self._started:  # off the loop: the report may be an HTTP call to RunPod
+        if not self._started:  # once started, no thread hop per job
+            # off the loop: the report may be an HTTP call to RunPod
             await asyncio.to_thread(self._report, job, starting_payload())
-        await asyncio.to_thread(self.start_up)
+            await asyncio.to_thread(self.start_up)
         self.context.stop.clear()  # here, not in the thread: a stop from now on is kept
         running = asyncio.ensure_future(asyncio.to_thread(self._handle, job))
         try:
