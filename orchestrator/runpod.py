@@ -30,6 +30,8 @@ class RunPodJob:
     status: str
     output: Any = None
     error: str | None = None
+    delay_time: object = None  # ms in RunPod's queue (`delayTime`), when reported
+    execution_time: object = None  # ms of the worker's run (`executionTime`), when reported
 
     @property
     def finished(self) -> bool:
@@ -121,6 +123,8 @@ def parse_status(job_id: str, answer: object) -> RunPodJob:
         status=answer["status"],
         output=answer.get("output"),
         error=str(error) if error is not None else None,
+        delay_time=answer.get("delayTime"),
+        execution_time=answer.get("executionTime"),
     )
 
 

@@ -250,3 +250,15 @@ FROM generation_jobs j
 JOIN works w ON w.id = j.work_id
 ORDER BY j.created_at DESC
 LIMIT %(limit)s;
+
+-- name: record_timings
+-- Stage durations in ms (orchestrator/timings.py), merged into what earlier writes recorded, with
+-- the claim wait from the row's own clock: from when the job was due to when it was last claimed.
+-- Fenced by the lease; a finished job keeps its holder, so finalize's own time can still be added.
+UPDATE generation_jobs
+SET timings = coalesce(timings, '{}'::jsonb) || %(timings)s || jsonb_build_object(
+        'claim',
+        greatest(0, round(extract(epoch FROM taken_at - greatest(created_at, not_before)) * 1000))::bigint
+    )
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND taken_at IS NOT NULL
+RETURNING id;
