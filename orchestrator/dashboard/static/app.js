@@ -192,17 +192,21 @@
       segment.title = `${label}: ${duration(ms / 1000)}`;
       return segment;
     }));
-    parts.total.textContent = known.length ? duration(total / 1000) : "";
+    parts.timeline.hidden = known.length === 0;
+    parts.total.textContent = known.length ? `${duration(total / 1000)} in stages` : "";
   }
 
   function drawJob(parts, job) {
     drawThumb(parts, job);
     parts.title.textContent = job.title ?? "";
-    parts.age.textContent = duration(job.age_s);
+    const ended = job.finished_at !== null;
+    parts.age.textContent = `${ended ? "took" : "for"} ${duration(job.age_s)}`;
     drawStatus(parts, job);
     drawPrompt(parts, job);
     parts.progress.textContent = progressText(job);
-    parts.fill.style.width = `${Math.round(progressFraction(job) * 100)}%`;
+    const fraction = progressFraction(job);
+    parts.fill.style.width = `${Math.round(fraction * 100)}%`;
+    parts.fill.parentElement.hidden = fraction === 0 && !job.progress;
     drawTimeline(parts, job);
   }
 
