@@ -232,3 +232,19 @@ def test_a_job_through_the_flow_records_every_stage_duration(
 
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
+
+
+def test_a_job_runpod_failed_keeps_the_durations_up_to_its_end(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    worker = ScriptedWorker(output={"error": "Processing failed: SamplerCustomAdvanced: boom"})
+    endpoint = endpoint_for(worker)
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+
+    outcome = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+
+    assert outcome is Outcome.FAILED
+    shown = get(migrated_url, "/dashboard.json").json()["jobs"][0]
+    assert (shown["job_id"], shown["status"]) == (job_id, "failed")
+    assert shown["error"] == "Processing failed: SamplerCustomAdvanced: boom"
+    assert list(shown["timings"]) == ["claim", "translate", "submit", "runpod_queue", "gpu"]
