@@ -20,11 +20,12 @@ STATIC = {
     "/dashboard/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 # User prompts are hostile input: the page sets text only through textContent, and the policy
-# below refuses any script or style the page did not ship, should one ever slip through.
+# below refuses any script or style the page did not ship, should one ever slip through. Images
+# may come from another origin (Supabase Storage, or PUBLIC_BASE_URL's host).
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-        "img-src 'self' https: data:; base-uri 'none'; form-action 'none'; "
+        "img-src 'self' http: https: data:; base-uri 'none'; form-action 'none'; "
         "frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
