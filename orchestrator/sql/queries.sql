@@ -255,12 +255,14 @@ LIMIT %(limit)s;
 -- Stage durations in ms (orchestrator/timings.py), merged into what earlier writes recorded, with
 -- the claim wait from the row's own clock: from when the job was due to when it was last claimed.
 -- Fenced by the lease; a finished job keeps its holder, so finalize's own time can still be added.
+-- A row without taken_at (set taken by hand, say) gets no claim time, but its other timings.
 UPDATE generation_jobs
-SET timings = coalesce(timings, '{}'::jsonb) || %(timings)s || jsonb_build_object(
-        'claim',
-        greatest(0, round(extract(epoch FROM taken_at - greatest(created_at, not_before)) * 1000))::bigint
-    )
-WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND taken_at IS NOT NULL
+SET timings = coalesce(timings, '{}'::jsonb) || %(timings)s || CASE
+        WHEN taken_at IS NULL THEN '{}'::jsonb
+        ELSE jsonb_build_object('claim', greatest(0, round(
+            extract(epoch FROM taken_at - greatest(created_at, not_before)) * 1000))::bigint)
+    END
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s
 RETURNING id;
 
 -- ---------------------------------------------------------------- the dashboard (read only)
