@@ -277,15 +277,21 @@ SET LOCAL statement_timeout = 2000;
 -- name: dashboard_queue
 -- Unfinished jobs by where they stand (pending; taken = claimed; processing = on RunPod), with
 -- how long since they were asked for; `delayed` are pending ones waiting out a retry delay.
-WITH open_jobs AS (
+-- One branch per status, so each reads its partial index (the live queue, not the history).
+WITH unfinished AS (
+    SELECT work_id, status, created_at, not_before FROM generation_jobs WHERE status = 'pending'
+    UNION ALL
+    SELECT work_id, status, created_at, not_before FROM generation_jobs WHERE status = 'taken'
+),
+open_jobs AS (
     SELECT CASE WHEN j.status = 'pending' THEN 'pending'
                 WHEN w.status = 'processing' THEN 'processing'
                 ELSE 'taken' END AS stage,
            extract(epoch FROM now() - j.created_at)::float8 AS age_s,
            j.status = 'pending' AND j.not_before > now() AS delayed
-    FROM generation_jobs j
+    FROM unfinished j
     JOIN works w ON w.id = j.work_id
-    WHERE w.template_id = %(template_id)s AND j.status IN ('pending', 'taken')
+    WHERE w.template_id = %(template_id)s
 )
 SELECT stage, count(*) AS jobs, max(age_s) AS oldest_s,
        count(*) FILTER (WHERE delayed) AS delayed,
