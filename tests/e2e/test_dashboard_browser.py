@@ -21,11 +21,11 @@ SEEN_WITHIN_MS = 15_000
 TOKEN = "browser-dashboard-token-42"
 
 
-def chromium() -> Path:
+def chromium(path: Path = CHROMIUM) -> Path:
     """The system's Chromium; a skip on a developer's machine without it, a failure in CI."""
-    if CHROMIUM.is_file():
-        return CHROMIUM
-    reason = f"no Chromium at {CHROMIUM}: apt-get install -y --no-install-recommends chromium"
+    if path.is_file():
+        return path
+    reason = f"no Chromium at {path}: apt-get install -y --no-install-recommends chromium"
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so the browser test may not skip)")
     pytest.skip(reason)
@@ -129,3 +129,13 @@ def test_the_token_in_the_address_lets_the_browser_in_and_leaves_it(browser, ser
     assert [(c["httpOnly"], c["sameSite"]) for c in cookies] == [(True, "Strict")]
     assert TOKEN not in cookies[0]["value"]
     assert watched.page.evaluate("document.cookie") == ""  # HttpOnly: no script can read it
+
+
+def test_without_chromium_a_developer_skips_and_ci_fails(monkeypatch, tmp_path):
+    missing = tmp_path / "no-chromium"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install"):
+        chromium(missing)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI is set"):
+        chromium(missing)
