@@ -1,4 +1,5 @@
-"""The orchestrator's HTTP face: intake webhook, RunPod's completion webhook, health, metrics.
+"""The orchestrator's HTTP face: intake webhook, RunPod's completion webhook, health, metrics,
+and the dashboard (orchestrator/dashboard/).
 
 Webhooks only wake the claimer; the database decides what happens, so duplicates are harmless.
 """
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from starlette.requests import ClientDisconnect
 
+from orchestrator.dashboard.routes import add_dashboard
 from orchestrator.db import Database, Row
 from orchestrator.errors import ConfigError
 from orchestrator.metrics import Metrics
@@ -186,11 +188,15 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app; `storage_root` serves LocalStorage's files under /storage.
 
-    Raises ConfigError when WEBHOOK_SECRET or METRICS_TOKEN is set but empty.
+    Raises ConfigError when WEBHOOK_SECRET, METRICS_TOKEN or DASHBOARD_TOKEN is set but empty.
     """
     app = FastAPI(title="Klein I2I orchestrator", docs_url=None, redoc_url=None)
     secret = configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
     metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
+    dashboard_token = configured_secret(settings.dashboard_token, "DASHBOARD_TOKEN")
+    add_dashboard(
+        app, db, settings.klein_template_id, dashboard_token, jobs=settings.dashboard_jobs
+    )
 
     @app.post("/webhook/klein_i2i")
     async def intake(request: Request) -> JSONResponse:

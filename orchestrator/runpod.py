@@ -59,6 +59,8 @@ class RunPodJob:
     output: Any = None
     error: str | None = None
     progress: Progress | None = None
+    delay_time: object = None  # ms in RunPod's queue (`delayTime`), when reported
+    execution_time: object = None  # ms of the worker's run (`executionTime`), when reported
 
     @property
     def finished(self) -> bool:
@@ -151,6 +153,8 @@ def parse_status(job_id: str, answer: object) -> RunPodJob:
         output=answer.get("output"),
         error=str(error) if error is not None else None,
         progress=parse_progress(answer["status"], answer.get("output")),
+        delay_time=answer.get("delayTime"),
+        execution_time=answer.get("executionTime"),
     )
 
 

@@ -103,6 +103,7 @@ async def check_schema(db: Database) -> None:
 def check_http_face(settings: Settings, address: Address) -> None:
     """Refuse blank secrets (a ConfigError); warn when /metrics is open beyond this machine."""
     configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
+    configured_secret(settings.dashboard_token, "DASHBOARD_TOKEN")
     metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
     if metrics_token is None and not is_loopback(address.host):
         log.warning(

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     # base64 image, several MB), so its body cap is large but still a cap.
     metrics_token: SecretStr | None = None
     runpod_webhook_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # The dashboard at `/` (orchestrator/dashboard/): with DASHBOARD_TOKEN set, whoever presents
+    # it; unset, clients on this machine only. DASHBOARD_JOBS: how many latest jobs it lists.
+    dashboard_token: SecretStr | None = None
+    dashboard_jobs: int = Field(default=50, ge=1, le=500)
 
     @property
     def uses_supabase_storage(self) -> bool:

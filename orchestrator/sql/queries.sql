@@ -359,3 +359,96 @@ JOIN works w ON w.id = j.work_id
 WHERE j.id = %(id)s OR w.id = %(id)s
 ORDER BY j.created_at DESC
 LIMIT 50;
+
+-- name: record_timings
+-- Stage durations in ms (orchestrator/timings.py), merged into what earlier writes recorded, with
+-- the claim wait from the row's own clock: from when the job was due to when it was last claimed.
+-- Fenced by the lease; a finished job keeps its holder, so finalize's own time can still be added.
+-- A row without taken_at (set taken by hand, say) gets no claim time, but its other timings.
+UPDATE generation_jobs
+SET timings = coalesce(timings, '{}'::jsonb) || %(timings)s || CASE
+        WHEN taken_at IS NULL THEN '{}'::jsonb
+        ELSE jsonb_build_object('claim', greatest(0, round(
+            extract(epoch FROM taken_at - greatest(created_at, not_before)) * 1000))::bigint)
+    END
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s
+RETURNING id;
+
+-- ---------------------------------------------------------------- the dashboard (read only)
+
+-- name: dashboard_read_only
+SET TRANSACTION READ ONLY;
+
+-- name: dashboard_deadline
+-- The dashboard's reads give up after two seconds rather than pile up behind a busy database.
+SET LOCAL statement_timeout = 2000;
+
+-- name: dashboard_queue
+-- Unfinished jobs by where they stand (pending; taken = claimed; processing = on RunPod), with
+-- how long since they were asked for; `delayed` are pending ones waiting out a retry delay.
+-- One branch per status, so each reads its partial index (the live queue, not the history).
+WITH unfinished AS (
+    SELECT work_id, status, created_at, not_before FROM generation_jobs WHERE status = 'pending'
+    UNION ALL
+    SELECT work_id, status, created_at, not_before FROM generation_jobs WHERE status = 'taken'
+),
+open_jobs AS (
+    SELECT CASE WHEN j.status = 'pending' THEN 'pending'
+                WHEN w.status = 'processing' THEN 'processing'
+                ELSE 'taken' END AS stage,
+           extract(epoch FROM now() - j.created_at)::float8 AS age_s,
+           j.status = 'pending' AND j.not_before > now() AS delayed
+    FROM unfinished j
+    JOIN works w ON w.id = j.work_id
+    WHERE w.template_id = %(template_id)s
+)
+SELECT stage, count(*) AS jobs, max(age_s) AS oldest_s,
+       count(*) FILTER (WHERE delayed) AS delayed,
+       count(*) FILTER (WHERE age_s < 60) AS under_1m,
+       count(*) FILTER (WHERE age_s >= 60 AND age_s < 300) AS from_1m_to_5m,
+       count(*) FILTER (WHERE age_s >= 300 AND age_s < 900) AS from_5m_to_15m,
+       count(*) FILTER (WHERE age_s >= 900) AS over_15m
+FROM open_jobs
+GROUP BY stage;
+
+-- name: dashboard_latest_jobs
+-- The latest jobs, newest first, with what a person wants to see of each (never the input image).
+SELECT j.id AS job_id, w.id AS work_id, j.status AS job_status, w.status AS work_status,
+       w.title, coalesce(f.file_url, w.output_data_json->>'image_url') AS thumbnail_url,
+       coalesce(w.generation_metadata->>'original_prompt', w.input_data->>'prompt') AS prompt,
+       w.generation_metadata->>'prompt' AS sent_prompt,
+       w.generation_metadata->>'translation' AS translation,
+       w.progress, j.timings, coalesce(w.error_message, j.last_error) AS error,
+       j.attempts, j.retries, j.created_at, j.finished_at,
+       extract(epoch FROM coalesce(j.finished_at, now()) - j.created_at)::float8 AS age_s
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+LEFT JOIN files f ON f.id = w.thumbnail_file_id
+WHERE w.template_id = %(template_id)s
+ORDER BY j.created_at DESC
+LIMIT %(limit)s;
+
+-- name: dashboard_failures
+-- Why works failed in the window, the most common reason first.
+SELECT coalesce(nullif(w.error_message, ''), 'no reason recorded') AS reason,
+       count(*) AS works, max(w.failed_at) AS last_at
+FROM works w
+WHERE w.template_id = %(template_id)s AND w.status = 'failed'
+  AND w.failed_at > now() - make_interval(secs => %(window_s)s)
+GROUP BY 1
+ORDER BY works DESC, last_at DESC
+LIMIT %(limit)s;
+
+-- name: dashboard_throughput
+-- Jobs that ended in the window, and the latency (asked for to finished) of the completed ones.
+SELECT count(*) FILTER (WHERE j.status = 'completed') AS completed,
+       count(*) FILTER (WHERE j.status = 'failed') AS failed,
+       count(*) FILTER (WHERE j.status = 'cancelled') AS cancelled,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))
+           FILTER (WHERE j.status = 'completed') AS p50_s,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))
+           FILTER (WHERE j.status = 'completed') AS p95_s
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE w.template_id = %(template_id)s
+  AND j.finished_at > now() - make_interval(secs => %(window_s)s);
