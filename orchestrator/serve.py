@@ -45,6 +45,9 @@ class Address:
         return f"http://{host}:{self.port}"
 
 
+LISTEN_BACKLOG = 2048  # uvicorn's default
+
+
 def bind(address: Address) -> socket.socket:
     """The listening socket, bound before anything else starts; a busy or refused address is a
     ConfigError in one sentence."""
@@ -58,6 +61,9 @@ def bind(address: Address) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(where)
+        # Listening now, not when uvicorn starts: "serving on" is logged before the server task
+        # runs, and a client that connects meanwhile waits in the backlog instead of being refused.
+        sock.listen(LISTEN_BACKLOG)
     except (OSError, OverflowError) as exc:
         sock.close()
         if getattr(exc, "errno", None) == errno.EADDRINUSE:
