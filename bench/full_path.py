@@ -1,0 +1,358 @@
+"""The full path at production load: N jobs inserted at once, each translated, submitted,
+awaited, stored, titled and finalized by a real `klein serve` (a subprocess, whose memory is
+measured), against protocol-level fakes with realistic latencies.
+
+The fakes (bench/fakes.py, threads of this process): OpenRouter answering a translation in
+0.2 s and a vision title in 0.3 s; Supabase Storage answering an upload in 0.05 s; RunPod's
+client API, whose jobs run 2 s of "GPU" from their `/run` (unlimited workers, no queue) and
+complete with a 1168x880 photo-like PNG (base64 in `output.image`, the handler's output contract),
+sent again to the job's completion webhook when the orchestrator asked for one (`--mode webhook`:
+PUBLIC_BASE_URL set) or only polled for (`--mode polling`). Prompts are Korean, so every job is
+translated and titled. PostgreSQL is real (a fresh database). MAX_IN_FLIGHT is the job count
+unless `--max-in-flight` says otherwise.
+
+Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
+overhead p50/p95/p99 (created -> completed, less the fakes' own 2.55 s); completion detection
+delay p50/p95 (a RunPod job finished -> the first `/status` answer that says so, both on the
+fake's clock); peak RSS (the kernel's VmHWM of klein serve) and its RSS once ready; the most
+RunPod `/status` calls in any 10 s; klein serve's CPU seconds. Correctness: every job completed
+once, titled by the model, with its files row and stored PNG of the output's size; otherwise the
+exit status is 1.
+
+Left out: RunPod's queue, cold starts and worker limits; the network (everything is on
+127.0.0.1, so no TLS and no bandwidth limits); the web app reading results; the fakes share this
+process and the machine's cores with klein serve.
+
+    .venv/bin/python -m bench.full_path --jobs 200 [--mode polling|webhook] [--repeat 3]
+    .venv/bin/python -m bench.full_path --jobs 1000 --mode polling --py-spy /tmp/profile.svg
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from bench.benchkit import (
+    DEFAULT_SERVER,
+    BenchError,
+    insert_jobs,
+    new_jobs,
+    percentile,
+    print_table,
+    scratch_database,
+    spread,
+)
+from bench.fakes import RunPodServer, SlowOpenRouter, SlowStorage, photo_png
+from bench.figures import (
+    JobRow,
+    Latencies,
+    detection_delays,
+    job_problem,
+    max_in_window,
+    overheads,
+)
+from bench.pipeline_latency import Serve, free_port, serve_env
+from tests.fakes.openrouter import DEFAULT_API_KEY, IMAGE_TITLE
+from tests.fakes.storage import DEFAULT_SERVICE_KEY
+
+OUTPUT_SIZE = (1168, 880)
+ENDPOINT_ID = "bench"
+BUCKET = "works"
+PROMPT = {"prompt": "배경을 해변으로 바꿔줘", "image_url": "https://example.com/photo.png"}
+DB_POLL_S = 0.2
+STATUS_WINDOW_S = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run's shape."""
+
+    jobs: int
+    mode: str
+    latencies: Latencies
+    max_in_flight: int
+    poll_min_interval_s: float | None
+    timeout_s: float
+    py_spy: Path | None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One run's numbers (seconds unless named otherwise)."""
+
+    completed: int
+    jobs_per_s: float
+    overhead: list[float]
+    detection: list[float]
+    peak_rss_mb: float
+    ready_rss_mb: float
+    status_per_10s: int
+    cpu_s: float
+
+
+@dataclass
+class Stack:
+    """What one run drives."""
+
+    url: str
+    serve: Serve
+    runpod: RunPodServer
+    openrouter: SlowOpenRouter
+    storage: SlowStorage
+    db: psycopg.Connection[tuple[object, ...]]
+
+
+def serve_settings(config: Config, s_runpod: str, s_llm: str, s_storage: str) -> dict[str, str]:
+    """klein serve's environment for the fakes (the database and port are added later)."""
+    env = {
+        "RUNPOD_API_BASE": s_runpod,
+        "RUNPOD_ENDPOINT_ID": ENDPOINT_ID,
+        "RUNPOD_API_KEY": "bench-runpod-key",
+        "OPENROUTER_API_KEY": DEFAULT_API_KEY,
+        "OPENROUTER_BASE_URL": s_llm,
+        "STORAGE_BACKEND": "supabase",
+        "SUPABASE_URL": s_storage,
+        "SUPABASE_SERVICE_ROLE_KEY": DEFAULT_SERVICE_KEY,
+        "MAX_IN_FLIGHT": str(config.max_in_flight),
+        "WORKER_ID": "bench-full-path",
+    }
+    if config.poll_min_interval_s is not None:
+        env["POLL_MIN_INTERVAL_S"] = str(config.poll_min_interval_s)
+    return env
+
+
+@contextmanager
+def stack(config: Config, server: str, png: bytes) -> Iterator[Stack]:
+    """Database, fakes and klein serve, all stopped and removed afterwards, even on error."""
+    lat = config.latencies
+    with ExitStack() as stack_:
+        url = stack_.enter_context(scratch_database(server))
+        tmp = Path(stack_.enter_context(tempfile.TemporaryDirectory(prefix="klein-full-")))
+        runpod = stack_.enter_context(RunPodServer(ENDPOINT_ID, lat.gpu_s, png, OUTPUT_SIZE))
+        llm = stack_.enter_context(SlowOpenRouter(lat.translate_s, lat.title_s))
+        storage = stack_.enter_context(SlowStorage(lat.storage_s))
+        port = free_port()
+        env = {"DATABASE_URL": url} | serve_settings(config, runpod.api_base, llm.base_url, storage.url)
+        if config.mode == "webhook":
+            env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+        serve = Serve(serve_env(env), tmp / "klein-serve.log", port)
+        stack_.callback(serve.stop)
+        try:
+            serve.wait_ready()
+            db = stack_.enter_context(psycopg.connect(url, autocommit=True))
+            yield Stack(url, serve, runpod, llm, storage, db)
+        except BaseException:
+            print(f"klein serve's log (end):\n{serve.log_tail()}", file=sys.stderr)
+            raise
+
+
+def rss_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/<pid>/status (VmRSS: now; VmHWM: the peak so far), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"/proc/{pid}/status has no {field}")
+
+
+@contextmanager
+def py_spy(target: Path | None, pid: int) -> Iterator[None]:
+    """`py-spy record` on klein serve for the block, when asked for (`--py-spy FILE`)."""
+    if target is None:
+        yield
+        return
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    command = [exe, "record", "--pid", str(pid), "--rate", "50", "-o", str(target)]
+    if target.suffix == ".txt":
+        command += ["--format", "raw"]
+    recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        try:
+            recorder.wait(60)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.wait(10)
+
+
+def wait_finished(s: Stack, count: int, timeout_s: float) -> None:
+    """Until `count` works are finished (completed or failed), within the deadline."""
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    while time.monotonic() < deadline:
+        row = s.db.execute(
+            "SELECT count(*) FROM works WHERE status IN ('completed', 'failed', 'cancelled')"
+        ).fetchone()
+        done = int(row[0]) if row else 0
+        if done >= count:
+            return
+        if s.serve.process.poll() is not None:
+            raise BenchError(f"klein serve exited with {s.serve.process.returncode}")
+        time.sleep(DB_POLL_S)
+    print(f"full path: only {done} of {count} jobs finished within {timeout_s:g} s", file=sys.stderr)
+
+
+ROWS_SQL = """
+SELECT w.status, j.status, j.attempts, w.title, f.width, f.height, f.path,
+       extract(epoch FROM w.completed_at), extract(epoch FROM w.created_at)
+FROM generation_jobs j JOIN works w ON w.id = j.work_id
+LEFT JOIN files f ON f.id = w.output_file_id
+"""
+
+
+def collect(s: Stack) -> tuple[list[JobRow], list[float], float | None]:
+    """Each job's rows, the completed ones' created -> completed, and the last completion."""
+    rows, end_to_end, last = [], [], None
+    for w_status, j_status, attempts, title, width, height, path, done, created in s.db.execute(
+        ROWS_SQL
+    ):
+        size = (int(width), int(height)) if width is not None else None
+        stored = s.storage.stored_size(BUCKET, str(path)) if path else None
+        rows.append(JobRow(str(w_status), str(j_status), int(attempts), title, size, stored))
+        if done is not None:
+            end_to_end.append(float(done) - float(created))
+            last = max(last or 0.0, float(done))
+    return rows, end_to_end, last
+
+
+def run_once(config: Config, server: str, png: bytes) -> Figures:
+    """Start everything, insert the jobs at once, wait, measure, check, stop everything."""
+    with stack(config, server, png) as s:
+        pid = s.serve.process.pid
+        ready_rss = rss_mb(pid, "VmRSS")
+        cpu_start = s.serve.cpu_s()
+        with py_spy(config.py_spy, pid):
+            with s.db.transaction():
+                insert_jobs(s.db, new_jobs(config.jobs), PROMPT)
+            committed = time.time()
+            wait_finished(s, config.jobs, config.timeout_s)
+        cpu_s = s.serve.cpu_s() - cpu_start
+        peak_rss = rss_mb(pid, "VmHWM")
+        rows, end_to_end, last = collect(s)
+        log = s.runpod.log
+        problems = [p for row in rows if (p := job_problem(row, OUTPUT_SIZE, IMAGE_TITLE))]
+        report_problems(problems, len(rows), config.jobs, s)
+        runs = list(log.runs.values())
+        return Figures(
+            completed=len(end_to_end),
+            jobs_per_s=len(end_to_end) / (last - committed) if last else 0.0,
+            overhead=overheads(end_to_end, config.latencies),
+            detection=detection_delays([(r.finish_at, r.seen_finished_at) for r in runs]),
+            peak_rss_mb=peak_rss,
+            ready_rss_mb=ready_rss,
+            status_per_10s=max_in_window(log.status_times, STATUS_WINDOW_S),
+            cpu_s=cpu_s,
+        )
+
+
+def report_problems(problems: list[str], rows: int, jobs: int, s: Stack) -> None:
+    """BenchError naming the first problems, when any job did not complete as it should."""
+    if rows != jobs:
+        problems.append(f"{rows} job rows for {jobs} jobs inserted")
+    translations, titles = s.openrouter.counts()
+    if translations < jobs:
+        problems.append(f"{translations} translation request(s) for {jobs} Korean prompts")
+    if not problems:
+        return
+    shown = "\n  ".join(problems[:10])
+    raise BenchError(
+        f"correctness check failed ({len(problems)} problem(s)):\n  {shown}\n"
+        f"klein serve's log (end):\n{s.serve.log_tail()}"
+    )
+
+
+def ms(values: list[float]) -> str:
+    """Milliseconds, median (min-max) over runs."""
+    return spread([v * 1000 for v in values])
+
+
+def report(config: Config, runs: list[Figures]) -> None:
+    """The results table: each figure as median (min-max) over the runs."""
+    pct = lambda pick, f: ms([percentile(pick(r), f) for r in runs])  # noqa: E731
+    print_table(
+        f"full path: {config.jobs} jobs at once, {config.mode}, MAX_IN_FLIGHT="
+        f"{config.max_in_flight}, fakes {config.latencies.total_s:g} s/job, "
+        f"{OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]} PNG outputs, {len(runs)} run(s)",
+        [
+            ("completed", spread([float(r.completed) for r in runs])),
+            ("jobs/s", spread([r.jobs_per_s for r in runs])),
+            ("overhead p50 ms", pct(lambda r: r.overhead, 0.5)),
+            ("overhead p95 ms", pct(lambda r: r.overhead, 0.95)),
+            ("overhead p99 ms", pct(lambda r: r.overhead, 0.99)),
+            ("detection p50 ms", pct(lambda r: r.detection, 0.5)),
+            ("detection p95 ms", pct(lambda r: r.detection, 0.95)),
+            ("peak RSS MB", spread([r.peak_rss_mb for r in runs])),
+            ("RSS once ready MB", spread([r.ready_rss_mb for r in runs])),
+            ("max /status per 10 s", spread([float(r.status_per_10s) for r in runs])),
+            ("klein serve CPU s", spread([r.cpu_s for r in runs])),
+            ("check", "every job completed once, titled, files row and stored PNG: OK"),
+        ],
+    )
+    print(
+        "left out: RunPod's queue and cold starts, the network (all on 127.0.0.1), "
+        "the web app's reads; the fakes share this machine's cores"
+    )
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.full_path", description=__doc__.split("\n")[0]
+    )
+    add = parser.add_argument
+    add("--jobs", type=int, default=200, help="jobs inserted at once (200)")
+    add("--mode", choices=("polling", "webhook"), default="webhook", help="RunPod detection")
+    add("--gpu-s", type=float, default=2.0, help="each RunPod job's run time (2)")
+    add("--translate-s", type=float, default=0.2, help="OpenRouter translation latency (0.2)")
+    add("--title-s", type=float, default=0.3, help="OpenRouter vision title latency (0.3)")
+    add("--storage-s", type=float, default=0.05, help="Storage upload latency (0.05)")
+    add("--max-in-flight", type=int, help="MAX_IN_FLIGHT (default: --jobs)")
+    add("--poll-min-interval-s", type=float, help="POLL_MIN_INTERVAL_S (klein's default)")
+    add("--timeout-s", type=float, default=300.0, help="deadline for all jobs to finish (300)")
+    add("--repeat", type=int, default=1, help="runs, each with a fresh database and serve (1)")
+    add("--py-spy", type=Path, help="record a py-spy profile of klein serve to this file")
+    add("--server", default=DEFAULT_SERVER, help="PostgreSQL server for the scratch database")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.repeat < 1:
+        parser.error("--jobs and --repeat must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, report; 1 when a check fails or a wait passes its deadline."""
+    args = arguments(argv)
+    config = Config(
+        jobs=args.jobs,
+        mode=args.mode,
+        latencies=Latencies(args.translate_s, args.gpu_s, args.storage_s, args.title_s),
+        max_in_flight=args.max_in_flight or args.jobs,
+        poll_min_interval_s=args.poll_min_interval_s,
+        timeout_s=args.timeout_s,
+        py_spy=args.py_spy,
+    )
+    png = photo_png(*OUTPUT_SIZE)
+    print(f"output PNG: {OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]}, {len(png) // 1000} KB")
+    try:
+        runs = [run_once(config, args.server, png) for _ in range(args.repeat)]
+    except (BenchError, psycopg.Error, httpx.HTTPError, RuntimeError, OSError) as exc:
+        print(f"full path: FAILED: {exc}", file=sys.stderr)
+        return 1
+    report(config, runs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
