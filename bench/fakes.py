@@ -26,7 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from devtools.background_server import BackgroundServer
 from tests.fakes.openrouter import OpenRouterServer, is_image_request
-from tests.fakes.storage import StoredObject, StorageServer
+from tests.fakes.storage import StorageServer, StoredObject
 
 PNG_HEADER_BYTES = 33  # signature + IHDR: enough to read the stored image's size back
 WEBHOOK_TIMEOUT_S = 10.0
@@ -62,7 +62,7 @@ class RunRecord:
     finish_at: float
     webhook: str | None
     seen_finished_at: float | None = None
-    webhook_sent_at: float | None = None
+    webhook_sent_at: float | None = None  # when the orchestrator answered it with 200
     status_calls: int = 0
     cancelled: bool = False
 
@@ -182,8 +182,10 @@ class RunPodServer(BackgroundServer):
         except (aiohttp.ClientError, TimeoutError):
             ok = False
         with self._lock:
-            record.webhook_sent_at = time.time()
-            self.log.webhook_failures += 0 if ok else 1
+            if ok:
+                record.webhook_sent_at = time.time()
+            else:
+                self.log.webhook_failures += 1
 
 
 class SlowOpenRouter(OpenRouterServer):
@@ -225,7 +227,8 @@ class SlowStorage(StorageServer):
         with self._lock:
             stored = self.objects.get(key)
             if stored is not None:
-                self.objects[key] = StoredObject(stored.data[:PNG_HEADER_BYTES], stored.content_type)
+                header = stored.data[:PNG_HEADER_BYTES]
+                self.objects[key] = StoredObject(header, stored.content_type)
         return answer
 
     def stored_size(self, bucket: str, path: str) -> tuple[int, int] | None:

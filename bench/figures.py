@@ -42,8 +42,15 @@ def overheads(end_to_end_s: Sequence[float], services: Latencies) -> list[float]
 
 def detection_delays(finished_and_seen: Sequence[tuple[float, float | None]]) -> list[float]:
     """For each RunPod job that finished and was seen finished: from the moment it finished to
-    the first `/status` answer that said so (the webhook only wakes that call)."""
+    the moment the orchestrator learnt it (a `/status` answer saying so, or the completion
+    webhook's answer), whichever came first."""
     return [seen - finished for finished, seen in finished_and_seen if seen is not None]
+
+
+def first_seen(*moments: float | None) -> float | None:
+    """The earliest of the moments that happened (None: none did)."""
+    happened = [moment for moment in moments if moment is not None]
+    return min(happened) if happened else None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from bench.figures import (
     JobRow,
     Latencies,
     detection_delays,
+    first_seen,
     job_problem,
     max_in_window,
     overheads,
@@ -86,6 +87,7 @@ class Config:
     poll_min_interval_s: float | None
     timeout_s: float
     py_spy: Path | None
+    extra_env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,12 @@ class Figures:
     jobs_per_s: float
     overhead: list[float]
     detection: list[float]
+    status_seen: list[float]
     peak_rss_mb: float
     ready_rss_mb: float
     status_per_10s: int
     cpu_s: float
+    stages: dict[str, float]
 
 
 @dataclass
@@ -130,7 +134,7 @@ def serve_settings(config: Config, s_runpod: str, s_llm: str, s_storage: str) ->
     }
     if config.poll_min_interval_s is not None:
         env["POLL_MIN_INTERVAL_S"] = str(config.poll_min_interval_s)
-    return env
+    return env | dict(config.extra_env)
 
 
 @contextmanager
@@ -144,7 +148,8 @@ def stack(config: Config, server: str, png: bytes) -> Iterator[Stack]:
         llm = stack_.enter_context(SlowOpenRouter(lat.translate_s, lat.title_s))
         storage = stack_.enter_context(SlowStorage(lat.storage_s))
         port = free_port()
-        env = {"DATABASE_URL": url} | serve_settings(config, runpod.api_base, llm.base_url, storage.url)
+        env = serve_settings(config, runpod.api_base, llm.base_url, storage.url)
+        env["DATABASE_URL"] = url
         if config.mode == "webhook":
             env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
         serve = Serve(serve_env(env), tmp / "klein-serve.log", port)
@@ -202,7 +207,7 @@ def wait_finished(s: Stack, count: int, timeout_s: float) -> None:
         if s.serve.process.poll() is not None:
             raise BenchError(f"klein serve exited with {s.serve.process.returncode}")
         time.sleep(DB_POLL_S)
-    print(f"full path: only {done} of {count} jobs finished within {timeout_s:g} s", file=sys.stderr)
+    print(f"full path: {done} of {count} jobs finished within {timeout_s:g} s", file=sys.stderr)
 
 
 ROWS_SQL = """
@@ -240,6 +245,7 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
             committed = time.time()
             wait_finished(s, config.jobs, config.timeout_s)
         cpu_s = s.serve.cpu_s() - cpu_start
+        stages = stage_means(httpx.get(f"{s.serve.base_url}/metrics", timeout=5).text)
         peak_rss = rss_mb(pid, "VmHWM")
         rows, end_to_end, last = collect(s)
         log = s.runpod.log
@@ -250,11 +256,15 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
             completed=len(end_to_end),
             jobs_per_s=len(end_to_end) / (last - committed) if last else 0.0,
             overhead=overheads(end_to_end, config.latencies),
-            detection=detection_delays([(r.finish_at, r.seen_finished_at) for r in runs]),
+            detection=detection_delays(
+                [(r.finish_at, first_seen(r.seen_finished_at, r.webhook_sent_at)) for r in runs]
+            ),
+            status_seen=detection_delays([(r.finish_at, r.seen_finished_at) for r in runs]),
             peak_rss_mb=peak_rss,
             ready_rss_mb=ready_rss,
             status_per_10s=max_in_window(log.status_times, STATUS_WINDOW_S),
             cpu_s=cpu_s,
+            stages=stages,
         )
 
 
@@ -262,7 +272,7 @@ def report_problems(problems: list[str], rows: int, jobs: int, s: Stack) -> None
     """BenchError naming the first problems, when any job did not complete as it should."""
     if rows != jobs:
         problems.append(f"{rows} job rows for {jobs} jobs inserted")
-    translations, titles = s.openrouter.counts()
+    translations, _ = s.openrouter.counts()
     if translations < jobs:
         problems.append(f"{translations} translation request(s) for {jobs} Korean prompts")
     if not problems:
@@ -272,6 +282,19 @@ def report_problems(problems: list[str], rows: int, jobs: int, s: Stack) -> None
         f"correctness check failed ({len(problems)} problem(s)):\n  {shown}\n"
         f"klein serve's log (end):\n{s.serve.log_tail()}"
     )
+
+
+def stage_means(metrics_text: str) -> dict[str, float]:
+    """Mean seconds per stage from klein serve's /metrics (klein_stage_seconds)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            prefix = f'klein_stage_seconds{suffix}{{stage="'
+            if line.startswith(prefix):
+                name, _, value = line[len(prefix) :].partition('"} ')
+                into[name] = float(value)
+    return {name: sums[name] / counts[name] for name in sums if counts.get(name)}
 
 
 def ms(values: list[float]) -> str:
@@ -294,10 +317,16 @@ def report(config: Config, runs: list[Figures]) -> None:
             ("overhead p99 ms", pct(lambda r: r.overhead, 0.99)),
             ("detection p50 ms", pct(lambda r: r.detection, 0.5)),
             ("detection p95 ms", pct(lambda r: r.detection, 0.95)),
+            ("first COMPLETED /status p50 ms", pct(lambda r: r.status_seen, 0.5)),
+            ("first COMPLETED /status p95 ms", pct(lambda r: r.status_seen, 0.95)),
             ("peak RSS MB", spread([r.peak_rss_mb for r in runs])),
             ("RSS once ready MB", spread([r.ready_rss_mb for r in runs])),
             ("max /status per 10 s", spread([float(r.status_per_10s) for r in runs])),
-            ("klein serve CPU s", spread([r.cpu_s for r in runs])),
+            ("klein serve CPU ms / job", ms([r.cpu_s / config.jobs for r in runs])),
+            *(
+                (f"  stage {name} mean ms", ms([r.stages.get(name, float("nan")) for r in runs]))
+                for name in runs[0].stages
+            ),
             ("check", "every job completed once, titled, files row and stored PNG: OK"),
         ],
     )
@@ -323,11 +352,14 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     add("--poll-min-interval-s", type=float, help="POLL_MIN_INTERVAL_S (klein's default)")
     add("--timeout-s", type=float, default=300.0, help="deadline for all jobs to finish (300)")
     add("--repeat", type=int, default=1, help="runs, each with a fresh database and serve (1)")
+    add("--set", action="append", default=[], metavar="NAME=VALUE", help="another setting")
     add("--py-spy", type=Path, help="record a py-spy profile of klein serve to this file")
     add("--server", default=DEFAULT_SERVER, help="PostgreSQL server for the scratch database")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.repeat < 1:
         parser.error("--jobs and --repeat must be at least 1")
+    if any("=" not in item for item in args.set):
+        parser.error("--set wants NAME=VALUE")
     return args
 
 
@@ -342,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         poll_min_interval_s=args.poll_min_interval_s,
         timeout_s=args.timeout_s,
         py_spy=args.py_spy,
+        extra_env=tuple(tuple(item.split("=", 1)) for item in args.set),  # type: ignore[misc]
     )
     png = photo_png(*OUTPUT_SIZE)
     print(f"output PNG: {OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]}, {len(png) // 1000} KB")

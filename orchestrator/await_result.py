@@ -19,13 +19,14 @@ log = logging.getLogger(__name__)
 async def await_result(
     job: ClaimedJob, runpod_id: str, submitted_at: datetime, deps: FlowDeps, wake: asyncio.Event
 ) -> RunPodJob:
-    """Poll RunPod (sooner when its webhook wakes us) until the job ends or the deadline passes."""
+    """Poll RunPod (sooner when its webhook wakes us) until the job ends or the deadline passes.
+    A COMPLETED answer comes back holding one of `deps.outputs`' slots (see outputs.py)."""
     settings = deps.settings
     deadline = submitted_at.timestamp() + settings.job_timeout_s
     failures = 0
     while (remaining := deadline - time.time()) > 0:
         try:
-            status = await deps.runpod.status(runpod_id)
+            status = await deps.outputs.status(lambda: deps.runpod.status(runpod_id))
             failures = 0
         except Transient as exc:
             failures += 1

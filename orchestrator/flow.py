@@ -136,7 +136,8 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcom
             reason = str(exc)
         else:
             if result.status == "COMPLETED":
-                stored = await store(job, result.output, deps)
+                async with deps.outputs.held(result):  # the output slot, until it is stored
+                    stored = await store(job, result.output, deps)
                 del result  # the output (megabytes) is not kept while the title is made
                 return await title_and_finalize(job, stored, deps)
             if not is_worker_fault(result.status, result.error):

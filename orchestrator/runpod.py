@@ -56,8 +56,11 @@ class RunPodClient:
         self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
         self._endpoint_id = endpoint_id
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._run_limit = AsyncLimiter(run_per_10s, 10)
-        self._status_limit = AsyncLimiter(status_per_10s, 10)
+        # A tenth per second, not the whole budget per 10 s: aiolimiter's bucket holds
+        # `max_rate` at once, so (1800, 10) let a burst of 1800 plus 1800 more drained in one
+        # window (3,600 calls, over RunPod's 2,000); (180, 1) allows at most 180 + 1,800.
+        self._run_limit = AsyncLimiter(run_per_10s / 10, 1)
+        self._status_limit = AsyncLimiter(status_per_10s / 10, 1)
         self._metrics = metrics
         self._cpu = cpu or CpuLane()
 
