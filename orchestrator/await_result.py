@@ -26,7 +26,7 @@ async def await_result(
     failures = 0
     while (remaining := deadline - time.time()) > 0:
         try:
-            status = await deps.outputs.status(lambda: deps.runpod.status(runpod_id))
+            status = await deps.outputs.status(deps.runpod, runpod_id)
             failures = 0
         except Transient as exc:
             failures += 1

@@ -3,17 +3,18 @@
 A `/status` answer for a COMPLETED job carries the whole image (megabytes of base64). Without a
 bound, a burst of jobs finishing together each holds its answer while it waits for the CPU lane
 to decode it: measured with 200 jobs and 1 MP outputs (`bench/full_path.py`), klein serve's peak
-RSS was ~1.2 GB. So every `/status` call takes a slot first: an answer that is still running (or
-ended without an output) gives it back at once; one that carries an output keeps it until the
-image is stored, and only its thumbnail is left. Jobs beyond the slots wait holding nothing
-but their ids.
+RSS was ~1.2 GB. So a job polls with a peek that does not read an answer over 64 KB (only an
+output is that large); such a job then waits for one of OUTPUT_SLOTS, reads its answer again
+there and keeps the slot until the image is stored and only its thumbnail is left. Jobs beyond
+the slots wait holding nothing but their ids, and the polls of the others never wait for a slot.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import dataclasses
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from orchestrator.runpod import RunPodJob
+from orchestrator.runpod import RunPodClient, RunPodJob
 
 
 def carries_output(status: RunPodJob) -> bool:
@@ -22,35 +23,41 @@ def carries_output(status: RunPodJob) -> bool:
 
 
 class OutputSlots:
-    """`slots` places for finished outputs, taken around each `/status` call."""
+    """`slots` places for finished outputs (OUTPUT_SLOTS)."""
 
     def __init__(self, slots: int = 4) -> None:
         self.slots = slots
         self._free = asyncio.Semaphore(slots)
+        self.taken = 0
 
-    async def status(self, fetch: Callable[[], Awaitable[RunPodJob]]) -> RunPodJob:
-        """`fetch()` in a slot. The slot stays taken when the answer carries an output: whoever
-        gets it must pass it to `held` (which gives the slot back)."""
+    async def status(self, runpod: RunPodClient, job_id: str) -> RunPodJob:
+        """The job's status. A peek first, outside the slots; an answer too large to peek at
+        (an output) is read again in a slot, which it keeps (`in_slot`) when it carries the
+        output: whoever gets it must consume it inside `held`, which gives the slot back."""
+        answer = await runpod.peek(job_id)
+        if not answer.unread:
+            return answer
         await self._free.acquire()
+        self.taken += 1
         try:
-            answer = await fetch()
+            answer = await runpod.status(job_id)
         except BaseException:
-            self._free.release()
+            self._give_back()
             raise
         if not carries_output(answer):
-            self._free.release()
-        return answer
+            self._give_back()
+            return answer
+        return dataclasses.replace(answer, in_slot=True)
 
     @asynccontextmanager
     async def held(self, answer: RunPodJob) -> AsyncIterator[None]:
-        """The block that consumes `answer`'s output; its slot is given back afterwards."""
+        """The block that consumes `answer`'s output; its slot, if any, is given back after."""
         try:
             yield
         finally:
-            if carries_output(answer):
-                self._free.release()
+            if answer.in_slot:
+                self._give_back()
 
-    @property
-    def free(self) -> int:
-        """Slots not taken now (for tests and metrics)."""
-        return self._free._value
+    def _give_back(self) -> None:
+        self.taken -= 1
+        self._free.release()

@@ -30,6 +30,10 @@ class RunPodJob:
     status: str
     output: Any = None
     error: str | None = None
+    # A `peek` answer too large to read (status UNREAD): only a finished job's output is that
+    # large, so the job is over, and `status` reads it in an output slot (orchestrator/outputs.py).
+    unread: bool = False
+    in_slot: bool = False  # this answer's output holds an output slot until it is stored
 
     @property
     def finished(self) -> bool:
@@ -106,12 +110,48 @@ class RunPodClient:
         answer = await self._call("GET", f"/status/{job_id}", self._status_limit)
         return parse_status(job_id, answer)
 
+    async def peek(self, job_id: str) -> RunPodJob:
+        """The job's status, or `unread` when the answer is over JSON_ON_LOOP_MAX_BYTES: that
+        answer carries an output (megabytes), which `status` reads when there is room for it."""
+        async with self._status_limit:
+            try:
+                async with self._http.stream(
+                    "GET", f"{self._base}/status/{job_id}", headers=self._headers
+                ) as response:
+                    self._count(str(response.status_code))
+                    raise_for_status(response, f"/status/{job_id}", self._endpoint_id)
+                    body = await read_at_most(response, JSON_ON_LOOP_MAX_BYTES)
+            except httpx.HTTPError as exc:
+                self._count(type(exc).__name__)
+                raise transport_error(exc, "/status") from exc
+        if body is None:
+            return RunPodJob(id=job_id, status="UNREAD", unread=True)
+        try:
+            return parse_status(job_id, json.loads(body))
+        except ValueError as exc:
+            raise Transient("RunPod sent a non-JSON answer on /status") from exc
+
     async def cancel(self, job_id: str) -> None:
         """Ask RunPod to cancel; a job it no longer knows needs no cancelling."""
         try:
             await self._call("POST", f"/cancel/{job_id}", self._run_limit)
         except RunPodJobGone:
             return
+
+
+async def read_at_most(response: httpx.Response, max_bytes: int) -> bytes | None:
+    """The body, or None (the rest left unread) once it passes `max_bytes`."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_status(job_id: str, answer: object) -> RunPodJob:
