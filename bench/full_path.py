@@ -103,6 +103,7 @@ class Figures:
     ready_rss_mb: float
     status_per_10s: int
     cpu_s: float
+    cpu_wait_s: float
     stages: dict[str, float]
 
 
@@ -169,6 +170,18 @@ def rss_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise BenchError(f"/proc/{pid}/status has no {field}")
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds klein serve's threads were ready to run but waited for a core (Linux schedstat):
+    the machine's contention, not the orchestrator's work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
 
 
 @contextmanager
@@ -238,13 +251,14 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
     with stack(config, server, png) as s:
         pid = s.serve.process.pid
         ready_rss = rss_mb(pid, "VmRSS")
-        cpu_start = s.serve.cpu_s()
+        cpu_start, wait_start = s.serve.cpu_s(), runqueue_wait_s(pid)
         with py_spy(config.py_spy, pid):
             with s.db.transaction():
                 insert_jobs(s.db, new_jobs(config.jobs), PROMPT)
             committed = time.time()
             wait_finished(s, config.jobs, config.timeout_s)
         cpu_s = s.serve.cpu_s() - cpu_start
+        cpu_wait_s = runqueue_wait_s(pid) - wait_start
         stages = stage_means(httpx.get(f"{s.serve.base_url}/metrics", timeout=5).text)
         peak_rss = rss_mb(pid, "VmHWM")
         rows, end_to_end, last = collect(s)
@@ -264,6 +278,7 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
             ready_rss_mb=ready_rss,
             status_per_10s=max_in_window(log.status_times, STATUS_WINDOW_S),
             cpu_s=cpu_s,
+            cpu_wait_s=cpu_wait_s,
             stages=stages,
         )
 
@@ -323,6 +338,7 @@ def report(config: Config, runs: list[Figures]) -> None:
             ("RSS once ready MB", spread([r.ready_rss_mb for r in runs])),
             ("max /status per 10 s", spread([float(r.status_per_10s) for r in runs])),
             ("klein serve CPU ms / job", ms([r.cpu_s / config.jobs for r in runs])),
+            ("  ready to run, no free core, s", spread([r.cpu_wait_s for r in runs])),
             *(
                 (f"  stage {name} mean ms", ms([r.stages.get(name, float("nan")) for r in runs]))
                 for name in runs[0].stages
