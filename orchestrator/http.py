@@ -228,6 +228,11 @@ def create_app(
             return error("database unavailable; retry later", 503)
         if row is None:
             return error("unknown webhook token", 404)
+        if row["runpod_job_id"] is not None:
+            # Its recorded RunPod job has most likely ended: poll it now, while the body (the
+            # whole output, megabytes) is still arriving. A stray's webhook only makes it poll
+            # once early.
+            waker.wake_job(str(row["id"]))
         try:
             scan = await scan_capped_body(request, settings.runpod_webhook_max_bytes)
         except BodyTooLarge as exc:
