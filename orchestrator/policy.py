@@ -22,6 +22,15 @@ def poll_interval_s(elapsed_s: float, min_s: float, max_s: float) -> float:
     return max(min_s, min(max_s, elapsed_s / 10))
 
 
+def window_bucket(per_window: float, window_s: float, burst_share: float) -> tuple[float, float]:
+    """A token bucket (capacity, seconds to refill it) that lets at most `per_window` calls
+    through in any `window_s`: a full bucket's burst plus what refills during the window.
+    `burst_share` of the budget may go at once; the rest is spread over the window."""
+    capacity = per_window * burst_share
+    per_s = (per_window - capacity) / window_s
+    return capacity, capacity / per_s
+
+
 def backoff_s(
     attempt: int,
     base_s: float = 1.0,

@@ -17,6 +17,7 @@ from orchestrator.errors import (
     Transient,
 )
 from orchestrator.metrics import Metrics
+from orchestrator.policy import window_bucket
 
 JSON_ON_LOOP_MAX_BYTES = 64 * 1024
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
@@ -60,11 +61,12 @@ class RunPodClient:
         self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
         self._endpoint_id = endpoint_id
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # A tenth per second, not the whole budget per 10 s: aiolimiter's bucket holds
-        # `max_rate` at once, so (1800, 10) let a burst of 1800 plus 1800 more drained in one
-        # window (3,600 calls, over RunPod's 2,000); (180, 1) allows at most 180 + 1,800.
-        self._run_limit = AsyncLimiter(run_per_10s / 10, 1)
-        self._status_limit = AsyncLimiter(status_per_10s / 10, 1)
+        # aiolimiter's bucket holds `max_rate` at once and refills it every `time_period`, so
+        # (1800, 10) let 1,800 go at once plus 1,800 more within the same 10 s (3,600: over
+        # RunPod's 2,000). window_bucket keeps any 10 s within the budget: half of /run's may
+        # go at once (a batch inserted together), a tenth of /status's (polls are steady).
+        self._run_limit = AsyncLimiter(*window_bucket(run_per_10s, 10, burst_share=0.5))
+        self._status_limit = AsyncLimiter(*window_bucket(status_per_10s, 10, burst_share=0.1))
         self._metrics = metrics
         self._cpu = cpu or CpuLane()
 

@@ -1,5 +1,6 @@
 """The orchestrator's pure decisions: payload, metadata, poll intervals, backoff, titles."""
 
+import bisect
 import uuid
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from orchestrator.policy import (
     clean_title,
     has_hangul,
     poll_interval_s,
+    window_bucket,
 )
 from orchestrator.storage import output_path
 
@@ -109,3 +111,24 @@ def test_hangul_detection():
     assert has_hangul("배경을 해변으로 바꿔줘")
     assert has_hangul("make it 밝게")
     assert not has_hangul("Replace the sky")
+
+
+def greedy_calls(capacity: float, refill_s: float, horizon_s: float, step_s: float) -> list[float]:
+    """When calls go through a token bucket (aiolimiter's) that callers keep empty."""
+    level, now, times = capacity, 0.0, []
+    while now < horizon_s:
+        level = min(capacity, level + step_s * capacity / refill_s)
+        while level >= 1:
+            level -= 1
+            times.append(now)
+        now += step_s
+    return times
+
+
+@pytest.mark.parametrize(("budget", "share"), [(2000, 0.1), (1800, 0.1), (900, 0.5), (1000, 0.9)])
+def test_a_window_bucket_never_lets_more_than_the_budget_through_in_any_window(budget, share):
+    capacity, refill_s = window_bucket(budget, 10, burst_share=share)
+    assert capacity == pytest.approx(budget * share)  # what may go at once
+    times = greedy_calls(capacity, refill_s, horizon_s=40, step_s=0.01)
+    busiest = max(bisect.bisect_left(times, start + 10) - i for i, start in enumerate(times))
+    assert budget * 0.98 <= busiest <= budget
