@@ -10,7 +10,7 @@ from orchestrator.deps import FlowDeps
 from orchestrator.errors import Permanent, Transient
 from orchestrator.jobs import ClaimedJob
 from orchestrator.outcomes import cancel_on_runpod
-from orchestrator.policy import backoff_s, poll_interval_s
+from orchestrator.policy import backoff_s
 from orchestrator.runpod import RunPodJob
 
 log = logging.getLogger(__name__)
@@ -24,21 +24,21 @@ async def await_result(
     settings = deps.settings
     deadline = submitted_at.timestamp() + settings.job_timeout_s
     failures = 0
-    while (remaining := deadline - time.time()) > 0:
-        try:
-            status = await deps.outputs.status(deps.runpod, runpod_id)
-            failures = 0
-        except Transient as exc:
-            failures += 1
-            status = None
-            log.warning("job %s: status check failed (%s)", job.id, exc)
-        if status is not None and status.finished:
-            return status
-        elapsed = time.time() - submitted_at.timestamp()
-        wait = poll_interval_s(elapsed, settings.poll_min_interval_s, settings.poll_max_interval_s)
-        if failures:
-            wait = max(wait, backoff_s(failures, cap_s=settings.poll_max_interval_s))
-        await _sleep_or_wake(wake, min(wait, remaining))
+    with deps.polls.awaiting_job():
+        while (remaining := deadline - time.time()) > 0:
+            try:
+                status = await deps.outputs.status(deps.runpod, runpod_id)
+                failures = 0
+            except Transient as exc:
+                failures += 1
+                status = None
+                log.warning("job %s: status check failed (%s)", job.id, exc)
+            if status is not None and status.finished:
+                return status
+            wait = deps.polls.interval_s(settings.poll_min_interval_s)
+            if failures:
+                wait = max(wait, backoff_s(failures, cap_s=settings.poll_max_interval_s))
+            await _sleep_or_wake(wake, min(wait, remaining))
     await cancel_on_runpod(deps, runpod_id)
     raise Permanent(
         f"Timed out after {settings.job_timeout_s:g} s waiting for RunPod "

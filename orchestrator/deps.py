@@ -8,6 +8,7 @@ from orchestrator.db import Database
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.outputs import OutputSlots
+from orchestrator.polls import PollShare
 from orchestrator.runpod import RunPodClient
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
@@ -26,3 +27,4 @@ class FlowDeps:
     alerts: OperatorAlerts = field(default_factory=OperatorAlerts)
     cpu: CpuLane = field(default_factory=CpuLane)
     outputs: OutputSlots = field(default_factory=OutputSlots)
+    polls: PollShare = field(default_factory=PollShare)

@@ -20,6 +20,10 @@ from orchestrator.metrics import Metrics
 from orchestrator.policy import window_bucket
 
 JSON_ON_LOOP_MAX_BYTES = 64 * 1024
+RUN_PER_10S = 900  # RunPod allows 1,000 /run calls and 2,000 /status calls per 10 s
+STATUS_PER_10S = 1800
+RUN_BURST_SHARE = 0.5  # of /run's budget may go at once: a batch inserted together
+STATUS_BURST_SHARE = 0.1  # of /status's: polls are steady
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 
@@ -52,8 +56,8 @@ class RunPodClient:
         endpoint_id: str,
         api_key: str | None,
         *,
-        run_per_10s: int = 900,
-        status_per_10s: int = 1800,
+        run_per_10s: int = RUN_PER_10S,
+        status_per_10s: int = STATUS_PER_10S,
         metrics: Metrics | None = None,
         cpu: CpuLane | None = None,
     ) -> None:
@@ -63,10 +67,9 @@ class RunPodClient:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # aiolimiter's bucket holds `max_rate` at once and refills it every `time_period`, so
         # (1800, 10) let 1,800 go at once plus 1,800 more within the same 10 s (3,600: over
-        # RunPod's 2,000). window_bucket keeps any 10 s within the budget: half of /run's may
-        # go at once (a batch inserted together), a tenth of /status's (polls are steady).
-        self._run_limit = AsyncLimiter(*window_bucket(run_per_10s, 10, burst_share=0.5))
-        self._status_limit = AsyncLimiter(*window_bucket(status_per_10s, 10, burst_share=0.1))
+        # RunPod's 2,000). window_bucket keeps any 10 s within the budget.
+        self._run_limit = AsyncLimiter(*window_bucket(run_per_10s, 10, RUN_BURST_SHARE))
+        self._status_limit = AsyncLimiter(*window_bucket(status_per_10s, 10, STATUS_BURST_SHARE))
         self._metrics = metrics
         self._cpu = cpu or CpuLane()
 

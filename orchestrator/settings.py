@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     sweep_interval_s: float = Field(default=5.0, gt=0)
     lease_s: float = Field(default=30.0, gt=0)
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
-    poll_min_interval_s: float = Field(default=1.0, gt=0)
+    poll_min_interval_s: float = Field(default=0.5, gt=0)
     poll_max_interval_s: float = Field(default=10.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     # A job's retry budget (stored in generation_jobs.retries): transient and unexpected errors

@@ -70,10 +70,17 @@ def test_storage_path_is_built_from_normalised_uuids():
     assert output_path(USER.upper(), WORK) == f"{USER}/{WORK}/output.png"
 
 
-def test_poll_interval_starts_quick_and_is_bounded():
-    assert poll_interval_s(0, 1, 10) == 1
-    assert poll_interval_s(40, 1, 10) == 4
-    assert poll_interval_s(10_000, 1, 10) == 10
+def test_each_job_polls_at_the_minimum_interval_until_the_budget_is_shared():
+    assert poll_interval_s(0.5, awaiting=1, status_per_s=162) == 0.5
+    assert poll_interval_s(0.5, awaiting=81, status_per_s=162) == 0.5  # exactly the budget
+    assert poll_interval_s(0.5, awaiting=100, status_per_s=162) == pytest.approx(0.617, abs=1e-3)
+    assert poll_interval_s(0.5, awaiting=1000, status_per_s=162) == pytest.approx(6.17, abs=1e-2)
+
+
+@given(st.integers(1, 100_000), st.floats(0.01, 60))
+def test_the_jobs_awaiting_never_poll_faster_than_the_budget_together(awaiting, min_s):
+    per_s = 162.0
+    assert awaiting / poll_interval_s(min_s, awaiting, per_s) <= per_s * (1 + 1e-9)
 
 
 @given(st.integers(min_value=1, max_value=50), st.floats(min_value=0, max_value=1000) | st.none())
