@@ -9,7 +9,9 @@ runs for it, in the same transactions, with no network call in between:
 
     submit    (submit.submit): begin_submission                          before /run
                                record_submission, mark_work_processing    one transaction
-    finalize  (finalize.finalize): upsert_file, complete_work, finish_job one transaction
+    timings   (flow, after submit): record_timings                        one transaction
+    finalize  (finalize.finalize): upsert_file, complete_work, finish_job,
+                                   record_timings                         one transaction
 
 The RunPod id is made up, and the await, store and title steps (network only) are skipped. The
 heartbeat (one renew_leases per process every 10 s, not per job) is left out too.
@@ -163,6 +165,24 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
             work_id=job.work_id,
             runpod_job_id=runpod_id,
         )
+    await record_timings(db, job, result, {"translate": 0, "submit": 40})
+
+
+async def record_timings(
+    db: Database, job: ClaimedJob, result: ReplicaResult, timings: dict[str, int], conn: Any = None
+) -> None:
+    """flow's timings write (generation_jobs.timings): its own transaction after the submission,
+    or inside finalize's."""
+    if conn is None:
+        result.transactions += 1
+        async with db.transaction() as own:
+            await record_timings(db, job, result, timings, own)
+        return
+    row = await named(
+        conn, result, "record_timings", job_id=job.id, worker_id=result.worker_id, timings=timings
+    )
+    if row is None:
+        raise BenchError(f"job {job.id}: record_timings fenced out")
 
 
 async def finalize(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
@@ -210,6 +230,7 @@ async def finalize(db: Database, job: ClaimedJob, result: ReplicaResult) -> None
         )
         if finished is None:
             raise BenchError(f"job {job.id}: finish_job fenced out")
+        await record_timings(db, job, result, {"store": 30, "title": 0, "finalize": 5}, conn)
     result.completed += 1
 
 

@@ -30,18 +30,22 @@ def _add_endpoint(
 ) -> argparse.ArgumentParser:
     endpoint = commands.add_parser(
         "endpoint",
-        help="DEVELOPMENT TOOL: a local RunPod REST API that runs the real handler",
+        help="DEVELOPMENT TOOL: a local RunPod endpoint with real handler worker processes",
         description=(
             "A development tool, not for production: serves RunPod Serverless's REST API "
-            "(/v2/{endpoint_id}/run, runsync, status, cancel, health, purge-queue) and runs each "
-            "job with this project's handler against COMFY_API_URL. Point the orchestrator's "
-            "RUNPOD_API_BASE at http://HOST:PORT/v2 and RUNPOD_ENDPOINT_ID at --endpoint-id."
+            "(/v2/{endpoint_id}/run, runsync, status, stream, cancel, health, purge-queue) and "
+            "its worker-facing API (job-take, job-stop, job-done, ping), and starts --workers "
+            "processes running the container's entry command (python -m handler, the runpod "
+            "SDK's job loop) against COMFY_API_URL. Point the orchestrator's RUNPOD_API_BASE at "
+            "http://HOST:PORT/v2 and RUNPOD_ENDPOINT_ID at --endpoint-id."
         ),
     )
     endpoint.add_argument("--host", default="127.0.0.1")
     endpoint.add_argument("--port", type=int, default=8000)
     endpoint.add_argument("--endpoint-id", default="local")
-    endpoint.add_argument("--workers", type=int, default=1, help="jobs run at once")
+    endpoint.add_argument(
+        "--workers", type=int, default=1, help="worker processes (jobs run at once)"
+    )
     endpoint.add_argument("--execution-timeout-s", type=float, default=600.0)
     endpoint.add_argument("--result-retention-s", type=float, default=1800.0)
     return endpoint
@@ -50,10 +54,7 @@ def _add_endpoint(
 def run_endpoint(args: argparse.Namespace, settings: Any) -> int:
     """Serve the local RunPod-compatible endpoint until interrupted (`settings`: klein's)."""
     from devtools.endpoint import EndpointConfig, serve  # noqa: PLC0415
-    from devtools.endpoint.local import (  # noqa: PLC0415
-        handler_runner,
-        probe_comfy_in_background,
-    )
+    from devtools.endpoint.local import check_handler, probe_comfy_in_background  # noqa: PLC0415
     from handler.config import HandlerSettings  # noqa: PLC0415 - needs the handler extra
 
     api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
@@ -64,10 +65,11 @@ def run_endpoint(args: argparse.Namespace, settings: Any) -> int:
         execution_timeout_ms=int(args.execution_timeout_s * 1000),
         result_retention_s=args.result_retention_s,
     )
-    runner = handler_runner(HandlerSettings())
+    handler_settings = HandlerSettings()
+    check_handler(handler_settings)
     # Logs whether ComfyUI answers, without holding the endpoint back: jobs queue meanwhile.
-    probe_comfy_in_background(runner)
-    serve(config, runner, host=args.host, port=args.port)
+    probe_comfy_in_background(handler_settings)
+    serve(config, host=args.host, port=args.port)
     return 0
 
 

@@ -54,6 +54,7 @@ INSTALLED_MODELS: dict[tuple[str, str], list[str]] = {
     ("VAELoader", "vae_name"): ["flux2-vae.safetensors"],
 }
 SLOW_HISTORY_EMPTY_READS = 2
+INDEX_HTML = "<!DOCTYPE html><html><head><title>ComfyUI</title></head><body></body></html>\n"
 FAIL_EXCEPTION_TYPE = "torch.OutOfMemoryError"
 FAIL_EXCEPTION_MESSAGE = (
     "Allocation on device \nThis error means you ran out of memory on your GPU.\n\n"
@@ -742,6 +743,7 @@ class ComfyTestServer(BackgroundServer):
 
     def _routes(self) -> list[web.RouteDef]:
         return [
+            web.get("/", self._index),
             web.get("/ws", self._websocket),
             web.get("/system_stats", self._get_system_stats),
             web.get("/object_info", self._get_object_info),
@@ -857,6 +859,10 @@ class ComfyTestServer(BackgroundServer):
                 del self._sockets[sid]
             self._connections.remove(connection)
         return ws
+
+    async def _index(self, request: web.Request) -> web.Response:
+        # ComfyUI serves its front end here; clients (worker-comfyui) poll it for "is it up".
+        return web.Response(text=INDEX_HTML, content_type="text/html")
 
     async def _get_system_stats(self, request: web.Request) -> web.Response:
         return web.json_response(system_stats())

@@ -115,8 +115,12 @@ class ComfyClient:
     def open_socket(self, client_id: str, timeout_s: float) -> websocket.WebSocket:
         """A websocket subscribed to this client's messages (open it before queueing)."""
         try:
+            # Text frames are JSON that json.loads decodes strictly; websocket-client's own UTF-8
+            # check is pure Python, byte by byte, and cost more than the rest of the job's reads.
             return websocket.create_connection(
-                f"{_ws_url(self.base_url)}/ws?clientId={client_id}", timeout=timeout_s
+                f"{_ws_url(self.base_url)}/ws?clientId={client_id}",
+                timeout=timeout_s,
+                skip_utf8_validation=True,
             )
         except (OSError, websocket.WebSocketException) as exc:
             raise ComfyUnavailable(unreachable(self.base_url)) from exc

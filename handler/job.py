@@ -19,7 +19,8 @@ import websocket
 from handler.comfy import ComfyClient
 from handler.config import HandlerSettings
 from handler.contract import JobParams, parse_input, unknown_fields
-from handler.contract.images import verify_image
+from handler.contract.errors import InvalidInput
+from handler.contract.images import VerifiedImage, check_structure
 from handler.errors import ComfyRejected, InvalidOutput, JobStopped, JobTimedOut
 from handler.reference_image import ImageLimits, load_reference_image
 from handler.run_state import Phase, RunState, fold, output_images, state_from_history
@@ -29,6 +30,7 @@ from handler.workflow import Workflow
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[RunState], None]
+Saved = list[Mapping[str, Any]]  # image records (`filename`, `subfolder`, `type`)
 IDLE_CHECK_S = 5.0  # a silent socket this long makes us look at /history (missed messages)
 STOP_CHECK_S = 0.5  # how soon a stop request is noticed while the socket is silent
 NO_OUTPUT = "No output image from SaveImage"
@@ -125,14 +127,12 @@ def edit_image(
         files.append(Path("input") / uploaded)
         graph = ctx.workflow.apply(graph_values(params, uploaded, token))
         with timings.stage("comfy_s"):
-            prompt_id = execute(ctx, graph, deadline, progress)
-            record, data = fetch_output(ctx, prompt_id, deadline)
+            prompt_id, saved = execute(ctx, graph, deadline, progress)
+            record, data = fetch_output(ctx, prompt_id, deadline, saved)
         files.append(Path("output") / str(record.get("subfolder", "")) / str(record["filename"]))
     finally:
         remove_local_files(ctx.settings.comfy_root, files)
-    result = verify_image(data, ctx.settings.image_max_pixels)
-    if result.format != "PNG":
-        raise InvalidOutput(f"ComfyUI returned a {result.format} file, not a PNG")
+    result = checked_output(data, ctx.settings.image_max_pixels)
     return {
         "image": base64.b64encode(result.data).decode("ascii"),
         "seed": params.seed,
@@ -145,14 +145,16 @@ def edit_image(
 
 def execute(
     ctx: JobContext, graph: Mapping[str, Any], deadline: float, progress: ProgressFn
-) -> str:
-    """Queue the graph and follow it to the end; returns the prompt id of a successful run."""
+) -> tuple[str, Saved]:
+    """Queue the graph and follow it to the end; the prompt id of a successful run, and the images
+    the output node reported on the websocket (empty if none was heard)."""
     client_id = uuid.uuid4().hex
     socket = ctx.comfy.open_socket(client_id, timeout_s=ctx.settings.comfy_http_timeout_s)
     try:
         prompt_id = ctx.comfy.queue_prompt(graph, client_id)
+        progress(RunState(prompt_id))  # queued: ComfyUI says nothing more until it starts it
         try:
-            state = follow(ctx, socket, prompt_id, deadline, progress)
+            state, saved = follow(ctx, socket, prompt_id, deadline, progress)
         except (JobTimedOut, JobStopped):
             ctx.comfy.interrupt(prompt_id)
             raise
@@ -161,7 +163,7 @@ def execute(
             socket.close()
     if state.phase is not Phase.SUCCEEDED:
         raise ComfyRejected(f"Processing failed: {state.error}")
-    return prompt_id
+    return prompt_id, saved
 
 
 def _check_deadline(ctx: JobContext, deadline: float) -> float:
@@ -182,9 +184,11 @@ def follow(
     prompt_id: str,
     deadline: float,
     progress: ProgressFn,
-) -> RunState:
-    """Fold websocket messages until the prompt ends; fall back to /history if the socket drops."""
+) -> tuple[RunState, Saved]:
+    """Fold websocket messages until the prompt ends, keeping what the output node saved; fall
+    back to /history if the socket drops."""
     state = RunState(prompt_id)
+    saved: Saved = []
     heard_at = time.monotonic()
     while not state.done:
         socket.settimeout(min(_check_deadline(ctx, deadline), STOP_CHECK_S))
@@ -195,16 +199,31 @@ def follow(
                 state = _merge(state, state_from_history(prompt_id, ctx.comfy.history(prompt_id)))
                 heard_at = time.monotonic()
             continue
-        except (websocket.WebSocketException, OSError):
+        except (websocket.WebSocketException, OSError, UnicodeDecodeError):  # (no UTF-8 check)
             log.warning("prompt %s: websocket dropped, polling /history", prompt_id)
-            return poll_history(ctx, prompt_id, deadline, progress)
+            return poll_history(ctx, prompt_id, deadline, progress), []
         heard_at = time.monotonic()
         if isinstance(raw, str):
-            new_state = fold(state, json.loads(raw))
+            message = json.loads(raw)
+            saved = saved_images(message, prompt_id, ctx.workflow.output_node) or saved
+            new_state = fold(state, message)
             if new_state != state:
                 progress(new_state)
             state = new_state
-    return state
+    return state, saved
+
+
+def saved_images(message: object, prompt_id: str, node_id: str) -> Saved:
+    """The images our output node saved, when the message is its `executed` for our prompt
+    (ComfyUI sends none for a cached node: then /history has them)."""
+    if not isinstance(message, Mapping) or message.get("type") != "executed":
+        return []
+    data = message.get("data")
+    if not isinstance(data, Mapping) or data.get("prompt_id") != prompt_id:
+        return []
+    if node_id not in (data.get("node"), data.get("display_node")):
+        return []
+    return output_images({"outputs": {node_id: data.get("output")}}, node_id)
 
 
 def _merge(current: RunState, from_history: RunState) -> RunState:
@@ -226,15 +245,30 @@ def poll_history(
 
 
 def fetch_output(
-    ctx: JobContext, prompt_id: str, deadline: float
+    ctx: JobContext, prompt_id: str, deadline: float, saved: Saved
 ) -> tuple[Mapping[str, Any], bytes]:
-    """The saved output image's record and bytes (history can lag the websocket briefly)."""
+    """The saved output image's record and bytes: as the websocket reported it, else from
+    /history (which can lag the websocket briefly)."""
+    if saved:
+        return saved[0], ctx.comfy.view(saved[0])
     while (entry := ctx.comfy.history(prompt_id)) is None:
         ctx.stop.wait(min(ctx.settings.comfy_poll_interval_s, _check_deadline(ctx, deadline)))
     images = output_images(entry, ctx.workflow.output_node)
     if not images:
         raise InvalidOutput(NO_OUTPUT)
     return images[0], ctx.comfy.view(images[0])
+
+
+def checked_output(data: bytes, max_pixels: int) -> VerifiedImage:
+    """ComfyUI's output, checked as a whole PNG without decoding its pixels (its header, every
+    chunk's CRC): the orchestrator decodes it once when it stores it."""
+    try:
+        result = check_structure(data, max_pixels)
+    except InvalidInput:
+        raise InvalidOutput("ComfyUI returned a file that is not a readable PNG") from None
+    if result.format != "PNG":
+        raise InvalidOutput(f"ComfyUI returned a {result.format} file, not a PNG")
+    return result
 
 
 def remove_local_files(comfy_root: Path | None, relative_paths: list[Path]) -> None:

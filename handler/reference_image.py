@@ -1,7 +1,9 @@
 """The reference image: fetched under the URL policy or decoded from base64, then normalised.
 
-Nothing reaches ComfyUI but what this module made: Pillow decodes the image once, within the size
-caps, and the worker uploads a single-frame PNG, upright (EXIF orientation applied).
+Nothing reaches ComfyUI but what this module checked, within the size caps: a single-frame PNG,
+upright (EXIF orientation applied). A PNG that already is one goes as it came once ready_png has
+proven it intact (every CRC, the pixel stream inflated in full); any other image Pillow decodes
+once, and the worker uploads its re-encoding.
 """
 
 import base64
@@ -16,6 +18,7 @@ from handler.contract import ImageBase64, ImageSource, ImageUrl
 from handler.contract.errors import InvalidInput
 from handler.contract.images import MAX_PIXELS, decoded
 from handler.image_fetch import fetch_image, too_large
+from handler.ready_png import ready_png_size
 from handler.url_policy import UrlPolicy
 
 DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
@@ -61,8 +64,11 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
 
 
 def normalise_image(data: bytes, max_pixels: int) -> ReferenceImage:
-    """Decode once and re-encode what ComfyUI gets: frame 0 only, EXIF orientation applied, PNG
-    (RGBA when the image has transparency, RGB otherwise)."""
+    """What ComfyUI gets: one upright frame as PNG (RGBA when the image has transparency, RGB
+    otherwise). A PNG proven intact and already that goes as it came; anything else is decoded
+    once and re-encoded."""
+    if size := ready_png_size(data, max_pixels):
+        return ReferenceImage(data, size[0], size[1], "PNG")
     with decoded(data, max_pixels, REFERENCE_FORMATS) as image:
         source_format = image.format or "PNG"
         upright = ImageOps.exif_transpose(image)

@@ -133,12 +133,78 @@ def output_images(entry: Mapping[str, Any], node_id: str) -> list[Mapping[str, A
     return [image for image in images or [] if isinstance(image, Mapping)]
 
 
+# Plain words for what a prompt is doing, for people watching a job (RunPod's /status, the
+# orchestrator's works.progress). Node class types map to a stage; unknown ones are "running".
+STAGE_PREPARING = "preparing image"
+STAGE_BY_PHASE = {
+    Phase.QUEUED: "queued in ComfyUI",
+    Phase.SUCCEEDED: "finishing",
+    Phase.FAILED: "failed",
+    Phase.INTERRUPTED: "interrupted",
+}
+STAGE_BY_NODE_TYPE = {
+    "LoadImage": STAGE_PREPARING,
+    "ImageScaleToTotalPixels": STAGE_PREPARING,
+    "ImageScale": STAGE_PREPARING,
+    "GetImageSize": STAGE_PREPARING,
+    "VAEEncode": "encoding image",
+    "CLIPTextEncode": "reading prompt",
+    "ConditioningZeroOut": "reading prompt",
+    "ReferenceLatent": "reading prompt",
+    "CFGGuider": "reading prompt",
+    "VAEDecode": "decoding",
+    "SaveImage": "saving",
+    "PreviewImage": "saving",
+}
+# The sampler's settings (noise, scheduler, empty latent) are nodes too, run in a moment and
+# often first of all: "setting up", so that "sampling" means the steps themselves.
+SETUP_NODE_TYPES = frozenset(
+    {"KSamplerSelect", "RandomNoise", "Flux2Scheduler", "BasicScheduler", "EmptyFlux2LatentImage"}
+)
+SAMPLING_NODE_TYPES = frozenset(
+    {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
+)
+
+
+def stage_of_node_type(node_type: str) -> str:
+    """The plain-word stage a node of this class type stands for."""
+    if node_type in STAGE_BY_NODE_TYPE:
+        return STAGE_BY_NODE_TYPE[node_type]
+    if node_type in SETUP_NODE_TYPES:
+        return "setting up"
+    if node_type in SAMPLING_NODE_TYPES:
+        return "sampling"
+    if node_type.endswith("Loader") or node_type.endswith("LoaderSimple"):
+        return "loading models"
+    return "running"
+
+
+def stage_of(state: RunState, node_types: Mapping[str, str]) -> str:
+    """The plain-word stage of a run: from its phase, or from the class type of its node."""
+    if state.phase in STAGE_BY_PHASE:
+        return STAGE_BY_PHASE[state.phase]
+    if state.node is None:
+        return "starting"
+    return stage_of_node_type(node_types.get(state.node, ""))
+
+
 def progress_payload(state: RunState, node_types: Mapping[str, str]) -> dict[str, Any]:
-    """A small progress record for RunPod's progress_update."""
-    payload: dict[str, Any] = {"phase": state.phase.value}
+    """A small progress record for RunPod's progress_update: a plain-word stage, the phase, and
+    the node type and sampling step when known."""
+    payload: dict[str, Any] = {"stage": stage_of(state, node_types), "phase": state.phase.value}
     if state.node is not None:
         payload["node"] = node_types.get(state.node, state.node)
     if state.step is not None and state.steps:
         payload["step"] = state.step
         payload["steps"] = state.steps
     return payload
+
+
+def preparing_payload() -> dict[str, Any]:
+    """The report sent before ComfyUI sees the job (the reference image is loaded and checked)."""
+    return {"stage": STAGE_PREPARING, "phase": "preparing"}
+
+
+def starting_payload() -> dict[str, Any]:
+    """The report of a job that waits for the worker to start (ComfyUI coming up, warm-up)."""
+    return {"stage": "waiting for ComfyUI", "phase": "starting"}

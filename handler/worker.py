@@ -24,7 +24,7 @@ from handler.models import (
     missing_models_sentence,
     required_models,
 )
-from handler.run_state import RunState, progress_payload
+from handler.run_state import RunState, preparing_payload, progress_payload, starting_payload
 from handler.workflow import Workflow, load_workflow
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,8 @@ STOP_WAIT_S = 2.0
 
 
 class ProgressThrottle:
-    """Lets a progress report through when the node changes or the interval has passed."""
+    """Lets a progress report through when the stage or node changes or the interval has
+    passed."""
 
     def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval_s = interval_s
@@ -46,7 +47,7 @@ class ProgressThrottle:
     def due(self, payload: dict[str, Any]) -> bool:
         """True if this payload should be sent now."""
         now = self._clock()
-        node = (payload.get("phase"), payload.get("node"))
+        node = (payload.get("stage"), payload.get("phase"), payload.get("node"))
         if node == self._last_node and now - self._last_at < self._interval_s:
             return False
         self._last_at, self._last_node = now, node
@@ -59,6 +60,9 @@ class Worker:
     def __init__(self, settings: HandlerSettings, workflow: Workflow, report: ProgressSink) -> None:
         self.settings = settings
         session = requests.Session()
+        # ComfyUI is the worker's own: no proxy variables or ~/.netrc, which requests would
+        # otherwise read again on every call (a few ms a job).
+        session.trust_env = False
         self.context = JobContext(
             settings=settings,
             comfy=ComfyClient(settings.comfy_api_url, session, settings.comfy_http_timeout_s),
@@ -140,6 +144,7 @@ class Worker:
             if throttle.due(payload):
                 self._report(job, payload)
 
+        self._report(job, preparing_payload())
         return self._run(job_id, job.get("input"), progress)
 
     def handle(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +162,10 @@ class Worker:
         except InvalidInput as exc:
             log.warning("job %s failed: %s", job.get("id", "local"), exc)
             return {"error": str(exc)}
-        await asyncio.to_thread(self.start_up)
+        if not self._started:  # once started, no thread hop per job
+            # off the loop: the report may be an HTTP call to RunPod
+            await asyncio.to_thread(self._report, job, starting_payload())
+            await asyncio.to_thread(self.start_up)
         self.context.stop.clear()  # here, not in the thread: a stop from now on is kept
         running = asyncio.ensure_future(asyncio.to_thread(self._handle, job))
         try:

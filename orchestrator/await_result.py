@@ -4,14 +4,21 @@ JOB_TIMEOUT_S from submission."""
 import asyncio
 import logging
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import psycopg
 
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import Permanent, Transient
 from orchestrator.jobs import ClaimedJob
 from orchestrator.outcomes import cancel_on_runpod
-from orchestrator.policy import backoff_s
-from orchestrator.runpod import RunPodJob
+from orchestrator.policy import backoff_s, progress_due
+from orchestrator.runpod import Progress, RunPodJob
+
+# A progress write waits at most this long for a pooled connection: it is worth less than the
+# polling it would hold up.
+PROGRESS_WRITE_WAIT_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +31,7 @@ async def await_result(
     settings = deps.settings
     deadline = submitted_at.timestamp() + settings.job_timeout_s
     failures = 0
+    recorder = ProgressRecorder(job, deps)
     with deps.polls.awaiting_job():
         while (remaining := deadline - time.time()) > 0:
             try:
@@ -35,6 +43,8 @@ async def await_result(
                 log.warning("job %s: status check failed (%s)", job.id, exc)
             if status is not None and status.finished:
                 return status
+            if status is not None:
+                await recorder.offer(status.progress)
             wait = deps.polls.interval_s(settings.poll_min_interval_s)
             if failures:
                 wait = max(wait, backoff_s(failures, cap_s=settings.poll_max_interval_s))
@@ -53,3 +63,36 @@ async def _sleep_or_wake(wake: asyncio.Event, seconds: float) -> None:
         return
     finally:
         wake.clear()
+
+
+class ProgressRecorder:
+    """Writes a job's progress on its work when it changed, at most once per
+    `progress_write_interval_s`; advisory, so a failed write is logged and the wait goes on."""
+
+    def __init__(
+        self, job: ClaimedJob, deps: FlowDeps, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._job = job
+        self._deps = deps
+        self._clock = clock
+        self._recorded: Progress | None = None
+        self._recorded_at = float("-inf")
+
+    async def offer(self, progress: Progress | None) -> None:
+        """Record `progress` if the gate lets it through."""
+        now = self._clock()
+        interval_s = self._deps.settings.progress_write_interval_s
+        since_s = now - self._recorded_at
+        if progress is None or not progress_due(progress, self._recorded, since_s, interval_s):
+            return
+        self._recorded, self._recorded_at = progress, now
+        try:
+            await self._deps.db.one(
+                "record_progress",
+                timeout_s=PROGRESS_WRITE_WAIT_S,
+                job_id=self._job.id,
+                worker_id=self._deps.settings.worker_id,
+                progress=progress.as_json(datetime.now(UTC)),
+            )
+        except psycopg.Error as exc:
+            log.warning("job %s: progress not recorded (%s)", self._job.id, type(exc).__name__)

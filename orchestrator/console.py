@@ -2,27 +2,21 @@
 
 import base64
 import json
-import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from handler.contract import is_http_url
+from handler.contract import is_http_url, parse_input
 from handler.contract.errors import InvalidInput
 from handler.contract.images import verify_image
 from orchestrator.db import queries
 
 FINISHED = ("completed", "failed", "cancelled")
-UNCLAIMED_HINT = (
-    "  (still queued after {seconds:g} s: is `klein serve` running against this database?)"
-)
 LABELS = {
     "pending": "queued",
     "taken": "starting...",
@@ -46,18 +40,29 @@ class SubmitRequest:
 
 
 def input_data(image: str, prompt: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """`works.input_data`: the image as image_url (a URL) or image_base64 (a file's bytes)."""
+    """`works.input_data`: the image as image_url (a URL) or image_base64 (a file's bytes),
+    checked against the worker's own contract (InvalidInput, before any row is written)."""
     data: dict[str, Any] = {"prompt": prompt, **(options or {})}
     if is_http_url(image):
         data["image_url"] = image
     else:
         data["image_base64"] = base64.b64encode(read_image(Path(image))).decode("ascii")
+    parse_input(data, draw_seed=lambda: 0)
     return data
 
 
 def read_image(path: Path) -> bytes:
     """A local image's bytes, refused here (InvalidInput) if it is not one: no job is created."""
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: no such file") from None
+    except OSError as exc:
+        raise InvalidInput(
+            f"{path}: cannot be read ({exc.strerror or type(exc).__name__})"
+        ) from None
+    if not data:
+        raise InvalidInput(f"{path}: the file is empty")
     try:
         verify_image(data)
     except InvalidInput as exc:
@@ -67,6 +72,7 @@ def read_image(path: Path) -> bytes:
 
 def submit(conn: psycopg.Connection[Any], request: SubmitRequest) -> tuple[str, str]:
     """Insert the works and generation_jobs rows; returns (job_id, work_id)."""
+    data = input_data(request.image, request.prompt, request.options)
     work_id, job_id = str(uuid.uuid4()), str(uuid.uuid4())
     with conn.transaction():
         conn.execute(
@@ -75,7 +81,7 @@ def submit(conn: psycopg.Connection[Any], request: SubmitRequest) -> tuple[str, 
                 "work_id": work_id,
                 "user_id": request.user_id,
                 "template_id": request.template_id,
-                "input_data": Jsonb(input_data(request.image, request.prompt, request.options)),
+                "input_data": Jsonb(data),
             },
         )
         conn.execute(
@@ -99,47 +105,32 @@ def recent(conn: psycopg.Connection[Any], limit: int = 20) -> list[dict[str, Any
         return cursor.fetchall()
 
 
+def image_url(row: dict[str, Any]) -> str | None:
+    """A completed job's image URL."""
+    url = row.get("image_url") or (row.get("output_data_json") or {}).get("image_url")
+    return str(url) if url else None
+
+
+def shown_status(row: dict[str, Any]) -> str:
+    """The work's status, as the web app shows it; but a job that ended while its work goes on
+    (the work was retried as a new job) shows its own end, not its successor's state."""
+    job, work = row["job_status"], row["work_status"]
+    if job in FINISHED and work not in FINISHED:
+        return str(job)
+    return str(work or job)
+
+
 def describe(row: dict[str, Any]) -> str:
     """One line for a job's state, as the web app's UI would show it."""
-    status = row["work_status"] or row["job_status"]
+    status = shown_status(row)
     line = f"{row['job_id']}  {LABELS.get(status, status)}"
     if status == "completed":
-        image_url = row.get("image_url") or (row.get("output_data_json") or {}).get("image_url")
-        line += f"  {row.get('title')!r}  {image_url}"
-    elif status == "failed":
-        line += f"  {row.get('error_message')}"
+        line += f"  {row.get('title')!r}  {image_url(row)}"
+    elif status == "failed" and row.get("error_message"):
+        line += f"  {row['error_message']}"
+    if row["work_status"] and status != row["work_status"]:
+        line += f"  (work {row['work_id']} was retried; it is {row['work_status']})"
     return line
-
-
-def wait_for(
-    fetch: Callable[[], dict[str, Any] | None],
-    timeout_s: float,
-    out: TextIO = sys.stdout,
-    interval_s: float = 0.5,
-    *,
-    hint_after_s: float = 15.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any] | None:
-    """Follow a job until it ends or timeout_s passes, printing each change of state (and, once,
-    a hint when nothing has picked the job up for a while)."""
-    started = clock()
-    deadline, last, hinted = started + timeout_s, None, False
-    while True:
-        row = fetch()
-        if row is not None:
-            state = (row["work_status"], row["job_status"])
-            if state != last:
-                print(describe(row), file=out, flush=True)
-                last = state
-            if row["work_status"] in FINISHED and row["job_status"] in FINISHED:
-                return row
-            if not hinted and state == ("pending", "pending") and clock() - started >= hint_after_s:
-                print(UNCLAIMED_HINT.format(seconds=hint_after_s), file=out, flush=True)
-                hinted = True
-        if clock() + interval_s > deadline:
-            return row
-        sleep(interval_s)
 
 
 def as_json(row: dict[str, Any]) -> str:

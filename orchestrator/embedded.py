@@ -7,6 +7,7 @@ with no RunPod endpoint, the local RunPod-compatible endpoint runs this project'
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import warnings
@@ -19,6 +20,7 @@ from psycopg import sql
 
 from orchestrator import plugins
 from orchestrator.errors import ConfigError
+from orchestrator.migrate import apply_migrations, migrations_dir
 from orchestrator.settings import DEFAULT_RUNPOD_API_BASE, Settings
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,24 @@ NO_LOCAL_ENDPOINT = (
     "no RUNPOD_ENDPOINT_ID is set and the local RunPod endpoint is a development tool that is not "
     f"installed: {plugins.INSTALL}, or set RUNPOD_ENDPOINT_ID"
 )
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply every migration not yet recorded; returns the versions applied."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await apply_migrations(conn, migrations_dir())
+
+
+@contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """DATABASE_URL; without it, the embedded PostgreSQL (started or joined, and migrated)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    log.info("no DATABASE_URL: using the embedded PostgreSQL in %s", settings.local_database_dir)
+    with embedded_postgres(settings.local_database_dir) as url:
+        asyncio.run(migrate(url))
+        yield url
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from orchestrator.outcomes import finish_in
 from orchestrator.output_image import prepare_output
 from orchestrator.policy import clean_title
 from orchestrator.storage import output_path
+from orchestrator.timings import StageClock, record_timings
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,14 @@ class Stored:
     thumbnail_data_url: str
 
 
-async def complete(job: ClaimedJob, output: object, deps: FlowDeps) -> Outcome:
+async def complete(
+    job: ClaimedJob, output: object, deps: FlowDeps, clock: StageClock | None = None
+) -> Outcome:
     """Store the image, title it, and finalize everything in one transaction."""
-    return await title_and_finalize(job, await store(job, output, deps), deps)
+    clock = clock or StageClock()
+    with clock.stage("store"):
+        stored = await store(job, output, deps)
+    return await title_and_finalize(job, stored, deps, clock)
 
 
 async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
@@ -53,13 +59,17 @@ async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
     return Stored(path, url, image.width, image.height, image.seed, image.thumbnail_data_url)
 
 
-async def title_and_finalize(job: ClaimedJob, stored: Stored, deps: FlowDeps) -> Outcome:
-    """Title the stored image, then finalize everything in one transaction."""
+async def title_and_finalize(
+    job: ClaimedJob, stored: Stored, deps: FlowDeps, clock: StageClock | None = None
+) -> Outcome:
+    """Title the stored image, then finalize everything (and the job's timings) in one
+    transaction."""
     stage = deps.metrics.stage_seconds
-    with stage.labels("title").time():
+    clock = clock or StageClock()
+    with stage.labels("title").time(), clock.stage("title"):
         title = await make_title(stored.thumbnail_data_url, deps)
     with stage.labels("finalize").time():
-        await finalize(job, deps, stored=stored, title=title)
+        await finalize(job, deps, stored=stored, title=title, clock=clock)
     log.info("job %s: completed (%dx%d, %r)", job.id, stored.width, stored.height, title)
     return Outcome.COMPLETED
 
@@ -84,8 +94,17 @@ async def make_title(thumbnail_data_url: str, deps: FlowDeps) -> str:
     return clean_title(answer)
 
 
-async def finalize(job: ClaimedJob, deps: FlowDeps, *, stored: Stored, title: str) -> None:
-    """files row, completed work and completed job, all or nothing."""
+async def finalize(
+    job: ClaimedJob,
+    deps: FlowDeps,
+    *,
+    stored: Stored,
+    title: str,
+    clock: StageClock | None = None,
+) -> None:
+    """files row, completed work and completed job (and its timings), all or nothing."""
+    clock = clock or StageClock()
+    started = clock.now()
     path, url = stored.path, stored.url
     file_id = uuid.uuid5(FILES_NAMESPACE, f"{deps.storage.bucket}/{path}")
     size = {"width": stored.width, "height": stored.height}
@@ -117,3 +136,8 @@ async def finalize(job: ClaimedJob, deps: FlowDeps, *, stored: Stored, title: st
                 raise WorkCancelled(job.work_id)  # rolls the files row back too
             raise Permanent("the work was no longer in progress when its image arrived")
         await finish_in(conn, job, deps, JobStatus.COMPLETED, None)
+        clock.since("finalize", started)  # all but the commit: the write must be inside it
+        timings = clock.take()
+        await record_timings(
+            conn, job_id=job.id, worker_id=deps.settings.worker_id, timings=timings
+        )

@@ -32,6 +32,7 @@ from orchestrator.policy import (
 )
 from orchestrator.runpod import RunPodJob
 from orchestrator.submit import submit
+from orchestrator.timings import StageClock, runpod_ms, save_timings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ async def run_job(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outco
     """
     bind_job(job.id, job.work_id)
     try:
-        outcome = await _settle(job, deps, wake)
+        outcome = await _settle(job, deps, wake, StageClock())
     except FencedOut:
         log.warning("job %s: no longer ours to move (taken over or adopted); stopping", job.id)
         await release_job(deps.db, job_id=job.id, worker_id=deps.settings.worker_id)
@@ -60,10 +61,12 @@ async def run_job(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outco
     return outcome
 
 
-async def _settle(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcome:
+async def _settle(
+    job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event, clock: StageClock
+) -> Outcome:
     """The story, with what escapes it turned into an outcome."""
     try:
-        return await _story(job, deps, wake)
+        return await _story(job, deps, wake, clock)
     except FencedOut:
         raise
     except NeedsOperator as exc:
@@ -104,7 +107,9 @@ def _backoff_s(job: ClaimedJob, deps: FlowDeps, retry_after_s: float | None = No
     )
 
 
-async def _story(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcome:
+async def _story(
+    job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event, clock: StageClock
+) -> Outcome:
     if job.abandoned > deps.settings.max_abandoned:
         return await fail(job, deps, ABANDONED.format(job.abandoned))
     match job.work_status:
@@ -127,20 +132,24 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcom
             if attempts >= deps.settings.max_attempts:
                 return await fail(job, deps, reason)
             with stage.labels("submit").time():
-                runpod_id, submitted_at = await submit(job, deps)
+                runpod_id, submitted_at = await submit(job, deps, clock)
             attempts += 1
+            await save_timings(deps, job.id, clock)
         try:
             with stage.labels("await").time():
                 result = await await_result(job, runpod_id, submitted_at, deps, wake)
         except RunPodJobGone as exc:
             reason = str(exc)
         else:
+            clock.add(runpod_ms(result.delay_time, result.execution_time))
             if result.status == "COMPLETED":
                 async with deps.outputs.held(result):  # the output slot, until it is stored
-                    stored = await store(job, result.output, deps)
+                    with clock.stage("store"):
+                        stored = await store(job, result.output, deps)
                 del result  # the output (megabytes) is not kept while the title is made
-                return await title_and_finalize(job, stored, deps)
+                return await title_and_finalize(job, stored, deps, clock)
             if not is_worker_fault(result.status, result.error):
+                await save_timings(deps, job.id, clock)
                 return await conclude(job, result, deps)
             reason = result.error or "the RunPod worker failed"
         log.warning("job %s: %s; submitting again", job.id, reason)

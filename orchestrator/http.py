@@ -1,4 +1,5 @@
-"""The orchestrator's HTTP face: intake webhook, RunPod's completion webhook, health, metrics.
+"""The orchestrator's HTTP face: intake webhook, RunPod's completion webhook, health, metrics,
+and the dashboard (orchestrator/dashboard/).
 
 Webhooks only wake the claimer; the database decides what happens, so duplicates are harmless.
 """
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
 from starlette.requests import ClientDisconnect
 
+from orchestrator.dashboard.routes import add_dashboard
 from orchestrator.db import Database, Row
 from orchestrator.errors import ConfigError
 from orchestrator.metrics import Metrics
@@ -181,42 +183,8 @@ def error(message: str, status_code: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code)
 
 
-def create_app(
-    settings: Settings,
-    db: Database,
-    waker: Waker,
-    metrics: Metrics,
-    storage_root: Path | None = None,
-) -> FastAPI:
-    """The FastAPI app; `storage_root` serves LocalStorage's files under /storage.
-
-    Raises ConfigError when WEBHOOK_SECRET or METRICS_TOKEN is set but empty.
-    """
-    app = FastAPI(title="Klein I2I orchestrator", docs_url=None, redoc_url=None)
-    secret = configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
-    metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
-
-    @app.post("/webhook/klein_i2i")
-    async def intake(request: Request) -> JSONResponse:
-        if not secret_ok(request.headers.get("x-webhook-secret"), secret):
-            return error("missing or wrong X-Webhook-Secret", 401)
-        try:
-            raw = await read_capped_body(request, INTAKE_MAX_BYTES)
-            job_id = job_id_from_body(parse_json(raw))
-        except BodyTooLarge as exc:
-            return error(f"{exc}: a Database Webhook body is a few hundred bytes", 413)
-        except BadBody as exc:
-            return error(f"malformed body: {exc}", 422)
-        try:
-            row = await lookup(db, "job_for_intake", job_id=job_id)
-        except (psycopg.Error, TimeoutError):
-            waker.nudge("webhook")
-            return error("database unavailable; retry later", 503)
-        reason = intake_verdict(row, settings.klein_template_id)
-        if reason is None:
-            waker.nudge("webhook")
-            return JSONResponse({"job_id": job_id, "accepted": True})
-        return JSONResponse({"job_id": job_id, "accepted": False, "reason": reason})
+def add_runpod_webhook(app: FastAPI, settings: Settings, db: Database, waker: Waker) -> None:
+    """RunPod's completion webhook: POST /runpod/webhook/{token}."""
 
     @app.post("/runpod/webhook/{token}")
     async def runpod_done(token: str, request: Request) -> JSONResponse:
@@ -245,6 +213,50 @@ def create_app(
         except (psycopg.Error, TimeoutError):
             return error("database unavailable; retry later", 503)
         return JSONResponse({"ok": True})
+
+
+def create_app(
+    settings: Settings,
+    db: Database,
+    waker: Waker,
+    metrics: Metrics,
+    storage_root: Path | None = None,
+) -> FastAPI:
+    """The FastAPI app; `storage_root` serves LocalStorage's files under /storage.
+
+    Raises ConfigError when WEBHOOK_SECRET, METRICS_TOKEN or DASHBOARD_TOKEN is set but empty.
+    """
+    app = FastAPI(title="Klein I2I orchestrator", docs_url=None, redoc_url=None)
+    secret = configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
+    metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
+    dashboard_token = configured_secret(settings.dashboard_token, "DASHBOARD_TOKEN")
+    add_dashboard(
+        app, db, settings.klein_template_id, dashboard_token, jobs=settings.dashboard_jobs
+    )
+
+    @app.post("/webhook/klein_i2i")
+    async def intake(request: Request) -> JSONResponse:
+        if not secret_ok(request.headers.get("x-webhook-secret"), secret):
+            return error("missing or wrong X-Webhook-Secret", 401)
+        try:
+            raw = await read_capped_body(request, INTAKE_MAX_BYTES)
+            job_id = job_id_from_body(parse_json(raw))
+        except BodyTooLarge as exc:
+            return error(f"{exc}: a Database Webhook body is a few hundred bytes", 413)
+        except BadBody as exc:
+            return error(f"malformed body: {exc}", 422)
+        try:
+            row = await lookup(db, "job_for_intake", job_id=job_id)
+        except (psycopg.Error, TimeoutError):
+            waker.nudge("webhook")
+            return error("database unavailable; retry later", 503)
+        reason = intake_verdict(row, settings.klein_template_id)
+        if reason is None:
+            waker.nudge("webhook")
+            return JSONResponse({"job_id": job_id, "accepted": True})
+        return JSONResponse({"job_id": job_id, "accepted": False, "reason": reason})
+
+    add_runpod_webhook(app, settings, db, waker)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

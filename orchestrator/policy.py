@@ -33,6 +33,16 @@ def window_bucket(per_window: float, window_s: float, burst_share: float) -> tup
     return capacity, capacity / per_s
 
 
+def progress_due(
+    new: object, recorded: object, since_recorded_s: float, min_interval_s: float
+) -> bool:
+    """Whether to write a job's progress now: only news (something, and not what is already
+    recorded), and at most once per `min_interval_s`."""
+    if new is None or new == recorded:
+        return False
+    return since_recorded_s >= min_interval_s
+
+
 def backoff_s(
     attempt: int,
     base_s: float = 1.0,

@@ -3,6 +3,7 @@
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -25,6 +26,33 @@ STATUS_PER_10S = 1800
 RUN_BURST_SHARE = 0.5  # of /run's budget may go at once: a batch inserted together
 STATUS_BURST_SHARE = 0.1  # of /status's: polls are steady
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+# What a worker's progress report may carry into works.progress; anything else is dropped.
+STAGE_MAX_CHARS = 40
+NODE_MAX_CHARS = 80
+STEPS_MAX = 10_000
+QUEUED_STAGE = "queued on RunPod"
+RUNNING_STAGE = "running"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a RunPod job is doing now, as the handler's progress_update reported it."""
+
+    stage: str
+    node: str | None = None
+    step: int | None = None
+    steps: int | None = None
+
+    def as_json(self, at: datetime) -> dict[str, Any]:
+        """The works.progress shape: every key present, `at` in ISO 8601 UTC."""
+        stamp = at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return {
+            "stage": self.stage,
+            "node": self.node,
+            "step": self.step,
+            "steps": self.steps,
+            "at": stamp,
+        }
 
 
 @dataclass(frozen=True)
@@ -35,6 +63,9 @@ class RunPodJob:
     status: str
     output: Any = None
     error: str | None = None
+    progress: Progress | None = None
+    delay_time: object = None  # ms in RunPod's queue (`delayTime`), when reported
+    execution_time: object = None  # ms of the worker's run (`executionTime`), when reported
     # A `peek` answer too large to read (status UNREAD): only a finished job's output is that
     # large, so the job is over, and `status` reads it in an output slot (orchestrator/outputs.py).
     unread: bool = False
@@ -86,7 +117,7 @@ class RunPodClient:
         raise_for_status(response, path, self._endpoint_id)
         try:
             return await self._parse_json(response.content)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
 
     async def _parse_json(self, body: bytes) -> Any:
@@ -133,7 +164,7 @@ class RunPodClient:
             return RunPodJob(id=job_id, status="UNREAD", unread=True)
         try:
             return parse_status(job_id, json.loads(body))
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient("RunPod sent a non-JSON answer on /status") from exc
 
     async def cancel(self, job_id: str) -> None:
@@ -169,7 +200,41 @@ def parse_status(job_id: str, answer: object) -> RunPodJob:
         status=answer["status"],
         output=answer.get("output"),
         error=str(error) if error is not None else None,
+        progress=parse_progress(answer["status"], answer.get("output")),
+        delay_time=answer.get("delayTime"),
+        execution_time=answer.get("executionTime"),
     )
+
+
+def parse_progress(status: str, output: object) -> Progress | None:
+    """The progress a waiting job's `/status` shows: "queued on RunPod" while IN_QUEUE; while
+    IN_PROGRESS the handler's last report (`output`), or just "running" when that is missing or
+    unusable. The worker's report is untrusted: capped, typed, anything off is dropped."""
+    if status == "IN_QUEUE":
+        return Progress(QUEUED_STAGE)
+    if status != "IN_PROGRESS":
+        return None
+    report = output if isinstance(output, dict) else {}
+    step, steps = _int(report.get("step")), _int(report.get("steps"))
+    if step is None or steps is None or not 0 <= step <= steps <= STEPS_MAX:
+        step = steps = None
+    return Progress(
+        stage=_text(report.get("stage"), STAGE_MAX_CHARS) or RUNNING_STAGE,
+        node=_text(report.get("node"), NODE_MAX_CHARS),
+        step=step,
+        steps=steps,
+    )
+
+
+def _text(value: object, max_chars: int) -> str | None:
+    if not isinstance(value, str) or len(value) > max_chars:
+        return None
+    text = " ".join(value.split())
+    return text if text and text.isprintable() else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def transport_error(exc: httpx.HTTPError, path: str) -> Transient:

@@ -1,8 +1,10 @@
 """`klein serve`: the HTTP app and the orchestrator's loops in one process, stopped by SIGTERM."""
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
@@ -44,6 +46,30 @@ class Address:
         return f"http://{host}:{self.port}"
 
 
+def bind(address: Address) -> socket.socket:
+    """The listening socket, bound before anything else starts; a busy or refused address is a
+    ConfigError in one sentence."""
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, UnicodeError, OverflowError) as exc:
+        raise ConfigError(f"cannot listen on {address.host}:{address.port}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(where)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        if getattr(exc, "errno", None) == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {address.port} on {address.host} is already in use: stop what listens "
+                "there or choose another port with --port (or KLEIN_PORT)"
+            ) from exc
+        raise ConfigError(f"cannot listen on {address.host}:{address.port}: {exc}") from exc
+    return sock
+
+
 def require(settings: Settings) -> tuple[str, str]:
     """DATABASE_URL and RUNPOD_ENDPOINT_ID, or a ConfigError naming what is missing."""
     if not settings.database_url:
@@ -78,6 +104,7 @@ async def check_schema(db: Database) -> None:
 def check_http_face(settings: Settings, address: Address) -> None:
     """Refuse blank secrets (a ConfigError); warn when /metrics is open beyond this machine."""
     configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
+    configured_secret(settings.dashboard_token, "DASHBOARD_TOKEN")
     metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
     if metrics_token is None and not is_loopback(address.host):
         log.warning(
@@ -87,8 +114,11 @@ def check_http_face(settings: Settings, address: Address) -> None:
         )
 
 
-async def run_server(settings: Settings, address: Address) -> None:
-    """Serve until SIGTERM/SIGINT, then hand in-flight jobs over and exit."""
+async def run_server(
+    settings: Settings, address: Address, sock: socket.socket | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT, then hand in-flight jobs over and exit (on `sock` when
+    given, already bound to `address`)."""
     check_http_face(settings, address)
     database_url, endpoint_id = require(settings)
     metrics = Metrics()
@@ -123,7 +153,9 @@ async def run_server(settings: Settings, address: Address) -> None:
         orchestrator = Orchestrator(deps, database_url)
         root = None if settings.uses_supabase_storage else settings.local_storage_dir
         app = create_app(settings, db, orchestrator, metrics, storage_root=root)
-        await _serve_until_signal(app, address, orchestrator, settings)
+        listener = sock or bind(address)
+        stack.callback(listener.close)
+        await _serve_until_signal(app, address, listener, orchestrator, settings)
 
 
 async def _openrouter(
@@ -162,7 +194,11 @@ class _Server(uvicorn.Server):
 
 
 async def _serve_until_signal(
-    app: FastAPI, address: Address, orchestrator: Orchestrator, settings: Settings
+    app: FastAPI,
+    address: Address,
+    sock: socket.socket,
+    orchestrator: Orchestrator,
+    settings: Settings,
 ) -> None:
     config = uvicorn.Config(
         app, host=address.host, port=address.port, log_level="warning", lifespan="off"
@@ -177,7 +213,7 @@ async def _serve_until_signal(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
     log.info("serving on %s (worker %s)", address.base_url, settings.worker_id)
-    web = asyncio.create_task(server.serve())
+    web = asyncio.create_task(server.serve(sockets=[sock]))
     work = asyncio.create_task(orchestrator.run())
     done, _ = await asyncio.wait({web, work}, return_when=asyncio.FIRST_COMPLETED)
     stop()

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     poll_min_interval_s: float = Field(default=0.5, gt=0)
     poll_max_interval_s: float = Field(default=10.0, gt=0)
+    # works.progress (what a running job is doing) is written at most this often per job.
+    progress_write_interval_s: float = Field(default=1.0, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     # A job's retry budget (stored in generation_jobs.retries): transient and unexpected errors
     # spend one each; waiting for an operator spends none.
@@ -88,6 +90,10 @@ class Settings(BaseSettings):
     # base64 image, several MB), so its body cap is large but still a cap.
     metrics_token: SecretStr | None = None
     runpod_webhook_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # The dashboard at `/` (orchestrator/dashboard/): with DASHBOARD_TOKEN set, whoever presents
+    # it; unset, clients on this machine only. DASHBOARD_JOBS: how many latest jobs it lists.
+    dashboard_token: SecretStr | None = None
+    dashboard_jobs: int = Field(default=50, ge=1, le=500)
 
     @property
     def uses_supabase_storage(self) -> bool:

@@ -23,6 +23,7 @@ from orchestrator.outcomes import cancel_on_runpod
 from orchestrator.payload import Submission, build_submission, validate
 from orchestrator.policy import backoff_s, has_hangul
 from orchestrator.settings import Settings
+from orchestrator.timings import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,18 @@ TRANSLATE_TRIES = 3
 T = TypeVar("T")
 
 
-async def submit(job: ClaimedJob, deps: FlowDeps) -> tuple[str, datetime]:
+async def submit(
+    job: ClaimedJob, deps: FlowDeps, clock: StageClock | None = None
+) -> tuple[str, datetime]:
     """Validate, translate, submit, and record the RunPod id before anything else happens."""
+    clock = clock or StageClock()
     params = validate(job.input_data, job.user_id, job.work_id)
-    prompt, translation = await translate_prompt(params.prompt, deps)
-    submission = build_submission(params, prompt, translation, datetime.now(UTC))
-    token = await _begin(job, deps, submission)
-    submitted = await run_to_the_end(_run_and_record(job, deps, submission, token))
+    with clock.stage("translate"):
+        prompt, translation = await translate_prompt(params.prompt, deps)
+    with clock.stage("submit"):
+        submission = build_submission(params, prompt, translation, datetime.now(UTC))
+        token = await _begin(job, deps, submission)
+        submitted = await run_to_the_end(_run_and_record(job, deps, submission, token))
     log.info("job %s: submitted as RunPod %s (%s)", job.id, submitted[0], translation)
     return submitted
 

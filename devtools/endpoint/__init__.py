@@ -2,8 +2,9 @@
 
 Point `RUNPOD_API_BASE` at `http://host:port/v2` and the orchestrator works without RunPod.
 Routes under `/v2/{endpoint_id}`: `POST /run`, `POST /runsync`, `GET|POST /status/{id}`,
-`POST /cancel/{id}`, `GET /health`, `POST /purge-queue`. The real worker is
-`devtools.endpoint.handler_runner.HandlerRunner`; the job life is drawn in `jobs.py`.
+`GET /stream/{id}`, `POST /cancel/{id}`, `GET /health`, `POST /purge-queue`; and RunPod's
+worker-facing API (`worker_api.py`), which `--workers N` subprocesses running `python -m handler`
+take jobs from (`workers.py`). The job life is drawn in `jobs.py`.
 """
 
 from devtools.endpoint.app import create_app

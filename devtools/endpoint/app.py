@@ -1,6 +1,8 @@
-"""RunPod Serverless's REST API under `/v2/{endpoint_id}`, served locally for development.
+"""RunPod Serverless's REST API under `/v2/{endpoint_id}`, served locally for development: the
+client API (below) and the worker-facing API (`worker_api.py`) that worker subprocesses
+(`workers.py`) take jobs from. Tests may run in-process JobRunners instead (`inprocess.py`).
 
-Every route checks, in order: the API key (when one is configured), failures scripted through
+Every client route checks, in order: the API key (when one is configured), failures scripted through
 `inject` (a development hook), the endpoint id, and the route's rate limit. Error bodies are
 `{"error": "<sentence>"}`.
 """
@@ -19,9 +21,12 @@ from fastapi.responses import JSONResponse
 
 from devtools.endpoint.config import EndpointConfig
 from devtools.endpoint.engine import LocalEndpoint
+from devtools.endpoint.inprocess import InProcessWorkers
 from devtools.endpoint.jobs import BadRequest, JobRequest, parse_request
 from devtools.endpoint.limits import Injections, TokenBucket
 from devtools.endpoint.runner import JobRunner
+from devtools.endpoint.worker_api import WorkerApiError, worker_router
+from devtools.endpoint.workers import WorkerLaunch, WorkerPool
 
 RATE_WINDOW_S = 10.0
 RUNSYNC_WAIT_MS = (1_000, 300_000)  # RunPod's range for `/runsync?wait=`
@@ -92,7 +97,7 @@ class Gate:
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, ApiError | WorkerApiError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
@@ -136,6 +141,10 @@ def _router(config: EndpointConfig, endpoint: LocalEndpoint, gate: Gate) -> APIR
     async def status(job_id: str) -> dict[str, Any]:
         return _found(endpoint.status(job_id))
 
+    @router.get("/stream/{job_id}", dependencies=[gate.depends("stream")])
+    async def stream(job_id: str) -> dict[str, Any]:
+        return _found(endpoint.take_stream(job_id))
+
     @router.post("/cancel/{job_id}", dependencies=[gate.depends("cancel")])
     async def cancel(job_id: str) -> dict[str, Any]:
         return _found(endpoint.cancel(job_id))
@@ -151,18 +160,60 @@ def _router(config: EndpointConfig, endpoint: LocalEndpoint, gate: Gate) -> APIR
     return router
 
 
+class Workers:
+    """Who runs the jobs: in-process JobRunners (tests), or worker subprocesses started once the
+    server's address is known (`app.state.workers.launch` is set before the server starts)."""
+
+    def __init__(self, config: EndpointConfig, endpoint: LocalEndpoint, runner: JobRunner | None):
+        self._config = config
+        self._endpoint = endpoint
+        self._in_process = (
+            None if runner is None else InProcessWorkers(endpoint, runner, config.workers)
+        )
+        self.launch: WorkerLaunch | None = None
+        self.pool: WorkerPool | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        if self._in_process is not None:
+            self._in_process.start()
+        elif self.launch is not None:
+            self.pool = WorkerPool(self._endpoint, self.launch, self._config.workers)
+            self.pool.start()
+
+    def replace(self, worker_id: str) -> None:
+        if self.pool is not None:
+            self.pool.replace(worker_id)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._in_process is not None:
+            await self._in_process.stop()
+        if self.pool is not None:
+            await self.pool.stop()
+
+
 def create_app(
-    config: EndpointConfig, runner: JobRunner, *, clock: Callable[[], float] = time.monotonic
+    config: EndpointConfig,
+    runner: JobRunner | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The local endpoint as an ASGI app; `app.state.endpoint` is its LocalEndpoint."""
-    endpoint = LocalEndpoint(config, runner, clock)
+    """The local endpoint as an ASGI app; `app.state.endpoint` is its LocalEndpoint and
+    `app.state.workers` who runs its jobs (`runner` in-process, else worker subprocesses)."""
+    endpoint = LocalEndpoint(config, clock)
+    workers = Workers(config, endpoint, runner)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await endpoint.start()
+        workers.start()
         try:
             yield
         finally:
+            await workers.stop()
             await endpoint.stop()
 
     app = FastAPI(
@@ -170,6 +221,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.endpoint = endpoint
+    app.state.workers = workers
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(WorkerApiError, _api_error)
     app.include_router(_router(config, endpoint, Gate(config, endpoint.injections, clock)))
+    router, replace_hooks = worker_router(
+        config, endpoint, lambda header: authorized(header, config.worker_key)
+    )
+    replace_hooks.append(workers.replace)
+    app.include_router(router)
     return app

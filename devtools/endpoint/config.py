@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class EndpointConfig:
     webhook_attempts: int = 3
     webhook_retry_delay_s: float = 10.0
     webhook_timeout_s: float = 10.0
+    # The worker-facing API: workers present this as RUNPOD_AI_API_KEY (never logged).
+    worker_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    # How long job-take and job-stop hold a poll open (the SDK gives up after 90 s).
+    worker_poll_s: float = 20.0
+    # The result size RunPod takes (runpod/serverless/modules/rp_tips.py: 20 MB).
+    max_result_bytes: int = 20_000_000
 
     def __post_init__(self) -> None:
         if self.workers < 1:

@@ -111,6 +111,44 @@ def parse_request(body: object, execution_timeout_ms: int, ttl_ms: int) -> JobRe
     )
 
 
+@dataclass(frozen=True)
+class Progress:
+    """A running job's progress report; /status shows it as `output` while IN_PROGRESS."""
+
+    output: Any
+
+
+def read_result(body: object) -> Outcome | Progress:
+    """A worker's job-done body, as the runpod SDK sends it: `{"status": "IN_PROGRESS",
+    "output": ...}` from `progress_update`, else `{"output"?, "error"?, "stopPod"?}` (rp_job.py)."""
+    if not isinstance(body, dict):
+        return Outcome(RunPodStatus.FAILED, error="the worker sent a result that is not an object")
+    if body.get("status") == RunPodStatus.IN_PROGRESS.value:
+        return Progress(body.get("output"))
+    error = body.get("error")
+    if error:
+        text = error if isinstance(error, str) else json.dumps(error)
+        return Outcome(RunPodStatus.FAILED, body.get("output"), text)
+    return Outcome(RunPodStatus.COMPLETED, body.get("output"))
+
+
+def wants_new_worker(body: object) -> bool:
+    """True when the worker asked to be replaced (the SDK's `stopPod`, from `refresh_worker`)."""
+    return isinstance(body, dict) and body.get("stopPod") is True
+
+
+def oversized_result(size_bytes: int, limit_bytes: int) -> Outcome:
+    """The job's end when its worker's result is over the size RunPod takes."""
+    return Outcome(
+        RunPodStatus.FAILED,
+        error=(
+            f"the job's result is {size_bytes / 1e6:.1f} MB, over RunPod's "
+            f"{limit_bytes / 1e6:g} MB limit; return a smaller output or upload it and return "
+            "its URL"
+        ),
+    )
+
+
 def outcome_of_output(output: object) -> Outcome:
     """RunPod's rule: a dict with a truthy "error" is FAILED; the rest of the dict stays output."""
     if not isinstance(output, dict):

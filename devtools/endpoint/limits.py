@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-ROUTES = frozenset({"run", "runsync", "status", "cancel", "health", "purge-queue"})
+ROUTES = frozenset({"run", "runsync", "status", "stream", "cancel", "health", "purge-queue"})
 
 
 class TokenBucket:

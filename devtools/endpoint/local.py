@@ -1,4 +1,5 @@
-"""The local endpoint with the project's real handler: for `klein endpoint` and `klein serve`."""
+"""The local endpoint with the project's real handler, run as worker subprocesses
+(`python -m handler`, the container's own entry command): for `klein endpoint` and `klein serve`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from devtools.endpoint.config import EndpointConfig
-from devtools.endpoint.handler_runner import HandlerRunner
 from devtools.endpoint.server import EndpointServer
+from handler.comfy import ComfyClient
 from handler.config import HandlerSettings
-from handler.workflow import WorkflowError
+from handler.workflow import WorkflowError, load_workflow
 from orchestrator.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -20,38 +21,54 @@ log = logging.getLogger(__name__)
 COMFY_PROBE_S = 3.0
 
 
-def handler_runner(settings: HandlerSettings) -> HandlerRunner:
-    """The real handler as the endpoint's runner; an unusable graph is a ConfigError at start."""
+def check_handler(settings: HandlerSettings) -> None:
+    """An unusable graph is a ConfigError at start, not a worker that exits again and again."""
     try:
-        return HandlerRunner(settings)
+        load_workflow(settings.comfy_workflow, settings.comfy_workflows_dir)
     except WorkflowError as exc:
         raise ConfigError(f"the handler's graph cannot be used: {exc}") from exc
 
 
-def probe_comfy_in_background(runner: HandlerRunner, timeout_s: float | None = None) -> None:
-    """Say at start, not at the first job, when no ComfyUI answers (the runner logs either way)."""
-    threading.Thread(
-        target=runner.wait_for_comfy, args=(timeout_s,), name="comfy-probe", daemon=True
-    ).start()
+def probe_comfy_in_background(settings: HandlerSettings, timeout_s: float = COMFY_PROBE_S) -> None:
+    """Say at start, not at the first job, whether ComfyUI answers (the workers wait longer)."""
+
+    def probe() -> None:
+        import requests  # noqa: PLC0415 - the handler's dependency, loaded off the start path
+
+        url = settings.comfy_api_url
+        with requests.Session() as session:
+            client = ComfyClient(url, session, settings.comfy_http_timeout_s)
+            if client.wait_until_ready(timeout_s):
+                log.info("ComfyUI answers at %s", url)
+                return
+        log.error(
+            "ComfyUI does not answer at %s; jobs fail until it does (start ComfyUI there, or "
+            "set COMFY_API_URL to a running ComfyUI)",
+            url,
+        )
+
+    threading.Thread(target=probe, name="comfy-probe", daemon=True).start()
 
 
 @contextmanager
 def local_endpoint(endpoint_id: str, workers: int, execution_timeout_s: float) -> Iterator[str]:
-    """Run the endpoint with the real handler on a free port for as long as the block lasts;
-    yields its API base (what `RUNPOD_API_BASE` should be). `klein serve`'s entry point."""
+    """Run the endpoint and its worker subprocesses on a free port for as long as the block
+    lasts; yields its API base (what `RUNPOD_API_BASE` should be). `klein serve`'s entry point."""
     handler_settings = HandlerSettings()
-    runner = handler_runner(handler_settings)
+    check_handler(handler_settings)
     config = EndpointConfig(
         endpoint_id=endpoint_id,
         workers=workers,
         execution_timeout_ms=int(execution_timeout_s * 1000),
     )
-    with EndpointServer(config, runner) as server:
+    with EndpointServer(config) as server:
         log.warning(
             "no RUNPOD_ENDPOINT_ID: jobs run on a local RunPod endpoint (%s, a development "
-            "tool) with this project's handler and the ComfyUI at %s",
+            "tool) with %d worker process(es) running this project's handler against the "
+            "ComfyUI at %s",
             server.api_base,
+            workers,
             handler_settings.comfy_api_url,
         )
-        probe_comfy_in_background(runner, COMFY_PROBE_S)
+        probe_comfy_in_background(handler_settings)
         yield server.api_base

@@ -6,6 +6,7 @@ else of the worker, and validates with the same rules before spending GPU time.
 
 import json
 import secrets
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ RUNPOD_RUN_MAX_BYTES = 10_000_000
 RUN_BODY_RESERVE_BYTES = 100_000
 IMAGE_BASE64_MAX_CHARS = RUNPOD_RUN_MAX_BYTES - RUN_BODY_RESERVE_BYTES
 IMAGE_URL_MAX_CHARS = 8192
+BASE64_ALPHABET = (string.ascii_letters + string.digits + "+/=").encode("ascii")
 # Characters that parsers disagree about (a backslash ends the host for some, not for others).
 AMBIGUOUS_URL_CHARS = frozenset("\\") | frozenset(chr(code) for code in range(0x21)) | {"\x7f"}
 
@@ -186,6 +188,8 @@ def base64_too_large() -> str:
 
 
 def _json_size(text: str) -> int:
+    if text.isascii() and not text.encode("ascii").translate(None, BASE64_ALPHABET):
+        return len(text)  # base64 alone, which JSON never escapes: no megabyte-long dumps
     return len(json.dumps(text)) - 2
 
 

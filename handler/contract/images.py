@@ -36,22 +36,32 @@ def decoded(
     data: bytes, max_pixels: int, formats: tuple[str, ...] | None = None
 ) -> Iterator[Image.Image]:
     """The image with its first frame decoded, after the pixel cap was checked on its header."""
+    with _opened(data, max_pixels, formats) as image:
+        try:
+            image.load()
+            yield image
+        except InvalidInput:
+            raise
+        except Exception:  # hostile bytes can make Pillow fail in any way: all mean "not an image"
+            raise InvalidInput(NOT_AN_IMAGE) from None
+
+
+@contextmanager
+def _opened(data: bytes, max_pixels: int, formats: tuple[str, ...] | None) -> Iterator[Image.Image]:
+    """The image with only its header read, refused when it names more pixels than the cap."""
     too_many = f"Invalid parameter: image has more than {max_pixels:,} pixels"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=formats)
-        with image:
-            if image.width * image.height > max_pixels:
-                raise InvalidInput(too_many)
-            image.load()
-            yield image
-    except InvalidInput:
-        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidInput(too_many) from None
-    except Exception:  # a decoder fed hostile bytes can fail in any way; all mean "not an image"
+    except Exception:
         raise InvalidInput(NOT_AN_IMAGE) from None
+    with image:
+        if image.width * image.height > max_pixels:
+            raise InvalidInput(too_many)
+        yield image
 
 
 def verify_image(data: bytes, max_pixels: int = MAX_PIXELS) -> VerifiedImage:
@@ -60,3 +70,16 @@ def verify_image(data: bytes, max_pixels: int = MAX_PIXELS) -> VerifiedImage:
         return VerifiedImage(
             data=data, format=image.format or "PNG", width=image.width, height=image.height
         )
+
+
+def check_structure(data: bytes, max_pixels: int = MAX_PIXELS) -> VerifiedImage:
+    """Check an image without decoding its pixels: the header within the pixel cap, then Pillow's
+    verify (for a PNG, every chunk's CRC through IEND: a truncated or corrupted file fails). For
+    files a program of ours wrote (ComfyUI's SaveImage); what a user sent gets verify_image."""
+    with _opened(data, max_pixels, None) as image:
+        found = VerifiedImage(data, image.format or "PNG", image.width, image.height)
+        try:
+            image.verify()
+        except Exception:
+            raise InvalidInput(NOT_AN_IMAGE) from None
+        return found

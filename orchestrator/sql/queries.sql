@@ -145,6 +145,17 @@ SET status = 'processing', runpod_job_id = %(runpod_job_id)s, updated_at = now()
 WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
 RETURNING id;
 
+-- name: record_progress
+-- What the job's RunPod worker is doing now, on its work for the web app and `klein submit
+-- --wait` (shape in migration 20260214000000). Fenced like every job write; updated_at is left
+-- alone, since this is no change of state. Zero rows: fenced out, or the work already ended.
+UPDATE works w
+SET progress = %(progress)s
+FROM generation_jobs j
+WHERE j.id = %(job_id)s AND j.locked_by = %(worker_id)s AND j.status = 'taken'
+  AND w.id = j.work_id AND w.status IN ('taken', 'processing')
+RETURNING w.id;
+
 -- name: forget_submission
 -- RunPod no longer knows the job (its result expired): submit again, counted in attempts.
 UPDATE generation_jobs
@@ -165,7 +176,7 @@ UPDATE works
 SET status = 'completed', output_file_id = %(file_id)s, thumbnail_file_id = %(file_id)s,
     title = %(title)s, output_data_json = %(output_data)s, tags = %(tags)s,
     generation_metadata = coalesce(generation_metadata, '{}'::jsonb) || %(metadata_patch)s,
-    error_message = NULL, completed_at = now(), updated_at = now()
+    error_message = NULL, progress = NULL, completed_at = now(), updated_at = now()
 WHERE id = %(work_id)s AND status IN ('taken', 'processing')
 RETURNING id;
 
@@ -174,14 +185,16 @@ SELECT id FROM works WHERE id = %(work_id)s AND status = 'cancelled';
 
 -- name: fail_work
 UPDATE works
-SET status = 'failed', error_message = %(error)s, failed_at = now(), updated_at = now()
+SET status = 'failed', error_message = %(error)s, progress = NULL, failed_at = now(),
+    updated_at = now()
 WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
 RETURNING id;
 
 -- name: cancel_work
 -- The user's cancellation: the status may already be cancelled (the web app set it).
 UPDATE works
-SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), updated_at = now()
+SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), progress = NULL,
+    updated_at = now()
 WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing', 'cancelled')
 RETURNING id;
 
@@ -205,7 +218,8 @@ WITH jobs AS (
 ),
 works_done AS (
     UPDATE works w
-    SET status = 'cancelled', cancelled_at = coalesce(w.cancelled_at, now()), updated_at = now()
+    SET status = 'cancelled', cancelled_at = coalesce(w.cancelled_at, now()), progress = NULL,
+        updated_at = now()
     FROM generation_jobs j
     WHERE j.work_id = w.id AND j.status = 'cancelled' AND j.locked_by IS NULL
       AND w.status IN ('pending', 'taken', 'processing')
@@ -236,7 +250,8 @@ RETURNING id;
 -- name: job_status
 SELECT j.id AS job_id, j.status AS job_status, j.attempts, j.last_error, j.runpod_job_id,
        w.id AS work_id, w.status AS work_status, w.title, w.error_message, w.output_data_json,
-       w.generation_metadata, w.created_at, w.completed_at, w.failed_at, w.cancelled_at
+       w.generation_metadata, w.created_at, w.completed_at, w.failed_at, w.cancelled_at,
+       w.progress
 FROM generation_jobs j
 JOIN works w ON w.id = j.work_id
 WHERE j.id = %(id)s OR w.id = %(id)s
@@ -244,9 +259,196 @@ ORDER BY j.created_at DESC
 LIMIT 1;
 
 -- name: recent_jobs
-SELECT j.id AS job_id, j.status AS job_status, w.status AS work_status, w.title,
+SELECT j.id AS job_id, w.id AS work_id, j.status AS job_status, w.status AS work_status, w.title,
        w.error_message, w.output_data_json->>'image_url' AS image_url, j.created_at
 FROM generation_jobs j
 JOIN works w ON w.id = j.work_id
 ORDER BY j.created_at DESC
 LIMIT %(limit)s;
+
+-- ---------------------------------------------------------------------------------------------
+-- The operator's commands (`klein cancel`, `klein retry`, `klein jobs --stuck`) and id prefixes.
+
+-- name: jobs_by_id_prefix
+-- Jobs whose own id or whose work's id starts with the prefix (lowercase hex and dashes only),
+-- newest first; `job_matched` says which id matched.
+SELECT j.id::text AS job_id, w.id::text AS work_id, j.id::text LIKE %(pattern)s AS job_matched
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id::text LIKE %(pattern)s OR w.id::text LIKE %(pattern)s
+ORDER BY j.created_at DESC
+LIMIT 50;
+
+-- name: operator_cancel
+-- Cancel a work that has not ended. Its job ends here too when nobody alive holds it (pending,
+-- or taken with no lease or an expired one); a job a live process holds is left to that process,
+-- which sees the cancellation, cancels the RunPod job and ends the job itself.
+WITH work AS (
+    UPDATE works
+    SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), progress = NULL,
+        updated_at = now()
+    WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
+    RETURNING id
+),
+job AS (
+    UPDATE generation_jobs
+    SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL, updated_at = now()
+    WHERE id = %(job_id)s AND EXISTS (SELECT 1 FROM work)
+      AND (status = 'pending'
+           OR (status = 'taken' AND (lease_expires_at IS NULL OR lease_expires_at < now())))
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM work) AS works, (SELECT count(*) FROM job) AS jobs,
+       j.runpod_job_id, j.locked_by, w.status AS work_status
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id = %(job_id)s;
+
+-- name: operator_retry
+-- A failed or cancelled work whose jobs have all ended gets a new pending job (the last job's
+-- priority) and goes back to pending; zero rows: it is not in such a state.
+WITH work AS (
+    UPDATE works w
+    SET status = 'pending', error_message = NULL, failed_at = NULL, cancelled_at = NULL,
+        runpod_job_id = NULL, progress = NULL, updated_at = now()
+    WHERE w.id = %(work_id)s AND w.status IN ('failed', 'cancelled')
+      AND NOT EXISTS (SELECT 1 FROM generation_jobs j
+                      WHERE j.work_id = w.id AND j.status IN ('pending', 'taken'))
+    RETURNING w.id
+)
+INSERT INTO generation_jobs (id, work_id, status, priority)
+SELECT %(job_id)s, work.id, 'pending',
+       coalesce((SELECT priority FROM generation_jobs WHERE work_id = work.id
+                 ORDER BY created_at DESC LIMIT 1), 0)
+FROM work
+RETURNING id::text AS job_id;
+
+-- name: work_state
+SELECT w.status AS work_status,
+       (SELECT count(*) FROM generation_jobs j
+        WHERE j.work_id = w.id AND j.status IN ('pending', 'taken')) AS unfinished_jobs
+FROM works w
+WHERE w.id = %(work_id)s;
+
+-- name: stuck_candidates
+-- Unfinished jobs worth an operator's look: old, taken with no lease (rows the n8n workflow left),
+-- leased by a holder whose lease expired, or waiting with an error. Oldest first; the reason is
+-- decided in orchestrator/console_ops.py.
+SELECT j.id::text AS job_id, j.work_id::text AS work_id, j.status, j.locked_by, j.last_error,
+       j.runpod_job_id,
+       extract(epoch FROM now() - j.created_at)::float AS age_s,
+       extract(epoch FROM now() - j.lease_expires_at)::float AS lease_expired_s,
+       j.lease_expires_at IS NULL AS no_lease,
+       extract(epoch FROM j.not_before - now())::float AS due_in_s
+FROM generation_jobs j
+WHERE j.status IN ('pending', 'taken')
+  AND (j.created_at < now() - make_interval(secs => %(older_than_s)s)
+       OR (j.status = 'taken' AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now()))
+       OR (j.status = 'pending' AND j.last_error IS NOT NULL))
+ORDER BY j.created_at ASC
+LIMIT %(limit)s;
+
+-- name: work_input
+SELECT input_data FROM works WHERE id = %(work_id)s;
+
+-- name: jobs_by_id
+-- The same rows as jobs_by_id_prefix for a whole id (the primary keys' indexes, no scan).
+SELECT j.id::text AS job_id, w.id::text AS work_id, j.id = %(id)s AS job_matched
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE j.id = %(id)s OR w.id = %(id)s
+ORDER BY j.created_at DESC
+LIMIT 50;
+
+-- name: record_timings
+-- Stage durations in ms (orchestrator/timings.py), merged into what earlier writes recorded, with
+-- the claim wait from the row's own clock: from when the job was due to when it was last claimed.
+-- Fenced by the lease; a finished job keeps its holder, so finalize's own time can still be added.
+-- A row without taken_at (set taken by hand, say) gets no claim time, but its other timings.
+UPDATE generation_jobs
+SET timings = coalesce(timings, '{}'::jsonb) || %(timings)s || CASE
+        WHEN taken_at IS NULL THEN '{}'::jsonb
+        ELSE jsonb_build_object('claim', greatest(0, round(
+            extract(epoch FROM taken_at - greatest(created_at, not_before)) * 1000))::bigint)
+    END
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s
+RETURNING id;
+
+-- ---------------------------------------------------------------- the dashboard (read only)
+
+-- name: dashboard_read_only
+SET TRANSACTION READ ONLY;
+
+-- name: dashboard_deadline
+-- The dashboard's reads give up after two seconds rather than pile up behind a busy database.
+SET LOCAL statement_timeout = 2000;
+
+-- name: dashboard_queue
+-- Unfinished jobs by where they stand (pending; taken = claimed; processing = on RunPod), with
+-- how long since they were asked for; `delayed` are pending ones waiting out a retry delay.
+-- One branch per status, so each reads its partial index (the live queue, not the history).
+WITH unfinished AS (
+    SELECT work_id, status, created_at, not_before FROM generation_jobs WHERE status = 'pending'
+    UNION ALL
+    SELECT work_id, status, created_at, not_before FROM generation_jobs WHERE status = 'taken'
+),
+open_jobs AS (
+    SELECT CASE WHEN j.status = 'pending' THEN 'pending'
+                WHEN w.status = 'processing' THEN 'processing'
+                ELSE 'taken' END AS stage,
+           extract(epoch FROM now() - j.created_at)::float8 AS age_s,
+           j.status = 'pending' AND j.not_before > now() AS delayed
+    FROM unfinished j
+    JOIN works w ON w.id = j.work_id
+    WHERE w.template_id = %(template_id)s
+)
+SELECT stage, count(*) AS jobs, max(age_s) AS oldest_s,
+       count(*) FILTER (WHERE delayed) AS delayed,
+       count(*) FILTER (WHERE age_s < 60) AS under_1m,
+       count(*) FILTER (WHERE age_s >= 60 AND age_s < 300) AS from_1m_to_5m,
+       count(*) FILTER (WHERE age_s >= 300 AND age_s < 900) AS from_5m_to_15m,
+       count(*) FILTER (WHERE age_s >= 900) AS over_15m
+FROM open_jobs
+GROUP BY stage;
+
+-- name: dashboard_latest_jobs
+-- The latest jobs, newest first, with what a person wants to see of each (never the input image).
+SELECT j.id AS job_id, w.id AS work_id, j.status AS job_status, w.status AS work_status,
+       w.title, coalesce(f.file_url, w.output_data_json->>'image_url') AS thumbnail_url,
+       coalesce(w.generation_metadata->>'original_prompt', w.input_data->>'prompt') AS prompt,
+       w.generation_metadata->>'prompt' AS sent_prompt,
+       w.generation_metadata->>'translation' AS translation,
+       w.progress, j.timings, coalesce(w.error_message, j.last_error) AS error,
+       j.attempts, j.retries, j.created_at, j.finished_at,
+       extract(epoch FROM coalesce(j.finished_at, now()) - j.created_at)::float8 AS age_s
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+LEFT JOIN files f ON f.id = w.thumbnail_file_id
+WHERE w.template_id = %(template_id)s
+ORDER BY j.created_at DESC
+LIMIT %(limit)s;
+
+-- name: dashboard_failures
+-- Why works failed in the window, the most common reason first.
+SELECT coalesce(nullif(w.error_message, ''), 'no reason recorded') AS reason,
+       count(*) AS works, max(w.failed_at) AS last_at
+FROM works w
+WHERE w.template_id = %(template_id)s AND w.status = 'failed'
+  AND w.failed_at > now() - make_interval(secs => %(window_s)s)
+GROUP BY 1
+ORDER BY works DESC, last_at DESC
+LIMIT %(limit)s;
+
+-- name: dashboard_throughput
+-- Jobs that ended in the window, and the latency (asked for to finished) of the completed ones.
+SELECT count(*) FILTER (WHERE j.status = 'completed') AS completed,
+       count(*) FILTER (WHERE j.status = 'failed') AS failed,
+       count(*) FILTER (WHERE j.status = 'cancelled') AS cancelled,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))
+           FILTER (WHERE j.status = 'completed') AS p50_s,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM j.finished_at - j.created_at))
+           FILTER (WHERE j.status = 'completed') AS p95_s
+FROM generation_jobs j
+JOIN works w ON w.id = j.work_id
+WHERE w.template_id = %(template_id)s
+  AND j.finished_at > now() - make_interval(secs => %(window_s)s);

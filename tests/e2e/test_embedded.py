@@ -85,11 +85,16 @@ def test_a_new_machine_runs_a_job_with_nothing_but_a_comfyui(
         assert done.returncode == 0, done.stdout + done.stderr + klein_serve.log()
         lines = done.stdout.splitlines()
         assert lines[0].startswith("submitted job ")
-        assert lines[-1].split("  ")[1:3] == ["done", repr(FALLBACK_TITLE)]
+        assert lines[-2].split("  ")[1:3] == ["done", repr(FALLBACK_TITLE)]
+        stored_at = Path(lines[-1].removeprefix("stored at "))
+        assert stored_at.is_relative_to(Path(env["KLEIN_HOME"], "storage")), lines[-1]
+        assert "the stand-in, which does not edit" in done.stderr  # said honestly
+        assert "no DATABASE_URL" not in done.stderr  # informational logs only with -v
 
-        [url] = IMAGE_URL.findall(lines[-1])
+        [url] = IMAGE_URL.findall(lines[-2])
         answer = httpx.get(url, timeout=5)
         assert answer.status_code == 200
+        assert answer.content == stored_at.read_bytes()
         stored = Image.open(io.BytesIO(answer.content))
         assert stored.format == "PNG"
         with Image.open(SAMPLE) as sample:
@@ -129,5 +134,8 @@ def test_migrate_with_nothing_configured_prepares_the_embedded_database(nothing_
     assert first.returncode == 0, first.stderr
     assert "the embedded database in" in first.stdout
     listing = klein(nothing_configured, "status")
-    assert (listing.returncode, listing.stdout) == (0, "")
+    assert (listing.returncode, listing.stdout) == (0, "no jobs yet\n")
+    assert "no DATABASE_URL" not in first.stderr + listing.stderr
+    verbose = klein(nothing_configured, "status", "-v")
+    assert "no DATABASE_URL: using the embedded PostgreSQL" in verbose.stderr
     assert not postgres_running_in(database_dir(nothing_configured))

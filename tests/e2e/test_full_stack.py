@@ -129,6 +129,7 @@ def test_a_korean_prompt_is_translated_edited_titled_and_stored(
     assert row["status"] == "completed", row["error_message"]
     assert row["job_status"] == "completed"
     assert row["completed_at"] is not None
+    assert row["progress"] is None  # what it was doing is over
     assert row["title"] == TITLE
     assert row["tags"] == TAGS
     metadata = row["generation_metadata"]
@@ -223,6 +224,12 @@ def test_a_user_cancellation_mid_run_cancels_the_work_and_the_runpod_job(stack, 
         lambda seen: seen == ("processing", 1),
         "the work is processing and ComfyUI runs its prompt",
     )
+    progress = wait_for(
+        lambda: job_row(stack.database_url, job_id)["progress"],
+        lambda seen: seen is not None and seen["stage"] == "sampling",
+        "the work shows the sampler the worker is stuck in",
+    )
+    assert progress["node"] == "SamplerCustomAdvanced"
 
     execute(stack.database_url, "UPDATE works SET status = 'cancelled' WHERE id = %s", (work_id,))
 
@@ -237,6 +244,7 @@ def test_a_user_cancellation_mid_run_cancels_the_work_and_the_runpod_job(stack, 
     assert row["cancelled_at"] is not None
     assert row["finished_at"] is not None
     assert row["output_file_id"] is None
+    assert row["progress"] is None
     assert stack.endpoint.status(row["job_runpod"])["status"] == "CANCELLED"
     assert prompts_queued(comfy_server) == 1
     gpu_released(comfy_server)

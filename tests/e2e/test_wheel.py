@@ -36,6 +36,7 @@ BUILD_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 60
 MIGRATIONS = REPO_ROOT / "supabase" / "migrations"
 GRAPHS = REPO_ROOT / "comfy_workflows"
+DASHBOARD = REPO_ROOT / "orchestrator" / "dashboard" / "static"
 # What the installed handler finds with no COMFY_WORKFLOWS_DIR, and whose code it runs.
 LOAD_GRAPH = """
 import json, handler, orchestrator
@@ -108,14 +109,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return Installed(wheel, venv, workdir)
 
 
-def test_the_wheel_carries_every_migration_and_graph(installed: Installed) -> None:
+def test_the_wheel_carries_every_migration_graph_and_dashboard_file(installed: Installed) -> None:
     names = set(zipfile.ZipFile(installed.wheel).namelist())
     expected_sql = {f"orchestrator/migrations/{p.name}" for p in MIGRATIONS.glob("*.sql")}
     expected_graphs = {f"handler/workflows/{p.name}" for p in GRAPHS.glob("*.json")}
+    expected_page = {f"orchestrator/dashboard/static/{p.name}" for p in DASHBOARD.iterdir()}
     assert len(expected_sql) >= 5
     assert {"handler/workflows/flux2_klein_9b_i2i.bindings.json"} <= expected_graphs
+    assert {"orchestrator/dashboard/static/index.html"} <= expected_page
     assert expected_sql <= names
     assert expected_graphs <= names
+    assert expected_page <= names
 
 
 def test_installed_klein_migrate_applies_every_migration(installed: Installed, pg_url) -> None:
@@ -171,6 +175,7 @@ def test_installed_klein_serve_takes_a_job_to_completed(
         row = wait_for_job(
             migrated_url, job_id, lambda r: r["status"] in {"completed", "failed"}, "the work ends"
         )
+        page = httpx.get(f"http://127.0.0.1:{port}/dashboard/app.js", timeout=5)
     finally:
         process.terminate()
         process.wait(10)
@@ -178,6 +183,8 @@ def test_installed_klein_serve_takes_a_job_to_completed(
     assert runner.calls("make the sky purple") == 1
     stored = tmp_path / "storage" / "works" / str(row["user_id"]) / str(row["id"]) / "output.png"
     assert stored.is_file()
+    assert page.status_code == 200  # the dashboard's files come from the installed package
+    assert page.content == (DASHBOARD / "app.js").read_bytes()
 
 
 def ready(url: str, process: subprocess.Popen[bytes]) -> bool:

@@ -156,6 +156,14 @@ def test_probe_routes_answer_like_the_real_server(comfy_server: ComfyTestServer)
     assert ("GET", "/system_stats") in comfy_server.calls
 
 
+def test_the_front_page_answers_like_comfyui_for_clients_that_poll_it(
+    comfy_server: ComfyTestServer,
+) -> None:
+    response = requests.get(comfy_server.url + "/", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+
+
 def test_object_info_lists_input_files_and_installed_models(comfy_server: ComfyTestServer) -> None:
     upload(comfy_server, "probe_input.png", png_bytes())
     load_image = get_json(comfy_server, "/object_info/LoadImage")["LoadImage"]

@@ -1,10 +1,8 @@
 """The local RunPod endpoint over real HTTP: statuses, outcomes, timeouts, cancel, expiry, webhook,
-auth, rate limits, the worker bound, runsync, health, purge, and the real handler behind it."""
+auth, rate limits, the worker bound, runsync, health and purge, with scripted in-process runners."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import queue
 import threading
@@ -16,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
 from devtools.endpoint import EndpointConfig, EndpointServer
 
@@ -433,93 +430,4 @@ def test_purge_queue_removes_queued_jobs_and_leaves_the_running_one(start, runne
     assert wait_status(client, running, TERMINAL)["status"] == "COMPLETED"
 
 
-# ---- the real handler behind the endpoint, against the ComfyUI protocol server
-
-
-@pytest.fixture
-def handler_client(start, comfy_server, monkeypatch) -> httpx.Client:
-    from devtools.endpoint.handler_runner import HandlerRunner
-    from handler.config import HandlerSettings
-
-    monkeypatch.setenv("COMFY_API_URL", comfy_server.url)  # as `klein endpoint` would be set up
-    settings = HandlerSettings(
-        comfy_root=comfy_server.root,
-        comfy_workflow="flux2_klein_9b_i2i",  # not the host's COMFY_WORKFLOW
-        comfy_workflows_dir=REPO / "comfy_workflows",
-        comfy_job_timeout_s=20,
-        comfy_poll_interval_s=0.05,
-        comfy_startup_timeout_s=2,
-        progress_interval_s=0,
-    )
-    assert settings.comfy_api_url == comfy_server.url
-    return start(HandlerRunner(settings))
-
-
-def test_the_real_handler_completes_a_job_and_reports_progress(handler_client, comfy_server):
-    comfy_server.node_delay_s = 0.05  # slow enough for a poll to see the run in progress
-    job_input = {**TEST_INPUT, "megapixels": 0.5, "seed": 7}
-    job_id = submit(handler_client, job_input)
-    seen_progress: list[dict] = []
-    deadline = time.monotonic() + 20
-    body = handler_client.get(f"/status/{job_id}").json()
-    while body["status"] not in TERMINAL and time.monotonic() < deadline:
-        if body["status"] == "IN_PROGRESS" and "output" in body:
-            seen_progress.append(body["output"])
-        time.sleep(0.01)
-        body = handler_client.get(f"/status/{job_id}").json()
-    assert body["status"] == "COMPLETED", body
-    image = Image.open(io.BytesIO(base64.b64decode(body["output"]["image"])))
-    assert image.format == "PNG"
-    assert image.size == (body["output"]["width"], body["output"]["height"])
-    assert body["output"]["seed"] == 7
-    assert seen_progress, "the worker's progress reports show as output while running"
-
-
-def test_a_handler_validation_error_fails_the_job_with_its_sentence(handler_client):
-    job_id = submit(handler_client, {"prompt": "make it blue"})
-    body = wait_status(handler_client, job_id, TERMINAL)
-    assert body["status"] == "FAILED"
-    assert body["error"] == "Missing required parameter: image"
-
-
-def test_comfyui_unreachable_fails_the_job_saying_where_it_looked(handler_client, comfy_server):
-    url = comfy_server.url
-    comfy_server.stop()
-    body = wait_status(handler_client, submit(handler_client, TEST_INPUT), TERMINAL)
-    assert body["status"] == "FAILED"
-    assert body["error"] == (
-        f"ComfyUI is not reachable at {url}; start ComfyUI there "
-        "or set COMFY_API_URL to a running ComfyUI"
-    )
-    assert "output" not in body, "refresh_worker is the SDK's flag, not output"
-
-
-def wait_for_interrupt(comfy_server) -> int:
-    deadline = time.monotonic() + WAIT_S
-    while comfy_server.interrupts == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return comfy_server.interrupts
-
-
-def wait_for_prompt(client: httpx.Client, job_id: str, comfy_server) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while ("POST", "/prompt") not in comfy_server.calls and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert client.get(f"/status/{job_id}").json()["status"] == "IN_PROGRESS"
-
-
-def test_cancelling_a_running_job_interrupts_its_comfyui_prompt(handler_client, comfy_server):
-    comfy_server.behaviour = "stall"
-    job_id = submit(handler_client, TEST_INPUT)
-    wait_for_prompt(handler_client, job_id, comfy_server)
-    assert handler_client.post(f"/cancel/{job_id}").json()["status"] == "CANCELLED"
-    assert wait_for_interrupt(comfy_server) >= 1, "the GPU is not left busy with a cancelled job"
-    assert handler_client.get(f"/status/{job_id}").json()["status"] == "CANCELLED"
-
-
-def test_a_timed_out_job_interrupts_its_comfyui_prompt(handler_client, comfy_server):
-    comfy_server.behaviour = "stall"
-    job_id = submit(handler_client, TEST_INPUT, policy={"executionTimeout": 1500})
-    wait_for_prompt(handler_client, job_id, comfy_server)
-    assert wait_status(handler_client, job_id, TERMINAL)["status"] == "TIMED_OUT"
-    assert wait_for_interrupt(comfy_server) >= 1
+# The real handler behind the endpoint (worker subprocesses): tests/integration/test_sdk_workers.py

@@ -69,6 +69,18 @@ def test_a_job_returns_the_image_seed_prompt_id_and_real_size(comfy_server):
     assert any(r.get("node") == "SamplerCustomAdvanced" and r.get("steps") for r in reports)
 
 
+def test_progress_reports_name_the_stages_in_order(comfy_server):
+    reports: list[dict] = []
+    output = run(make_worker(comfy_server, reports), TEST_INPUT)
+    assert "error" not in output, output
+    stages = list(dict.fromkeys(r["stage"] for r in reports))
+    assert stages[:2] == ["preparing image", "queued in ComfyUI"]
+    assert stages.index("loading models") < stages.index("sampling") < stages.index("decoding")
+    assert stages[-2:] == ["saving", "finishing"]
+    sampling = [r for r in reports if r["stage"] == "sampling" and "step" in r]
+    assert sampling[-1]["step"] == sampling[-1]["steps"]
+
+
 def test_the_job_files_are_removed_from_a_local_comfyui_folder(comfy_server):
     output = run(make_worker(comfy_server), TEST_INPUT)
     assert "error" not in output, output
@@ -423,3 +435,53 @@ def test_any_job_input_ends_in_an_image_or_a_sentence(comfy_server, image, other
         assert output["error"].startswith(SENTENCE_STARTS), output
     else:
         assert Image.open(io.BytesIO(base64.b64decode(output["image"]))).format == "PNG"
+
+
+def uploaded_files(comfy_server) -> list[bytes]:
+    return [p.read_bytes() for p in comfy_server.input_dir.rglob("*") if p.is_file()]
+
+
+def test_a_ready_png_reaches_comfyui_byte_for_byte(comfy_server):
+    original = png((120, 80))
+    job = {**TEST_INPUT, "image_base64": base64.b64encode(original).decode()}
+    output = run(make_worker(comfy_server, comfy_root=None), job)
+    assert "error" not in output, output
+    assert uploaded_files(comfy_server) == [original]
+
+
+def test_a_jpeg_reaches_comfyui_as_a_png(comfy_server):
+    buffer = io.BytesIO()
+    Image.new("RGB", (120, 80), (20, 120, 220)).save(buffer, format="JPEG")
+    job = {**TEST_INPUT, "image_base64": base64.b64encode(buffer.getvalue()).decode()}
+    output = run(make_worker(comfy_server, comfy_root=None), job)
+    assert "error" not in output, output
+    [uploaded] = uploaded_files(comfy_server)
+    assert Image.open(io.BytesIO(uploaded)).format == "PNG"
+
+
+def test_the_output_record_comes_from_the_websocket_without_a_history_call(comfy_server):
+    output = run(make_worker(comfy_server), TEST_INPUT)
+    assert "error" not in output, output
+    assert "/view" in comfy_paths(comfy_server)
+    assert not any(path.startswith("/history") for path in comfy_paths(comfy_server))
+
+
+class UndecodableFrames:
+    """A websocket whose text frame is not UTF-8 (the client no longer checks that itself)."""
+
+    def settimeout(self, timeout_s: float) -> None:
+        pass
+
+    def recv(self) -> str:
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+
+def test_a_text_frame_that_is_not_utf8_falls_back_to_history(comfy_server):
+    from handler.job import follow
+    from handler.run_state import Phase
+
+    worker = make_worker(comfy_server)
+    prompt_id = run(worker, TEST_INPUT)["prompt_id"]  # a finished prompt, in /history
+    deadline = time.monotonic() + 10
+    state, saved = follow(worker.context, UndecodableFrames(), prompt_id, deadline, print)
+    assert (state.phase, saved) == (Phase.SUCCEEDED, [])

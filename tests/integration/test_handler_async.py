@@ -29,6 +29,16 @@ def test_a_good_job_runs_through_the_async_handler(comfy_server):
     assert output["prompt_id"]
 
 
+def test_a_first_job_reports_waiting_for_comfyui_then_its_stages(comfy_server):
+    reports: list[dict] = []
+    worker = make_worker(comfy_server, reports)
+    asyncio.run(worker.handle_async({"id": "j", "input": TEST_INPUT}))
+    asyncio.run(worker.handle_async({"id": "k", "input": TEST_INPUT}))
+    stages = [r["stage"] for r in reports]
+    assert stages[:2] == ["waiting for ComfyUI", "preparing image"]
+    assert stages.count("waiting for ComfyUI") == 1, "a started worker does not wait again"
+
+
 async def cancel_once_queued(worker: Worker, comfy_server) -> tuple[asyncio.Task, float]:
     task = asyncio.create_task(worker.handle_async({"id": "job-1", "input": TEST_INPUT}))
     deadline = time.monotonic() + 10

@@ -2,7 +2,8 @@
 
 import io
 
-from orchestrator.console import describe, wait_for
+from orchestrator.console import describe
+from orchestrator.console_wait import wait_for
 
 JOB = "11111111-2222-3333-4444-555555555555"
 

@@ -13,9 +13,10 @@ import pytest
 
 from orchestrator.errors import RunPodJobGone, Transient
 from orchestrator.outputs import OutputSlots
-from orchestrator.runpod import JSON_ON_LOOP_MAX_BYTES, RunPodClient
+from orchestrator.runpod import JSON_ON_LOOP_MAX_BYTES, Progress, RunPodClient
 
 BIG_IMAGE = "A" * (2 * JSON_ON_LOOP_MAX_BYTES)
+DELAY_MS, EXECUTION_MS = 1234, 5678
 
 
 class RunPod:
@@ -37,8 +38,21 @@ class RunPod:
             return httpx.Response(404, json={"error": "job not found"})
         if job_id.startswith("running"):
             return httpx.Response(200, json={"id": job_id, "status": "IN_PROGRESS"})
+        if job_id.startswith("sampling"):
+            report = {"stage": "sampling", "step": 2, "steps": 4}
+            return httpx.Response(
+                200, json={"id": job_id, "status": "IN_PROGRESS", "output": report}
+            )
         image = BIG_IMAGE if job_id.startswith("big") else "AAAA"
-        body = json.dumps({"id": job_id, "status": "COMPLETED", "output": {"image": image}})
+        body = json.dumps(
+            {
+                "id": job_id,
+                "status": "COMPLETED",
+                "output": {"image": image},
+                "delayTime": DELAY_MS,
+                "executionTime": EXECUTION_MS,
+            }
+        )
         if self.chunked:
             return httpx.Response(200, content=_chunks(body.encode()))
         return httpx.Response(200, content=body.encode())
@@ -129,5 +143,27 @@ def test_a_job_runpod_forgot_is_said_so_by_the_peek():
     async def scenario() -> None:
         with pytest.raises(RunPodJobGone):
             await OutputSlots(1).status(client(RunPod()), "gone-1")
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("job_id", ["small-1", "big-1"], ids=["peeked", "read-in-a-slot"])
+def test_an_output_keeps_runpods_timings_however_it_was_read(job_id: str):
+    """The dashboard's queue and GPU timings come from these fields (orchestrator/timings.py)."""
+
+    async def scenario() -> None:
+        slots = OutputSlots(1)
+        answer = await slots.status(client(RunPod()), job_id)
+        assert (answer.delay_time, answer.execution_time) == (DELAY_MS, EXECUTION_MS)
+        async with slots.held(answer):
+            pass
+
+    asyncio.run(scenario())
+
+
+def test_a_peek_carries_the_workers_progress():
+    async def scenario() -> None:
+        answer = await OutputSlots(1).status(client(RunPod()), "sampling-1")
+        assert answer.progress == Progress("sampling", step=2, steps=4)
 
     asyncio.run(scenario())

@@ -50,6 +50,10 @@ def test_the_build_ships_every_file_of_both_folders() -> None:
     config = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     package_data = config["tool"]["setuptools"]["package-data"]
     assert "migrations/*.sql" in package_data["orchestrator"]
+    assert "dashboard/static/*" in package_data["orchestrator"]
+    static = REPO_ROOT / "orchestrator" / "dashboard" / "static"
+    assert {"index.html", "app.js", "style.css"} <= names(static, "*")
+    assert all(path.is_file() for path in static.iterdir())  # "*" ships no subfolder
     assert "workflows/*.json" in package_data["handler"]
     assert names(REPO_ROOT / "supabase" / "migrations", "*") == names(
         REPO_ROOT / "supabase" / "migrations", "*.sql"

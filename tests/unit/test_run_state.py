@@ -11,9 +11,13 @@ from handler.run_state import (
     describe_rejection,
     fold,
     output_images,
+    preparing_payload,
     progress_payload,
+    stage_of,
+    stage_of_node_type,
     state_from_history,
 )
+from handler.workflow import load_workflow, packaged_workflows_dir
 
 RECORDINGS = Path(__file__).parents[2] / "devtools" / "comfy_recordings"
 TRANSCRIPT = json.loads((RECORDINGS / "api_transcript.json").read_text())
@@ -141,4 +145,84 @@ def test_no_history_entry_means_still_queued():
 def test_progress_payload_names_the_node_type():
     state = RunState("p", phase=Phase.RUNNING, node="75:64", step=2, steps=4)
     payload = progress_payload(state, {"75:64": "SamplerCustomAdvanced"})
-    assert payload == {"phase": "running", "node": "SamplerCustomAdvanced", "step": 2, "steps": 4}
+    assert payload == {
+        "stage": "sampling",
+        "phase": "running",
+        "node": "SamplerCustomAdvanced",
+        "step": 2,
+        "steps": 4,
+    }
+
+
+@pytest.mark.parametrize(
+    ("node_type", "stage"),
+    [
+        ("UNETLoader", "loading models"),
+        ("CLIPLoader", "loading models"),
+        ("VAELoader", "loading models"),
+        ("CheckpointLoaderSimple", "loading models"),
+        ("LoadImage", "preparing image"),
+        ("ImageScaleToTotalPixels", "preparing image"),
+        ("VAEEncode", "encoding image"),
+        ("CLIPTextEncode", "reading prompt"),
+        ("ReferenceLatent", "reading prompt"),
+        ("SamplerCustomAdvanced", "sampling"),
+        ("KSampler", "sampling"),
+        ("KSamplerSelect", "setting up"),
+        ("RandomNoise", "setting up"),
+        ("Flux2Scheduler", "setting up"),
+        ("VAEDecode", "decoding"),
+        ("SaveImage", "saving"),
+        ("SomeCustomNode", "running"),
+        ("", "running"),
+    ],
+)
+def test_each_node_type_has_a_plain_word_stage(node_type, stage):
+    assert stage_of_node_type(node_type) == stage
+
+
+@pytest.mark.parametrize(
+    ("phase", "stage"),
+    [
+        (Phase.QUEUED, "queued in ComfyUI"),
+        (Phase.SUCCEEDED, "finishing"),
+        (Phase.FAILED, "failed"),
+        (Phase.INTERRUPTED, "interrupted"),
+    ],
+)
+def test_a_prompt_outside_a_node_is_named_by_its_phase(phase, stage):
+    assert stage_of(RunState("p", phase=phase, node="1"), {"1": "KSampler"}) == stage
+
+
+def test_a_started_prompt_before_its_first_node_is_starting():
+    assert stage_of(RunState("p", phase=Phase.RUNNING), {}) == "starting"
+
+
+def test_a_node_missing_from_the_graph_is_running():
+    assert stage_of(RunState("p", phase=Phase.RUNNING, node="404"), {"1": "KSampler"}) == "running"
+
+
+def test_every_node_of_the_shipped_klein_graph_has_a_named_stage():
+    workflow = load_workflow("flux2_klein_9b_i2i", packaged_workflows_dir())
+    stages = {stage_of_node_type(t) for t in workflow.node_types().values()}
+    assert "running" not in stages
+    assert {"loading models", "reading prompt", "sampling", "decoding", "saving"} <= stages
+
+
+def test_recorded_run_reports_stages_in_order():
+    _, seen = fold_all("graph C (progress)")
+    types = {"6": "LoadImage", "7": "KSampler", "8": "SaveImage"}
+    stages = [progress_payload(state, types)["stage"] for state in seen]
+    order = list(dict.fromkeys(stages))
+    assert order == [
+        "queued in ComfyUI",
+        "starting",
+        "preparing image",
+        "sampling",
+        "saving",
+        "finishing",
+    ]
+
+
+def test_the_report_before_comfyui_says_preparing_image():
+    assert preparing_payload() == {"stage": "preparing image", "phase": "preparing"}

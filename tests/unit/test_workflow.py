@@ -81,3 +81,12 @@ def test_progress_throttle_passes_node_changes_and_spaces_repeats():
     assert throttle.due({"phase": "running", "node": "VAEDecode"})
     now[0] = 1.5
     assert throttle.due({"phase": "running", "node": "VAEDecode"})
+
+
+def test_progress_throttle_passes_a_stage_change_within_the_interval():
+    now = [0.0]
+    throttle = ProgressThrottle(1.0, clock=lambda: now[0])
+    assert throttle.due({"stage": "preparing image", "phase": "preparing"})
+    now[0] = 0.1
+    assert throttle.due({"stage": "queued in ComfyUI", "phase": "queued"})
+    assert not throttle.due({"stage": "queued in ComfyUI", "phase": "queued"})
