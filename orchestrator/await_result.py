@@ -13,7 +13,7 @@ from orchestrator.deps import FlowDeps
 from orchestrator.errors import Permanent, Transient
 from orchestrator.jobs import ClaimedJob
 from orchestrator.outcomes import cancel_on_runpod
-from orchestrator.policy import backoff_s, poll_interval_s, progress_due
+from orchestrator.policy import backoff_s, progress_due
 from orchestrator.runpod import Progress, RunPodJob
 
 # A progress write waits at most this long for a pooled connection: it is worth less than the
@@ -26,28 +26,29 @@ log = logging.getLogger(__name__)
 async def await_result(
     job: ClaimedJob, runpod_id: str, submitted_at: datetime, deps: FlowDeps, wake: asyncio.Event
 ) -> RunPodJob:
-    """Poll RunPod (sooner when its webhook wakes us) until the job ends or the deadline passes."""
+    """Poll RunPod (sooner when its webhook wakes us) until the job ends or the deadline passes.
+    A COMPLETED answer comes back holding one of `deps.outputs`' slots (see outputs.py)."""
     settings = deps.settings
     deadline = submitted_at.timestamp() + settings.job_timeout_s
     failures = 0
     recorder = ProgressRecorder(job, deps)
-    while (remaining := deadline - time.time()) > 0:
-        try:
-            status = await deps.runpod.status(runpod_id)
-            failures = 0
-        except Transient as exc:
-            failures += 1
-            status = None
-            log.warning("job %s: status check failed (%s)", job.id, exc)
-        if status is not None and status.finished:
-            return status
-        if status is not None:
-            await recorder.offer(status.progress)
-        elapsed = time.time() - submitted_at.timestamp()
-        wait = poll_interval_s(elapsed, settings.poll_min_interval_s, settings.poll_max_interval_s)
-        if failures:
-            wait = max(wait, backoff_s(failures, cap_s=settings.poll_max_interval_s))
-        await _sleep_or_wake(wake, min(wait, remaining))
+    with deps.polls.awaiting_job():
+        while (remaining := deadline - time.time()) > 0:
+            try:
+                status = await deps.outputs.status(deps.runpod, runpod_id)
+                failures = 0
+            except Transient as exc:
+                failures += 1
+                status = None
+                log.warning("job %s: status check failed (%s)", job.id, exc)
+            if status is not None and status.finished:
+                return status
+            if status is not None:
+                await recorder.offer(status.progress)
+            wait = deps.polls.interval_s(settings.poll_min_interval_s)
+            if failures:
+                wait = max(wait, backoff_s(failures, cap_s=settings.poll_max_interval_s))
+            await _sleep_or_wake(wake, min(wait, remaining))
     await cancel_on_runpod(deps, runpod_id)
     raise Permanent(
         f"Timed out after {settings.job_timeout_s:g} s waiting for RunPod "

@@ -7,6 +7,8 @@ from orchestrator.cpu import CpuLane
 from orchestrator.db import Database
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
+from orchestrator.outputs import OutputSlots
+from orchestrator.polls import PollShare
 from orchestrator.runpod import RunPodClient
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
@@ -24,3 +26,5 @@ class FlowDeps:
     metrics: Metrics = field(default_factory=Metrics)
     alerts: OperatorAlerts = field(default_factory=OperatorAlerts)
     cpu: CpuLane = field(default_factory=CpuLane)
+    outputs: OutputSlots = field(default_factory=OutputSlots)
+    polls: PollShare = field(default_factory=PollShare)

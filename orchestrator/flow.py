@@ -143,8 +143,9 @@ async def _story(
         else:
             clock.add(runpod_ms(result.delay_time, result.execution_time))
             if result.status == "COMPLETED":
-                with clock.stage("store"):
-                    stored = await store(job, result.output, deps)
+                async with deps.outputs.held(result):  # the output slot, until it is stored
+                    with clock.stage("store"):
+                        stored = await store(job, result.output, deps)
                 del result  # the output (megabytes) is not kept while the title is made
                 return await title_and_finalize(job, stored, deps, clock)
             if not is_worker_fault(result.status, result.error):

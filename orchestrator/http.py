@@ -10,7 +10,7 @@ import ipaddress
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from orchestrator.db import Database, Row
 from orchestrator.errors import ConfigError
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
+from orchestrator.webhook_scan import IdScan
 
 # A Database Webhook body is a few hundred bytes (the row itself); 64 KiB leaves room for wide rows.
 INTAKE_MAX_BYTES = 64 * 1024
@@ -63,8 +64,11 @@ class BodyTooLarge(ValueError):
     """A request body over its route's cap (HTTP 413)."""
 
 
-async def read_capped_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused (BodyTooLarge) as soon as it passes max_bytes: never read whole."""
+async def read_capped_body(
+    request: Request, max_bytes: int, into: Callable[[bytes], None] | None = None
+) -> bytes:
+    """The request body, refused (BodyTooLarge) as soon as it passes max_bytes: never read whole.
+    With `into`, each chunk goes there instead, and nothing is kept (b"" is returned)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise BodyTooLarge(f"the body is over {max_bytes} bytes")
@@ -75,7 +79,10 @@ async def read_capped_body(request: Request, max_bytes: int) -> bytes:
             size += len(chunk)
             if size > max_bytes:
                 raise BodyTooLarge(f"the body is over {max_bytes} bytes")
-            chunks.append(chunk)
+            if into is None:
+                chunks.append(chunk)
+            else:
+                into(chunk)
     except ClientDisconnect:
         raise BadBody("the sender hung up before the body ended") from None
     return b"".join(chunks)
@@ -105,14 +112,11 @@ def job_id_from_body(body: object) -> str:
         raise BadBody("record.id must be a UUID") from None
 
 
-def runpod_id_from_body(body: bytes) -> str | None:
-    """The RunPod job id in a completion webhook's body (the job's status object), if any."""
-    try:
-        parsed = parse_json(body)
-    except BadBody:
-        return None  # the webhook still wakes the job: its poll reads the status itself
-    job_id = parsed.get("id") if isinstance(parsed, dict) else None
-    return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 200 else None
+async def scan_capped_body(request: Request, max_bytes: int) -> IdScan:
+    """read_capped_body's checks, with the body scanned (IdScan) instead of kept."""
+    scan = IdScan()
+    await read_capped_body(request, max_bytes, into=scan.feed)
+    return scan
 
 
 def intake_verdict(row: Mapping[str, Any] | None, template_id: str) -> str | None:
@@ -179,6 +183,38 @@ def error(message: str, status_code: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status_code)
 
 
+def add_runpod_webhook(app: FastAPI, settings: Settings, db: Database, waker: Waker) -> None:
+    """RunPod's completion webhook: POST /runpod/webhook/{token}."""
+
+    @app.post("/runpod/webhook/{token}")
+    async def runpod_done(token: str, request: Request) -> JSONResponse:
+        if not valid_token(token):
+            return error("unknown webhook token", 404)
+        try:
+            row = await lookup(db, "job_by_webhook_token", token=token)
+        except (psycopg.Error, TimeoutError):
+            return error("database unavailable; retry later", 503)
+        if row is None:
+            return error("unknown webhook token", 404)
+        if row["runpod_job_id"] is not None:
+            # Its recorded RunPod job has most likely ended: poll it now, while the body (the
+            # whole output, megabytes) is still arriving. A stray's webhook only makes it poll
+            # once early.
+            waker.wake_job(str(row["id"]))
+        try:
+            scan = await scan_capped_body(request, settings.runpod_webhook_max_bytes)
+        except BodyTooLarge as exc:
+            return error(f"{exc} (RUNPOD_WEBHOOK_MAX_BYTES)", 413)
+        except BadBody as exc:
+            return error(f"malformed body: {exc}", 422)
+        try:
+            async with asyncio.timeout(DB_DEADLINE_S):
+                await waker.runpod_callback(token, row, scan.runpod_id())
+        except (psycopg.Error, TimeoutError):
+            return error("database unavailable; retry later", 503)
+        return JSONResponse({"ok": True})
+
+
 def create_app(
     settings: Settings,
     db: Database,
@@ -220,28 +256,7 @@ def create_app(
             return JSONResponse({"job_id": job_id, "accepted": True})
         return JSONResponse({"job_id": job_id, "accepted": False, "reason": reason})
 
-    @app.post("/runpod/webhook/{token}")
-    async def runpod_done(token: str, request: Request) -> JSONResponse:
-        if not valid_token(token):
-            return error("unknown webhook token", 404)
-        try:
-            row = await lookup(db, "job_by_webhook_token", token=token)
-        except (psycopg.Error, TimeoutError):
-            return error("database unavailable; retry later", 503)
-        if row is None:
-            return error("unknown webhook token", 404)
-        try:
-            body = await read_capped_body(request, settings.runpod_webhook_max_bytes)
-        except BodyTooLarge as exc:
-            return error(f"{exc} (RUNPOD_WEBHOOK_MAX_BYTES)", 413)
-        except BadBody as exc:
-            return error(f"malformed body: {exc}", 422)
-        try:
-            async with asyncio.timeout(DB_DEADLINE_S):
-                await waker.runpod_callback(token, row, runpod_id_from_body(body))
-        except (psycopg.Error, TimeoutError):
-            return error("database unavailable; retry later", 503)
-        return JSONResponse({"ok": True})
+    add_runpod_webhook(app, settings, db, waker)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:

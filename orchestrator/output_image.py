@@ -5,6 +5,7 @@ title model. Pure CPU work; `flow` runs it in a thread."""
 import base64
 import binascii
 import io
+import math
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -76,11 +77,15 @@ def _decode(data: bytes) -> tuple[int, int, str]:
 
 
 def _thumbnail_data_url(image: Image.Image) -> str:
-    """A small JPEG data URL: the model sees the image without needing a public URL."""
-    small = image.copy()
-    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    """A small JPEG data URL: the model sees the image without needing a public URL.
+
+    Box-averaged by a whole factor (`reduce`, ~1 ms for 1 MP), not resampled to exactly
+    THUMBNAIL_SIDE (Lanczos, ~10 ms): a title needs no finer thumbnail."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    factor = math.ceil(max(rgb.size) / THUMBNAIL_SIDE)
+    small = rgb.reduce(factor) if factor > 1 else rgb
     buffer = io.BytesIO()
-    small.convert("RGB").save(buffer, format="JPEG", quality=85)
+    small.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -17,9 +17,20 @@ QUOTES = "\"'`“”‘’「」『』《》〈〉«»"
 TRAILING = ".,!?;:。、！？…~·- "
 
 
-def poll_interval_s(elapsed_s: float, min_s: float, max_s: float) -> float:
-    """Next /status poll: quick while a job is young, about a tenth of its age later on."""
-    return max(min_s, min(max_s, elapsed_s / 10))
+def poll_interval_s(min_s: float, awaiting: int, status_per_s: float) -> float:
+    """Next /status poll of one job: every `min_s`, unless the jobs awaiting RunPod together
+    would spend more than the endpoint's /status budget; then each polls at its share of it.
+    Polls never queue behind the rate limiter, and detection is the best the budget allows."""
+    return max(min_s, awaiting / status_per_s)
+
+
+def window_bucket(per_window: float, window_s: float, burst_share: float) -> tuple[float, float]:
+    """A token bucket (capacity, seconds to refill it) that lets at most `per_window` calls
+    through in any `window_s`: a full bucket's burst plus what refills during the window.
+    `burst_share` of the budget may go at once; the rest is spread over the window."""
+    capacity = per_window * burst_share
+    per_s = (per_window - capacity) / window_s
+    return capacity, capacity / per_s
 
 
 def progress_due(

@@ -18,8 +18,13 @@ from orchestrator.errors import (
     Transient,
 )
 from orchestrator.metrics import Metrics
+from orchestrator.policy import window_bucket
 
 JSON_ON_LOOP_MAX_BYTES = 64 * 1024
+RUN_PER_10S = 900  # RunPod allows 1,000 /run calls and 2,000 /status calls per 10 s
+STATUS_PER_10S = 1800
+RUN_BURST_SHARE = 0.5  # of /run's budget may go at once: a batch inserted together
+STATUS_BURST_SHARE = 0.1  # of /status's: polls are steady
 FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 # What a worker's progress report may carry into works.progress; anything else is dropped.
 STAGE_MAX_CHARS = 40
@@ -61,6 +66,10 @@ class RunPodJob:
     progress: Progress | None = None
     delay_time: object = None  # ms in RunPod's queue (`delayTime`), when reported
     execution_time: object = None  # ms of the worker's run (`executionTime`), when reported
+    # A `peek` answer too large to read (status UNREAD): only a finished job's output is that
+    # large, so the job is over, and `status` reads it in an output slot (orchestrator/outputs.py).
+    unread: bool = False
+    in_slot: bool = False  # this answer's output holds an output slot until it is stored
 
     @property
     def finished(self) -> bool:
@@ -78,8 +87,8 @@ class RunPodClient:
         endpoint_id: str,
         api_key: str | None,
         *,
-        run_per_10s: int = 900,
-        status_per_10s: int = 1800,
+        run_per_10s: int = RUN_PER_10S,
+        status_per_10s: int = STATUS_PER_10S,
         metrics: Metrics | None = None,
         cpu: CpuLane | None = None,
     ) -> None:
@@ -87,8 +96,11 @@ class RunPodClient:
         self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
         self._endpoint_id = endpoint_id
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._run_limit = AsyncLimiter(run_per_10s, 10)
-        self._status_limit = AsyncLimiter(status_per_10s, 10)
+        # aiolimiter's bucket holds `max_rate` at once and refills it every `time_period`, so
+        # (1800, 10) let 1,800 go at once plus 1,800 more within the same 10 s (3,600: over
+        # RunPod's 2,000). window_bucket keeps any 10 s within the budget.
+        self._run_limit = AsyncLimiter(*window_bucket(run_per_10s, 10, RUN_BURST_SHARE))
+        self._status_limit = AsyncLimiter(*window_bucket(status_per_10s, 10, STATUS_BURST_SHARE))
         self._metrics = metrics
         self._cpu = cpu or CpuLane()
 
@@ -134,12 +146,48 @@ class RunPodClient:
         answer = await self._call("GET", f"/status/{job_id}", self._status_limit)
         return parse_status(job_id, answer)
 
+    async def peek(self, job_id: str) -> RunPodJob:
+        """The job's status, or `unread` when the answer is over JSON_ON_LOOP_MAX_BYTES: that
+        answer carries an output (megabytes), which `status` reads when there is room for it."""
+        async with self._status_limit:
+            try:
+                async with self._http.stream(
+                    "GET", f"{self._base}/status/{job_id}", headers=self._headers
+                ) as response:
+                    self._count(str(response.status_code))
+                    raise_for_status(response, f"/status/{job_id}", self._endpoint_id)
+                    body = await read_at_most(response, JSON_ON_LOOP_MAX_BYTES)
+            except httpx.HTTPError as exc:
+                self._count(type(exc).__name__)
+                raise transport_error(exc, "/status") from exc
+        if body is None:
+            return RunPodJob(id=job_id, status="UNREAD", unread=True)
+        try:
+            return parse_status(job_id, json.loads(body))
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+            raise Transient("RunPod sent a non-JSON answer on /status") from exc
+
     async def cancel(self, job_id: str) -> None:
         """Ask RunPod to cancel; a job it no longer knows needs no cancelling."""
         try:
             await self._call("POST", f"/cancel/{job_id}", self._run_limit)
         except RunPodJobGone:
             return
+
+
+async def read_at_most(response: httpx.Response, max_bytes: int) -> bytes | None:
+    """The body, or None (the rest left unread) once it passes `max_bytes`."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_status(job_id: str, answer: object) -> RunPodJob:

@@ -23,6 +23,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.http import configured_secret, create_app, is_loopback
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
+from orchestrator.outputs import OutputSlots
 from orchestrator.runpod import RunPodClient
 from orchestrator.service import Orchestrator
 from orchestrator.settings import Settings
@@ -153,6 +154,7 @@ async def run_server(
             metrics=metrics,
             alerts=OperatorAlerts(metrics.operator_problems),
             cpu=cpu,
+            outputs=OutputSlots(settings.output_slots),
         )
         orchestrator = Orchestrator(deps, database_url)
         root = None if settings.uses_supabase_storage else settings.local_storage_dir

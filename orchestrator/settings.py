@@ -57,11 +57,14 @@ class Settings(BaseSettings):
     # Threads for the jobs' CPU-bound work (decoding outputs); more finish a burst sooner but
     # stall the event loop longer (orchestrator/cpu.py).
     cpu_threads: int = Field(default=1, ge=1)
+    # Finished outputs held at once, from the /status answer that carries one until it is stored
+    # (orchestrator/outputs.py): memory stays flat however many jobs finish together.
+    output_slots: int = Field(default=4, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
     lease_s: float = Field(default=30.0, gt=0)
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
-    poll_min_interval_s: float = Field(default=1.0, gt=0)
+    poll_min_interval_s: float = Field(default=0.5, gt=0)
     poll_max_interval_s: float = Field(default=10.0, gt=0)
     # works.progress (what a running job is doing) is written at most this often per job.
     progress_write_interval_s: float = Field(default=1.0, ge=0)

@@ -30,7 +30,7 @@ STEPS = {
     "translate": ("openrouter", "translate"),
     "submit": ("runpod", "run"),
     "record": ("db", "record_submission"),
-    "poll": ("runpod", "status"),
+    "poll": ("runpod", "peek"),  # a poll reads at most 64 KB; an output is read by `status`
     "decode": ("pillow", "open"),
     "store": ("storage", "put_png"),
     "title": ("openrouter", "title"),

@@ -232,6 +232,22 @@ def test_runpod_completion_webhook_hands_its_token_and_runpod_id_to_the_orchestr
     assert waker.woken == [job_id]
 
 
+def test_a_large_runpod_webhook_wakes_its_recorded_job_before_the_body_is_read_and_gives_its_id(
+    migrated_url,
+):
+    token = "tok-" + uuid.uuid4().hex
+    job_id = insert_job(migrated_url, status="taken", token=token)
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute("UPDATE generation_jobs SET runpod_job_id = 'rp-1' WHERE id = %s", (job_id,))
+    waker = RecordingWaker()
+    image = "A" * (3 * 1024 * 1024)  # a whole output, as RunPod sends it: not kept, not parsed
+    body = {"id": "rp-1", "status": "COMPLETED", "output": {"image": image, "prompt_id": "p"}}
+    response = call(migrated_url, "POST", f"/runpod/webhook/{token}", waker, json=body)
+    assert response.status_code == 200
+    assert waker.callbacks == [(token, "rp-1")]
+    assert waker.woken == [job_id, job_id]  # once on the row alone, once by the callback
+
+
 def test_runpod_webhook_with_an_unknown_token_is_a_404_and_ignored(migrated_url):
     insert_job(migrated_url, status="taken", token="tok-known")
     waker = RecordingWaker()

@@ -32,8 +32,10 @@ def work_row(url: str, work_id: str) -> dict[str, Any]:
 
 
 async def seen(runpod: RunPodStatusServer, url: str, work_id: str) -> dict[str, Any] | None:
-    """The work's progress once the orchestrator has acted on the current /status body."""
-    await asyncio.to_thread(runpod.wait_served, 2)
+    """The work's progress once the orchestrator has acted on the current /status body. A body
+    over 64 KB is asked for twice per poll (a peek, then the read in an output slot: see
+    orchestrator/outputs.py), so three answers mean at least one poll was acted on."""
+    await asyncio.to_thread(runpod.wait_served, 3)
     return work_row(url, work_id)["progress"]
 
 

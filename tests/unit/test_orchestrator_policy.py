@@ -1,5 +1,6 @@
 """The orchestrator's pure decisions: payload, metadata, poll intervals, backoff, titles."""
 
+import bisect
 import uuid
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from orchestrator.policy import (
     clean_title,
     has_hangul,
     poll_interval_s,
+    window_bucket,
 )
 from orchestrator.storage import output_path
 
@@ -68,10 +70,17 @@ def test_storage_path_is_built_from_normalised_uuids():
     assert output_path(USER.upper(), WORK) == f"{USER}/{WORK}/output.png"
 
 
-def test_poll_interval_starts_quick_and_is_bounded():
-    assert poll_interval_s(0, 1, 10) == 1
-    assert poll_interval_s(40, 1, 10) == 4
-    assert poll_interval_s(10_000, 1, 10) == 10
+def test_each_job_polls_at_the_minimum_interval_until_the_budget_is_shared():
+    assert poll_interval_s(0.5, awaiting=1, status_per_s=162) == 0.5
+    assert poll_interval_s(0.5, awaiting=81, status_per_s=162) == 0.5  # exactly the budget
+    assert poll_interval_s(0.5, awaiting=100, status_per_s=162) == pytest.approx(0.617, abs=1e-3)
+    assert poll_interval_s(0.5, awaiting=1000, status_per_s=162) == pytest.approx(6.17, abs=1e-2)
+
+
+@given(st.integers(1, 100_000), st.floats(0.01, 60))
+def test_the_jobs_awaiting_never_poll_faster_than_the_budget_together(awaiting, min_s):
+    per_s = 162.0
+    assert awaiting / poll_interval_s(min_s, awaiting, per_s) <= per_s * (1 + 1e-9)
 
 
 @given(st.integers(min_value=1, max_value=50), st.floats(min_value=0, max_value=1000) | st.none())
@@ -109,3 +118,24 @@ def test_hangul_detection():
     assert has_hangul("배경을 해변으로 바꿔줘")
     assert has_hangul("make it 밝게")
     assert not has_hangul("Replace the sky")
+
+
+def greedy_calls(capacity: float, refill_s: float, horizon_s: float, step_s: float) -> list[float]:
+    """When calls go through a token bucket (aiolimiter's) that callers keep empty."""
+    level, now, times = capacity, 0.0, []
+    while now < horizon_s:
+        level = min(capacity, level + step_s * capacity / refill_s)
+        while level >= 1:
+            level -= 1
+            times.append(now)
+        now += step_s
+    return times
+
+
+@pytest.mark.parametrize(("budget", "share"), [(2000, 0.1), (1800, 0.1), (900, 0.5), (1000, 0.9)])
+def test_a_window_bucket_never_lets_more_than_the_budget_through_in_any_window(budget, share):
+    capacity, refill_s = window_bucket(budget, 10, burst_share=share)
+    assert capacity == pytest.approx(budget * share)  # what may go at once
+    times = greedy_calls(capacity, refill_s, horizon_s=40, step_s=0.01)
+    busiest = max(bisect.bisect_left(times, start + 10) - i for i, start in enumerate(times))
+    assert budget * 0.98 <= busiest <= budget

@@ -1,0 +1,414 @@
+"""The full path at production load: N jobs inserted at once, each translated, submitted,
+awaited, stored, titled and finalized by a real `klein serve` (a subprocess, whose memory is
+measured), against protocol-level fakes with realistic latencies.
+
+The fakes (bench/fakes.py, threads of this process): OpenRouter answering a translation in
+0.2 s and a vision title in 0.3 s; Supabase Storage answering an upload in 0.05 s; RunPod's
+client API, whose jobs run 2 s of "GPU" from their `/run` (unlimited workers, no queue) and
+complete with a 1168x880 photo-like PNG (base64 in `output.image`, the handler's output contract),
+sent again to the job's completion webhook when the orchestrator asked for one (`--mode webhook`:
+PUBLIC_BASE_URL set) or only polled for (`--mode polling`). Prompts are Korean, so every job is
+translated and titled. PostgreSQL is real (a fresh database). MAX_IN_FLIGHT is the job count
+unless `--max-in-flight` says otherwise.
+
+Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
+overhead p50/p95/p99 (created -> completed, less the fakes' own 2.55 s); completion detection
+delay p50/p95 (a RunPod job finished -> the first `/status` answer that says so, both on the
+fake's clock); peak RSS (the kernel's VmHWM of klein serve) and its RSS once ready; the most
+RunPod `/status` calls in any 10 s; klein serve's CPU seconds. Correctness: every job completed
+once, titled by the model, with its files row and stored PNG of the output's size; otherwise the
+exit status is 1.
+
+Left out: RunPod's queue, cold starts and worker limits; the network (everything is on
+127.0.0.1, so no TLS and no bandwidth limits); the web app reading results; the fakes share this
+process and the machine's cores with klein serve.
+
+    .venv/bin/python -m bench.full_path --jobs 200 [--mode polling|webhook] [--repeat 3]
+    .venv/bin/python -m bench.full_path --jobs 1000 --mode polling --py-spy /tmp/profile.svg
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from bench.benchkit import (
+    DEFAULT_SERVER,
+    BenchError,
+    insert_jobs,
+    new_jobs,
+    percentile,
+    print_table,
+    scratch_database,
+    spread,
+)
+from bench.fakes import RunPodServer, SlowOpenRouter, SlowStorage, photo_png
+from bench.figures import (
+    JobRow,
+    Latencies,
+    detection_delays,
+    first_seen,
+    job_problem,
+    max_in_window,
+    overheads,
+)
+from bench.pipeline_latency import Serve, free_port, serve_env
+from tests.fakes.openrouter import DEFAULT_API_KEY, IMAGE_TITLE
+from tests.fakes.storage import DEFAULT_SERVICE_KEY
+
+OUTPUT_SIZE = (1168, 880)
+ENDPOINT_ID = "bench"
+BUCKET = "works"
+PROMPT = {"prompt": "배경을 해변으로 바꿔줘", "image_url": "https://example.com/photo.png"}
+DB_POLL_S = 0.2
+STATUS_WINDOW_S = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run's shape."""
+
+    jobs: int
+    mode: str
+    latencies: Latencies
+    max_in_flight: int
+    poll_min_interval_s: float | None
+    timeout_s: float
+    py_spy: Path | None
+    extra_env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One run's numbers (seconds unless named otherwise)."""
+
+    completed: int
+    jobs_per_s: float
+    overhead: list[float]
+    detection: list[float]
+    status_seen: list[float]
+    peak_rss_mb: float
+    ready_rss_mb: float
+    status_per_10s: int
+    cpu_s: float
+    cpu_wait_s: float
+    stages: dict[str, float]
+    problems: list[str]
+
+
+@dataclass
+class Stack:
+    """What one run drives."""
+
+    url: str
+    serve: Serve
+    runpod: RunPodServer
+    openrouter: SlowOpenRouter
+    storage: SlowStorage
+    db: psycopg.Connection[tuple[object, ...]]
+
+
+def serve_settings(config: Config, s_runpod: str, s_llm: str, s_storage: str) -> dict[str, str]:
+    """klein serve's environment for the fakes (the database and port are added later)."""
+    env = {
+        "RUNPOD_API_BASE": s_runpod,
+        "RUNPOD_ENDPOINT_ID": ENDPOINT_ID,
+        "RUNPOD_API_KEY": "bench-runpod-key",
+        "OPENROUTER_API_KEY": DEFAULT_API_KEY,
+        "OPENROUTER_BASE_URL": s_llm,
+        "STORAGE_BACKEND": "supabase",
+        "SUPABASE_URL": s_storage,
+        "SUPABASE_SERVICE_ROLE_KEY": DEFAULT_SERVICE_KEY,
+        "MAX_IN_FLIGHT": str(config.max_in_flight),
+        "WORKER_ID": "bench-full-path",
+    }
+    if config.poll_min_interval_s is not None:
+        env["POLL_MIN_INTERVAL_S"] = str(config.poll_min_interval_s)
+    return env | dict(config.extra_env)
+
+
+@contextmanager
+def stack(config: Config, server: str, png: bytes) -> Iterator[Stack]:
+    """Database, fakes and klein serve, all stopped and removed afterwards, even on error."""
+    lat = config.latencies
+    with ExitStack() as stack_:
+        url = stack_.enter_context(scratch_database(server))
+        tmp = Path(stack_.enter_context(tempfile.TemporaryDirectory(prefix="klein-full-")))
+        runpod = stack_.enter_context(RunPodServer(ENDPOINT_ID, lat.gpu_s, png, OUTPUT_SIZE))
+        llm = stack_.enter_context(SlowOpenRouter(lat.translate_s, lat.title_s))
+        storage = stack_.enter_context(SlowStorage(lat.storage_s))
+        port = free_port()
+        env = serve_settings(config, runpod.api_base, llm.base_url, storage.url)
+        env["DATABASE_URL"] = url
+        if config.mode == "webhook":
+            env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+        serve = Serve(serve_env(env), tmp / "klein-serve.log", port)
+        stack_.callback(serve.stop)
+        try:
+            serve.wait_ready()
+            db = stack_.enter_context(psycopg.connect(url, autocommit=True))
+            yield Stack(url, serve, runpod, llm, storage, db)
+        except BaseException:
+            print(f"klein serve's log (end):\n{serve.log_tail()}", file=sys.stderr)
+            raise
+
+
+def rss_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/<pid>/status (VmRSS: now; VmHWM: the peak so far), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"/proc/{pid}/status has no {field}")
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds klein serve's threads were ready to run but waited for a core (Linux schedstat):
+    the machine's contention, not the orchestrator's work."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+@contextmanager
+def py_spy(target: Path | None, pid: int) -> Iterator[None]:
+    """`py-spy record` on klein serve for the block, when asked for (`--py-spy FILE`)."""
+    if target is None:
+        yield
+        return
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    command = [exe, "record", "--pid", str(pid), "--rate", "50", "-o", str(target)]
+    if target.suffix == ".txt":
+        command += ["--format", "raw"]
+    recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        try:
+            recorder.wait(60)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            recorder.wait(10)
+
+
+def wait_finished(s: Stack, count: int, timeout_s: float) -> None:
+    """Until `count` works are finished (completed or failed), within the deadline."""
+    deadline = time.monotonic() + timeout_s
+    done = 0
+    while time.monotonic() < deadline:
+        row = s.db.execute(
+            "SELECT count(*) FROM works WHERE status IN ('completed', 'failed', 'cancelled')"
+        ).fetchone()
+        done = int(row[0]) if row else 0
+        if done >= count:
+            return
+        if s.serve.process.poll() is not None:
+            raise BenchError(f"klein serve exited with {s.serve.process.returncode}")
+        time.sleep(DB_POLL_S)
+    print(f"full path: {done} of {count} jobs finished within {timeout_s:g} s", file=sys.stderr)
+
+
+ROWS_SQL = """
+SELECT w.status, j.status, j.attempts, w.title, f.width, f.height, f.path,
+       extract(epoch FROM w.completed_at), extract(epoch FROM w.created_at)
+FROM generation_jobs j JOIN works w ON w.id = j.work_id
+LEFT JOIN files f ON f.id = w.output_file_id
+"""
+
+
+def collect(s: Stack) -> tuple[list[JobRow], list[float], float | None]:
+    """Each job's rows, the completed ones' created -> completed, and the last completion."""
+    rows, end_to_end, last = [], [], None
+    for w_status, j_status, attempts, title, width, height, path, done, created in s.db.execute(
+        ROWS_SQL
+    ):
+        size = (int(width), int(height)) if width is not None else None
+        stored = s.storage.stored_size(BUCKET, str(path)) if path else None
+        rows.append(JobRow(str(w_status), str(j_status), int(attempts), title, size, stored))
+        if done is not None:
+            end_to_end.append(float(done) - float(created))
+            last = max(last or 0.0, float(done))
+    return rows, end_to_end, last
+
+
+def run_once(config: Config, server: str, png: bytes) -> Figures:
+    """Start everything, insert the jobs at once, wait, measure, check, stop everything."""
+    with stack(config, server, png) as s:
+        pid = s.serve.process.pid
+        ready_rss = rss_mb(pid, "VmRSS")
+        cpu_start, wait_start = s.serve.cpu_s(), runqueue_wait_s(pid)
+        with py_spy(config.py_spy, pid):
+            with s.db.transaction():
+                insert_jobs(s.db, new_jobs(config.jobs), PROMPT)
+            committed = time.time()
+            wait_finished(s, config.jobs, config.timeout_s)
+        cpu_s = s.serve.cpu_s() - cpu_start
+        cpu_wait_s = runqueue_wait_s(pid) - wait_start
+        stages = stage_means(httpx.get(f"{s.serve.base_url}/metrics", timeout=5).text)
+        peak_rss = rss_mb(pid, "VmHWM")
+        rows, end_to_end, last = collect(s)
+        log = s.runpod.log
+        problems = [p for row in rows if (p := job_problem(row, OUTPUT_SIZE, IMAGE_TITLE))]
+        problems += other_problems(len(rows), config.jobs, s)
+        if problems:
+            print(f"klein serve's log (end):\n{s.serve.log_tail(5)}", file=sys.stderr)
+        runs = list(log.runs.values())
+        return Figures(
+            completed=len(end_to_end),
+            jobs_per_s=len(end_to_end) / (last - committed) if last else 0.0,
+            overhead=overheads(end_to_end, config.latencies),
+            detection=detection_delays(
+                [(r.finish_at, first_seen(r.seen_finished_at, r.webhook_sent_at)) for r in runs]
+            ),
+            status_seen=detection_delays([(r.finish_at, r.seen_finished_at) for r in runs]),
+            peak_rss_mb=peak_rss,
+            ready_rss_mb=ready_rss,
+            status_per_10s=max_in_window(log.status_times, STATUS_WINDOW_S),
+            cpu_s=cpu_s,
+            cpu_wait_s=cpu_wait_s,
+            stages=stages,
+            problems=problems,
+        )
+
+
+def other_problems(rows: int, jobs: int, s: Stack) -> list[str]:
+    """What is wrong beyond single jobs: missing rows, prompts sent untranslated."""
+    problems = [f"{rows} job rows for {jobs} jobs inserted"] if rows != jobs else []
+    translations, _ = s.openrouter.counts()
+    if translations < jobs:
+        problems.append(f"{translations} translation request(s) for {jobs} Korean prompts")
+    return problems
+
+
+def stage_means(metrics_text: str) -> dict[str, float]:
+    """Mean seconds per stage from klein serve's /metrics (klein_stage_seconds)."""
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            prefix = f'klein_stage_seconds{suffix}{{stage="'
+            if line.startswith(prefix):
+                name, _, value = line[len(prefix) :].partition('"} ')
+                into[name] = float(value)
+    return {name: sums[name] / counts[name] for name in sums if counts.get(name)}
+
+
+def ms(values: list[float]) -> str:
+    """Milliseconds, median (min-max) over runs."""
+    return spread([v * 1000 for v in values])
+
+
+def report(config: Config, runs: list[Figures]) -> None:
+    """The results table: each figure as median (min-max) over the runs."""
+    pct = lambda pick, f: ms([percentile(pick(r), f) for r in runs])  # noqa: E731
+    print_table(
+        f"full path: {config.jobs} jobs at once, {config.mode}, MAX_IN_FLIGHT="
+        f"{config.max_in_flight}, fakes {config.latencies.total_s:g} s/job, "
+        f"{OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]} PNG outputs, {len(runs)} run(s)",
+        [
+            ("completed", spread([float(r.completed) for r in runs])),
+            ("jobs/s", spread([r.jobs_per_s for r in runs])),
+            ("overhead p50 ms", pct(lambda r: r.overhead, 0.5)),
+            ("overhead p95 ms", pct(lambda r: r.overhead, 0.95)),
+            ("overhead p99 ms", pct(lambda r: r.overhead, 0.99)),
+            ("detection p50 ms", pct(lambda r: r.detection, 0.5)),
+            ("detection p95 ms", pct(lambda r: r.detection, 0.95)),
+            ("first COMPLETED /status p50 ms", pct(lambda r: r.status_seen, 0.5)),
+            ("first COMPLETED /status p95 ms", pct(lambda r: r.status_seen, 0.95)),
+            ("peak RSS MB", spread([r.peak_rss_mb for r in runs])),
+            ("RSS once ready MB", spread([r.ready_rss_mb for r in runs])),
+            ("max /status per 10 s", spread([float(r.status_per_10s) for r in runs])),
+            ("klein serve CPU ms / job", ms([r.cpu_s / config.jobs for r in runs])),
+            ("  ready to run, no free core, s", spread([r.cpu_wait_s for r in runs])),
+            *(
+                (f"  stage {name} mean ms", ms([r.stages.get(name, float("nan")) for r in runs]))
+                for name in runs[0].stages
+            ),
+            ("check", check_line(runs)),
+        ],
+    )
+    for problem in sorted({p for r in runs for p in r.problems})[:10]:
+        print(f"  problem: {problem}")
+    print(
+        "left out: RunPod's queue and cold starts, the network (all on 127.0.0.1), "
+        "the web app's reads; the fakes share this machine's cores"
+    )
+
+
+def check_line(runs: list[Figures]) -> str:
+    """Whether every job of every run completed as it should."""
+    failed = sum(len(r.problems) for r in runs)
+    if not failed:
+        return "every job completed once, titled, files row and stored PNG: OK"
+    return f"FAILED: {failed} problem(s) (below); the figures above include the failed jobs' runs"
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.full_path", description=__doc__.split("\n")[0]
+    )
+    add = parser.add_argument
+    add("--jobs", type=int, default=200, help="jobs inserted at once (200)")
+    add("--mode", choices=("polling", "webhook"), default="webhook", help="RunPod detection")
+    add("--gpu-s", type=float, default=2.0, help="each RunPod job's run time (2)")
+    add("--translate-s", type=float, default=0.2, help="OpenRouter translation latency (0.2)")
+    add("--title-s", type=float, default=0.3, help="OpenRouter vision title latency (0.3)")
+    add("--storage-s", type=float, default=0.05, help="Storage upload latency (0.05)")
+    add("--max-in-flight", type=int, help="MAX_IN_FLIGHT (default: --jobs)")
+    add("--poll-min-interval-s", type=float, help="POLL_MIN_INTERVAL_S (klein's default)")
+    add("--timeout-s", type=float, default=300.0, help="deadline for all jobs to finish (300)")
+    add("--repeat", type=int, default=1, help="runs, each with a fresh database and serve (1)")
+    add("--set", action="append", default=[], metavar="NAME=VALUE", help="another setting")
+    add("--py-spy", type=Path, help="record a py-spy profile of klein serve to this file")
+    add("--server", default=DEFAULT_SERVER, help="PostgreSQL server for the scratch database")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.repeat < 1:
+        parser.error("--jobs and --repeat must be at least 1")
+    if any("=" not in item for item in args.set):
+        parser.error("--set wants NAME=VALUE")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, report; 1 when a check fails or a wait passes its deadline."""
+    args = arguments(argv)
+    config = Config(
+        jobs=args.jobs,
+        mode=args.mode,
+        latencies=Latencies(args.translate_s, args.gpu_s, args.storage_s, args.title_s),
+        max_in_flight=args.max_in_flight or args.jobs,
+        poll_min_interval_s=args.poll_min_interval_s,
+        timeout_s=args.timeout_s,
+        py_spy=args.py_spy,
+        extra_env=tuple(tuple(item.split("=", 1)) for item in args.set),  # type: ignore[misc]
+    )
+    png = photo_png(*OUTPUT_SIZE)
+    print(f"output PNG: {OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]}, {len(png) // 1000} KB")
+    try:
+        runs = [run_once(config, args.server, png) for _ in range(args.repeat)]
+    except (BenchError, psycopg.Error, httpx.HTTPError, RuntimeError, OSError) as exc:
+        print(f"full path: FAILED: {exc}", file=sys.stderr)
+        return 1
+    report(config, runs)
+    return 1 if any(r.problems for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Output slots: polls peek without reading an output; an output is read again in a slot, which
+it keeps until consumed, so a burst of finished jobs holds at most OUTPUT_SLOTS outputs.
+
+RunPod is played at the HTTP level (httpx.MockTransport answers `/status` as RunPod does)."""
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from orchestrator.errors import RunPodJobGone, Transient
+from orchestrator.outputs import OutputSlots
+from orchestrator.runpod import JSON_ON_LOOP_MAX_BYTES, Progress, RunPodClient
+
+BIG_IMAGE = "A" * (2 * JSON_ON_LOOP_MAX_BYTES)
+DELAY_MS, EXECUTION_MS = 1234, 5678
+
+
+class RunPod:
+    """`/status/{id}` answers by job id: 'big-*' COMPLETED with a large output, 'small-*'
+    COMPLETED with a small one, 'running-*' IN_PROGRESS, 'gone-*' 404; with
+    `fail_second_call`, each job's second call gets a 500."""
+
+    def __init__(self, *, chunked: bool = False) -> None:
+        self.calls: Counter[str] = Counter()
+        self.fail_second_call = False
+        self.chunked = chunked
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        job_id = request.url.path.rsplit("/", 1)[-1]
+        self.calls[job_id] += 1
+        if self.fail_second_call and self.calls[job_id] == 2:
+            return httpx.Response(500, json={"error": "boom"})
+        if job_id.startswith("gone"):
+            return httpx.Response(404, json={"error": "job not found"})
+        if job_id.startswith("running"):
+            return httpx.Response(200, json={"id": job_id, "status": "IN_PROGRESS"})
+        if job_id.startswith("sampling"):
+            report = {"stage": "sampling", "step": 2, "steps": 4}
+            return httpx.Response(
+                200, json={"id": job_id, "status": "IN_PROGRESS", "output": report}
+            )
+        image = BIG_IMAGE if job_id.startswith("big") else "AAAA"
+        body = json.dumps(
+            {
+                "id": job_id,
+                "status": "COMPLETED",
+                "output": {"image": image},
+                "delayTime": DELAY_MS,
+                "executionTime": EXECUTION_MS,
+            }
+        )
+        if self.chunked:
+            return httpx.Response(200, content=_chunks(body.encode()))
+        return httpx.Response(200, content=body.encode())
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), 8192):
+        yield body[start : start + 8192]
+
+
+def client(runpod: RunPod) -> RunPodClient:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(runpod))
+    return RunPodClient(http, "http://runpod.test/v2", "ep", "key")
+
+
+def test_a_running_job_is_read_by_the_peek_alone_and_takes_no_slot():
+    async def scenario() -> None:
+        runpod, slots = RunPod(), OutputSlots(1)
+        answer = await slots.status(client(runpod), "running-1")
+        assert (answer.status, answer.in_slot, slots.taken) == ("IN_PROGRESS", False, 0)
+        assert runpod.calls["running-1"] == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_large_output_is_read_again_in_a_slot_that_it_keeps_until_consumed(chunked: bool):
+    async def scenario() -> None:
+        runpod, slots = RunPod(chunked=chunked), OutputSlots(1)
+        peeked = await client(runpod).peek("big-1")
+        assert (peeked.unread, peeked.finished, peeked.output) == (True, False, None)
+        answer = await slots.status(client(runpod), "big-1")
+        assert (answer.status, answer.in_slot, slots.taken) == ("COMPLETED", True, 1)
+        assert answer.output == {"image": BIG_IMAGE}
+        assert runpod.calls["big-1"] == 3  # the peek above, then this call's peek and read
+        async with slots.held(answer):
+            assert slots.taken == 1
+        assert slots.taken == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_small_output_comes_with_the_peek_and_takes_no_slot():
+    async def scenario() -> None:
+        runpod, slots = RunPod(), OutputSlots(1)
+        answer = await slots.status(client(runpod), "small-1")
+        assert (answer.status, answer.in_slot) == ("COMPLETED", False)
+        assert answer.output == {"image": "AAAA"}
+        async with slots.held(answer):
+            pass
+        assert slots.taken == 0  # nothing given back that was not taken
+
+    asyncio.run(scenario())
+
+
+def test_outputs_beyond_the_slots_wait_and_polls_of_running_jobs_do_not():
+    async def scenario() -> None:
+        runpod, slots = RunPod(), OutputSlots(1)
+        rp = client(runpod)
+        first = await slots.status(rp, "big-1")
+        second = asyncio.create_task(slots.status(rp, "big-2"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not second.done()  # peeked, and waiting for the slot
+        assert runpod.calls["big-2"] == 1
+        running = await slots.status(rp, "running-1")  # a poll is not held up by the outputs
+        assert running.status == "IN_PROGRESS"
+        async with slots.held(first):
+            pass
+        answer = await second
+        assert (answer.in_slot, slots.taken, runpod.calls["big-2"]) == (True, 1, 2)
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_read_in_the_slot_gives_the_slot_back():
+    async def scenario() -> None:
+        runpod, slots = RunPod(), OutputSlots(1)
+        runpod.fail_second_call = True
+        with pytest.raises(Transient):
+            await slots.status(client(runpod), "big-1")
+        assert (slots.taken, runpod.calls["big-1"]) == (0, 2)
+
+    asyncio.run(scenario())
+
+
+def test_a_job_runpod_forgot_is_said_so_by_the_peek():
+    async def scenario() -> None:
+        with pytest.raises(RunPodJobGone):
+            await OutputSlots(1).status(client(RunPod()), "gone-1")
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("job_id", ["small-1", "big-1"], ids=["peeked", "read-in-a-slot"])
+def test_an_output_keeps_runpods_timings_however_it_was_read(job_id: str):
+    """The dashboard's queue and GPU timings come from these fields (orchestrator/timings.py)."""
+
+    async def scenario() -> None:
+        slots = OutputSlots(1)
+        answer = await slots.status(client(RunPod()), job_id)
+        assert (answer.delay_time, answer.execution_time) == (DELAY_MS, EXECUTION_MS)
+        async with slots.held(answer):
+            pass
+
+    asyncio.run(scenario())
+
+
+def test_a_peek_carries_the_workers_progress():
+    async def scenario() -> None:
+        answer = await OutputSlots(1).status(client(RunPod()), "sampling-1")
+        assert answer.progress == Progress("sampling", step=2, steps=4)
+
+    asyncio.run(scenario())
