@@ -192,7 +192,7 @@ def py_spy(target: Path | None, pid: int) -> Iterator[None]:
         yield
         return
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    command = [exe, "record", "--pid", str(pid), "--rate", "50", "-o", str(target)]
+    command = [exe, "record", "--pid", str(pid), "--rate", "100", "--gil", "-o", str(target)]
     if target.suffix == ".txt":
         command += ["--format", "raw"]
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

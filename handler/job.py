@@ -1,6 +1,5 @@
 """One job's life in the worker: input -> reference image -> graph -> ComfyUI -> output image."""
 
-import base64
 import json
 import logging
 import re
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pybase64
 import requests
 import websocket
 
@@ -134,7 +134,7 @@ def edit_image(
         remove_local_files(ctx.settings.comfy_root, files)
     result = checked_output(data, ctx.settings.image_max_pixels)
     return {
-        "image": base64.b64encode(result.data).decode("ascii"),
+        "image": pybase64.b64encode(result.data).decode("ascii"),
         "seed": params.seed,
         "prompt_id": prompt_id,
         "width": result.width,

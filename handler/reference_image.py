@@ -6,19 +6,19 @@ proven it intact (every CRC, the pixel stream inflated in full); any other image
 once, and the worker uploads its re-encoding.
 """
 
-import base64
 import binascii
 import io
 import re
 from dataclasses import dataclass
 
+import pybase64
 from PIL import Image, ImageOps
 
 from handler.contract import ImageBase64, ImageSource, ImageUrl
 from handler.contract.errors import InvalidInput
 from handler.contract.images import MAX_PIXELS, decoded
+from handler.contract.ready_png import ready_png_size
 from handler.image_fetch import fetch_image, too_large
-from handler.ready_png import ready_png_size
 from handler.url_policy import UrlPolicy
 
 DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
@@ -53,7 +53,7 @@ def decode_base64_image(text: str, max_bytes: int) -> bytes:
         raise InvalidInput(too_large(max_bytes))
     payload += "=" * (-len(payload) % 4)
     try:
-        data = base64.b64decode(payload, validate=True)
+        data = pybase64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput("Invalid parameter: image_base64 is not valid base64") from None
     if not data:

@@ -27,14 +27,14 @@ FILES_NAMESPACE = uuid.UUID("6f0c7a52-64c7-4f5e-9a37-5d1b1f3f2c11")
 
 @dataclass(frozen=True)
 class Stored:
-    """What finalizing needs of a stored output: no image bytes, only its small thumbnail."""
+    """What finalizing needs of a stored output: no image bytes, at most its small thumbnail."""
 
     path: str
     url: str
     width: int
     height: int
     seed: int | None
-    thumbnail_data_url: str
+    thumbnail_data_url: str | None  # None: the title model is shown `url` (TITLE_IMAGE)
 
 
 async def complete(
@@ -51,7 +51,9 @@ async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
     """Decode and verify RunPod's output (in the CPU lane), then upload it."""
     stage = deps.metrics.stage_seconds
     with stage.labels("decode").time():
-        image = await deps.cpu.run(prepare_output, output)
+        image = await deps.cpu.run(
+            prepare_output, output, thumbnail=not deps.settings.titles_from_url
+        )
     path = output_path(job.user_id or "", job.work_id)
     with stage.labels("store").time():
         url = await deps.storage.put_png(path, image.png)
@@ -67,20 +69,21 @@ async def title_and_finalize(
     stage = deps.metrics.stage_seconds
     clock = clock or StageClock()
     with stage.labels("title").time(), clock.stage("title"):
-        title = await make_title(stored.thumbnail_data_url, deps)
+        title = await make_title(stored.thumbnail_data_url or stored.url, deps)
     with stage.labels("finalize").time():
         await finalize(job, deps, stored=stored, title=title, clock=clock)
     log.info("job %s: completed (%dx%d, %r)", job.id, stored.width, stored.height, title)
     return Outcome.COMPLETED
 
 
-async def make_title(thumbnail_data_url: str, deps: FlowDeps) -> str:
-    """A short Korean title from the vision model; the seed's fallback on any failure."""
+async def make_title(image_url: str, deps: FlowDeps) -> str:
+    """A short Korean title from the vision model, shown `image_url` (a public URL or a data
+    URL); the seed's fallback on any failure."""
     openrouter: OpenRouterClient | None = deps.openrouter
     if openrouter is None:
         return clean_title(None)
     try:
-        answer = await openrouter.title(thumbnail_data_url)
+        answer = await openrouter.title(image_url)
     except NeedsOperator as exc:
         deps.alerts.report(exc.service, str(exc))
         return clean_title(None)

@@ -3,6 +3,7 @@
 import socket
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, SecretStr
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
     openrouter_rpm: int = Field(default=0, ge=0)  # 0: no per-minute limit of ours
     translate_model: str = "openai/gpt-4o-mini"
     title_model: str = "openai/gpt-4o-mini"
+    # What the title model is shown: "url", the stored image's public URL (as the n8n workflow
+    # did; the model's provider fetches it), or "thumbnail", a 512-pixel JPEG sent inline, which
+    # costs a full decode of every output here (~12 ms for 1 MP). Default: "url" with Supabase
+    # Storage, "thumbnail" with local storage, whose URLs the provider usually cannot reach.
+    title_image: Literal["url", "thumbnail"] | None = None
     storage_backend: str | None = None  # "supabase" or "local"; default from SUPABASE_URL
     supabase_url: str | None = None
     supabase_service_role_key: SecretStr | None = None
@@ -94,6 +100,13 @@ class Settings(BaseSettings):
     # it; unset, clients on this machine only. DASHBOARD_JOBS: how many latest jobs it lists.
     dashboard_token: SecretStr | None = None
     dashboard_jobs: int = Field(default=50, ge=1, le=500)
+
+    @property
+    def titles_from_url(self) -> bool:
+        """Whether the title model is shown the stored image's URL (TITLE_IMAGE)."""
+        if self.title_image:
+            return self.title_image == "url"
+        return self.uses_supabase_storage
 
     @property
     def uses_supabase_storage(self) -> bool:

@@ -170,6 +170,45 @@ def test_supabase_storage_gets_the_png_and_files_gets_its_public_url(
     assert job["output_data_json"]["image_url"] == public
 
 
+def title_image_url(openrouter_server) -> str:
+    """The image URL of the one title request the fake received."""
+    [title] = [r for r in openrouter_server.requests if is_image_request(r)]
+    [part] = [p for p in title["messages"][-1]["content"] if p["type"] == "image_url"]
+    return part["image_url"]["url"]
+
+
+@pytest.mark.parametrize("title_image", ["url", "thumbnail"])
+def test_the_title_model_is_shown_the_public_url_or_a_thumbnail(
+    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path, title_image
+):
+    endpoint = endpoint_for(ScriptedWorker())
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+
+    async def run():
+        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
+        try:
+            return await drive(
+                migrated_url,
+                endpoint,
+                openrouter_server,
+                tmp_path,
+                job_id,
+                storage=storage,
+                title_image=title_image,
+            )
+        finally:
+            await storage.aclose()
+
+    assert asyncio.run(run()) is Outcome.COMPLETED
+    job, file = rows(migrated_url, job_id)
+    assert job["title"] != "I2I 작품"
+    shown = title_image_url(openrouter_server)
+    if title_image == "url":
+        assert shown == file["file_url"]
+    else:
+        assert shown.startswith("data:image/jpeg;base64,")
+
+
 def test_a_storage_outage_sends_the_job_back_to_pending_without_failing_the_work(
     migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
 ):

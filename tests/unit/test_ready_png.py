@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from handler.contract.errors import InvalidInput
-from handler.ready_png import SIGNATURE, ready_png_size
+from handler.contract.ready_png import SIGNATURE, ready_png_size
 from handler.reference_image import normalise_image
 
 ORIENTATION = 0x0112

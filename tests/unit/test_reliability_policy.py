@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -178,7 +179,69 @@ def test_an_output_that_is_not_a_whole_png_is_invalid(output):
         prepare_output(output)
 
 
+def test_without_a_thumbnail_the_output_is_still_verified_and_measured():
+    prepared = prepare_output({"image": base64.b64encode(comfy_png()).decode()}, thumbnail=False)
+    assert (prepared.width, prepared.height, prepared.thumbnail_data_url) == (64, 48, None)
+    assert b"tEXt" not in prepared.png
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "I;16", "LA", "1"])
+def test_an_output_the_fast_proof_does_not_cover_is_judged_by_pillow(mode):
+    buffer = io.BytesIO()
+    Image.new(mode, (40, 30)).save(buffer, format="PNG")
+    prepared = prepare_output(
+        {"image": base64.b64encode(buffer.getvalue()).decode()}, thumbnail=False
+    )
+    assert (prepared.width, prepared.height) == (40, 30)
+
+
+def noisy_png() -> bytes:
+    """A small RGB PNG that compresses badly, so most of it is image data (and corruption
+    lands in pixels, not only in headers); the same every time."""
+    pixels = bytes((i * 7919 + i // 97) % 256 for i in range(48 * 32 * 3))
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (48, 32), pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+NOISY_PNG = noisy_png()
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_both_ways_of_verifying_accept_and_refuse_the_same_outputs(data):
+    png = bytearray(NOISY_PNG)
+    for _ in range(data.draw(st.integers(1, 3))):
+        position = data.draw(st.integers(8, len(png) - 1))
+        png[position] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del png[data.draw(st.integers(8, len(png) - 1)) :]
+    output = {"image": base64.b64encode(bytes(png)).decode()}
+    verdicts = []
+    for thumbnail in (True, False):
+        try:
+            prepared = prepare_output(output, thumbnail=thumbnail)
+        except Permanent:
+            verdicts.append(None)
+        else:
+            verdicts.append((prepared.width, prepared.height, prepared.png))
+    assert verdicts[0] == verdicts[1]
+
+
 @given(st.binary(max_size=256))
 def test_strip_text_chunks_never_raises_anything_but_permanent(tail):
     with contextlib.suppress(Permanent):
         strip_text_chunks(b"\x89PNG\r\n\x1a\n" + tail)
+
+
+@pytest.mark.parametrize(
+    ("configured", "from_url"),
+    [
+        ({}, False),  # local storage: its URLs are usually unreachable for the provider
+        ({"supabase_url": "https://x.supabase.co"}, True),  # a public bucket, as n8n did
+        ({"supabase_url": "https://x.supabase.co", "title_image": "thumbnail"}, False),
+        ({"storage_backend": "local", "title_image": "url"}, True),
+    ],
+)
+def test_the_title_model_sees_the_url_with_supabase_storage_unless_told(configured, from_url):
+    assert Settings(**configured).titles_from_url is from_url
