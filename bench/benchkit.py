@@ -112,7 +112,9 @@ def spread(values: Sequence[float]) -> str:
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile (`fraction` in 0..1) of a non-empty sample."""
+    """The nearest-rank percentile (`fraction` in 0..1) of a sample; NaN for an empty one."""
+    if not values:
+        return math.nan
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]

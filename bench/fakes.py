@@ -73,6 +73,7 @@ class RunPodLog:
 
     runs: dict[str, RunRecord] = field(default_factory=dict)
     status_times: list[float] = field(default_factory=list)
+    output_reads: int = 0  # /status answers that carried a finished job's output
     webhook_failures: int = 0
 
 
@@ -158,6 +159,7 @@ class RunPodServer(BackgroundServer):
             finished = now >= record.finish_at
             if finished and record.seen_finished_at is None:
                 record.seen_finished_at = now
+            self.log.output_reads += finished
         if not finished:
             return web.json_response({"id": job_id, "status": "IN_PROGRESS"})
         return web.Response(body=self.completed_body(job_id), content_type="application/json")

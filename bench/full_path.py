@@ -30,6 +30,7 @@ process and the machine's cores with klein serve.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import signal
 import subprocess
@@ -104,6 +105,9 @@ class Figures:
     status_per_10s: int
     cpu_s: float
     cpu_wait_s: float
+    fakes_cpu_s: float
+    machine_busy: float  # of all cores, 0..1
+    output_reads: int
     stages: dict[str, float]
     problems: list[str]
 
@@ -171,6 +175,13 @@ def rss_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise BenchError(f"/proc/{pid}/status has no {field}")
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core so far (/proc/stat): iowait counts as idle."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
 
 
 def runqueue_wait_s(pid: int) -> float:
@@ -253,6 +264,7 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
         pid = s.serve.process.pid
         ready_rss = rss_mb(pid, "VmRSS")
         cpu_start, wait_start = s.serve.cpu_s(), runqueue_wait_s(pid)
+        fakes_start, machine_start = time.process_time(), machine_ticks()
         with py_spy(config.py_spy, pid):
             with s.db.transaction():
                 insert_jobs(s.db, new_jobs(config.jobs), PROMPT)
@@ -260,6 +272,10 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
             wait_finished(s, config.jobs, config.timeout_s)
         cpu_s = s.serve.cpu_s() - cpu_start
         cpu_wait_s = runqueue_wait_s(pid) - wait_start
+        fakes_cpu_s = time.process_time() - fakes_start
+        busy, total = (
+            end - start for end, start in zip(machine_ticks(), machine_start, strict=True)
+        )
         stages = stage_means(httpx.get(f"{s.serve.base_url}/metrics", timeout=5).text)
         peak_rss = rss_mb(pid, "VmHWM")
         rows, end_to_end, last = collect(s)
@@ -282,6 +298,9 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
             status_per_10s=max_in_window(log.status_times, STATUS_WINDOW_S),
             cpu_s=cpu_s,
             cpu_wait_s=cpu_wait_s,
+            fakes_cpu_s=fakes_cpu_s,
+            machine_busy=busy / total if total else math.nan,
+            output_reads=log.output_reads,
             stages=stages,
             problems=problems,
         )
@@ -336,6 +355,12 @@ def report(config: Config, runs: list[Figures]) -> None:
             ("max /status per 10 s", spread([float(r.status_per_10s) for r in runs])),
             ("klein serve CPU ms / job", ms([r.cpu_s / config.jobs for r in runs])),
             ("  ready to run, no free core, s", spread([r.cpu_wait_s for r in runs])),
+            (
+                "fakes' CPU ms / job (bench process)",
+                ms([r.fakes_cpu_s / config.jobs for r in runs]),
+            ),
+            ("machine CPU busy, % of all cores", spread([100 * r.machine_busy for r in runs])),
+            ("/status answers carrying an output", spread([float(r.output_reads) for r in runs])),
             *(
                 (f"  stage {name} mean ms", ms([r.stages.get(name, float("nan")) for r in runs]))
                 for name in runs[0].stages

@@ -13,6 +13,7 @@ from orchestrator.deps import FlowDeps
 from orchestrator.errors import Permanent, Transient
 from orchestrator.jobs import ClaimedJob
 from orchestrator.outcomes import cancel_on_runpod
+from orchestrator.outputs import JobWake
 from orchestrator.policy import backoff_s, progress_due
 from orchestrator.runpod import Progress, RunPodJob
 
@@ -24,16 +25,22 @@ log = logging.getLogger(__name__)
 
 
 async def await_result(
-    job: ClaimedJob, runpod_id: str, submitted_at: datetime, deps: FlowDeps, wake: asyncio.Event
+    job: ClaimedJob, runpod_id: str, submitted_at: datetime, deps: FlowDeps, wake: JobWake
 ) -> RunPodJob:
-    """Poll RunPod (sooner when its webhook wakes us) until the job ends or the deadline passes.
-    A COMPLETED answer comes back holding one of `deps.outputs`' slots (see outputs.py)."""
+    """Poll RunPod (sooner when its webhook wakes us) until the job ends or the deadline passes;
+    a status its webhook delivered ends the wait without a poll. A COMPLETED answer comes back
+    holding one of `deps.outputs`' slots (see outputs.py)."""
     settings = deps.settings
     deadline = submitted_at.timestamp() + settings.job_timeout_s
     failures = 0
     recorder = ProgressRecorder(job, deps)
     with deps.polls.awaiting_job():
         while (remaining := deadline - time.time()) > 0:
+            delivery = wake.take()
+            if delivery is not None:
+                delivered = await deps.outputs.adopt(deps.runpod, runpod_id, delivery)
+                if delivered is not None:
+                    return delivered
             try:
                 status = await deps.outputs.status(deps.runpod, runpod_id)
                 failures = 0

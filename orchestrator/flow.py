@@ -2,7 +2,6 @@
 finalize. Every exception ends in a written-down outcome; every write is fenced on this process
 holding the job."""
 
-import asyncio
 import logging
 
 import psycopg
@@ -24,6 +23,7 @@ from orchestrator.finalize import complete, store, title_and_finalize
 from orchestrator.jobs import ClaimedJob, JobStatus, Outcome, WorkStatus
 from orchestrator.logs import bind_job
 from orchestrator.outcomes import cancel, fail, finish, forget_submission, retry_later
+from orchestrator.outputs import JobWake
 from orchestrator.policy import (
     backoff_s,
     internal_error,
@@ -44,7 +44,7 @@ UNRECORDED = (
 ABANDONED = "Processing failed: the job was left unfinished {} times (its process kept stopping)"
 
 
-async def run_job(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outcome:
+async def run_job(job: ClaimedJob, deps: FlowDeps, wake: JobWake) -> Outcome:
     """Carry a claimed job to a terminal state, or back to pending to be retried later.
 
     Raises only when even writing the outcome failed (the database is gone): the caller then
@@ -61,9 +61,7 @@ async def run_job(job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event) -> Outco
     return outcome
 
 
-async def _settle(
-    job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event, clock: StageClock
-) -> Outcome:
+async def _settle(job: ClaimedJob, deps: FlowDeps, wake: JobWake, clock: StageClock) -> Outcome:
     """The story, with what escapes it turned into an outcome."""
     try:
         return await _story(job, deps, wake, clock)
@@ -107,9 +105,7 @@ def _backoff_s(job: ClaimedJob, deps: FlowDeps, retry_after_s: float | None = No
     )
 
 
-async def _story(
-    job: ClaimedJob, deps: FlowDeps, wake: asyncio.Event, clock: StageClock
-) -> Outcome:
+async def _story(job: ClaimedJob, deps: FlowDeps, wake: JobWake, clock: StageClock) -> Outcome:
     if job.abandoned > deps.settings.max_abandoned:
         return await fail(job, deps, ABANDONED.format(job.abandoned))
     match job.work_status:

@@ -26,6 +26,7 @@ from orchestrator.dashboard.routes import add_dashboard
 from orchestrator.db import Database, Row
 from orchestrator.errors import ConfigError
 from orchestrator.metrics import Metrics
+from orchestrator.outputs import Delivery
 from orchestrator.settings import Settings
 from orchestrator.webhook_scan import IdScan
 
@@ -46,10 +47,19 @@ class Waker(Protocol):
     def wake_job(self, job_id: str) -> bool:
         """Poll one in-flight job's RunPod status now."""
 
+    async def delivery_for(self, job_id: str) -> Delivery | None:
+        """Room to keep a completion webhook's body for its job, if the job is driven here and
+        there is room now."""
+
     async def runpod_callback(
-        self, token: str, job: Mapping[str, Any], runpod_id: str | None
+        self,
+        token: str,
+        job: Mapping[str, Any],
+        runpod_id: str | None,
+        delivery: Delivery | None = None,
     ) -> None:
-        """Handle RunPod's completion webhook for the job (row) its token belongs to."""
+        """Handle RunPod's completion webhook for the job (row) its token belongs to, its body
+        in `delivery` when there was room to keep it."""
 
     @property
     def operator_problems(self) -> dict[str, str]:
@@ -65,10 +75,14 @@ class BodyTooLarge(ValueError):
 
 
 async def read_capped_body(
-    request: Request, max_bytes: int, into: Callable[[bytes], None] | None = None
+    request: Request,
+    max_bytes: int,
+    into: Callable[[bytes], None] | None = None,
+    *,
+    keep: bool = True,
 ) -> bytes:
     """The request body, refused (BodyTooLarge) as soon as it passes max_bytes: never read whole.
-    With `into`, each chunk goes there instead, and nothing is kept (b"" is returned)."""
+    With `into`, each chunk goes there too; without `keep`, nothing is kept (b"" is returned)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise BodyTooLarge(f"the body is over {max_bytes} bytes")
@@ -79,9 +93,9 @@ async def read_capped_body(
             size += len(chunk)
             if size > max_bytes:
                 raise BodyTooLarge(f"the body is over {max_bytes} bytes")
-            if into is None:
+            if keep:
                 chunks.append(chunk)
-            else:
+            if into is not None:
                 into(chunk)
     except ClientDisconnect:
         raise BadBody("the sender hung up before the body ended") from None
@@ -112,10 +126,14 @@ def job_id_from_body(body: object) -> str:
         raise BadBody("record.id must be a UUID") from None
 
 
-async def scan_capped_body(request: Request, max_bytes: int) -> IdScan:
-    """read_capped_body's checks, with the body scanned (IdScan) instead of kept."""
+async def scan_capped_body(
+    request: Request, max_bytes: int, delivery: Delivery | None = None
+) -> IdScan:
+    """read_capped_body's checks, with the body scanned (IdScan), and kept only in `delivery`."""
     scan = IdScan()
-    await read_capped_body(request, max_bytes, into=scan.feed)
+    body = await read_capped_body(request, max_bytes, into=scan.feed, keep=delivery is not None)
+    if delivery is not None:
+        delivery.body = body
     return scan
 
 
@@ -196,20 +214,32 @@ def add_runpod_webhook(app: FastAPI, settings: Settings, db: Database, waker: Wa
             return error("database unavailable; retry later", 503)
         if row is None:
             return error("unknown webhook token", 404)
+        delivery = None
         if row["runpod_job_id"] is not None:
-            # Its recorded RunPod job has most likely ended: poll it now, while the body (the
-            # whole output, megabytes) is still arriving. A stray's webhook only makes it poll
-            # once early.
-            waker.wake_job(str(row["id"]))
+            # Its recorded RunPod job has most likely ended. With room to keep the body (the
+            # whole output, megabytes), the job gets it and reads no /status; without, it polls
+            # now, while the body is still arriving. A stray's only makes it poll once early.
+            delivery = await waker.delivery_for(str(row["id"]))
+            if delivery is None:
+                waker.wake_job(str(row["id"]))
         try:
-            scan = await scan_capped_body(request, settings.runpod_webhook_max_bytes)
+            return await _take_runpod_webhook(request, token, row, delivery)
+        finally:
+            if delivery is not None and not delivery.handed_over:
+                delivery.release()
+
+    async def _take_runpod_webhook(
+        request: Request, token: str, row: Row, delivery: Delivery | None
+    ) -> JSONResponse:
+        try:
+            scan = await scan_capped_body(request, settings.runpod_webhook_max_bytes, delivery)
         except BodyTooLarge as exc:
             return error(f"{exc} (RUNPOD_WEBHOOK_MAX_BYTES)", 413)
         except BadBody as exc:
             return error(f"malformed body: {exc}", 422)
         try:
             async with asyncio.timeout(DB_DEADLINE_S):
-                await waker.runpod_callback(token, row, scan.runpod_id())
+                await waker.runpod_callback(token, row, scan.runpod_id(), delivery)
         except (psycopg.Error, TimeoutError):
             return error("database unavailable; retry later", 503)
         return JSONResponse({"ok": True})

@@ -146,6 +146,14 @@ class RunPodClient:
         answer = await self._call("GET", f"/status/{job_id}", self._status_limit)
         return parse_status(job_id, answer)
 
+    async def parse_body(self, job_id: str, body: bytes) -> RunPodJob:
+        """A status object that came another way (RunPod's completion webhook), parsed as a
+        `/status` answer is."""
+        try:
+            return parse_status(job_id, await self._parse_json(body))
+        except (ValueError, RecursionError) as exc:
+            raise Transient("RunPod's webhook body is not JSON") from exc
+
     async def peek(self, job_id: str) -> RunPodJob:
         """The job's status, or `unread` when the answer is over JSON_ON_LOOP_MAX_BYTES: that
         answer carries an output (megabytes), which `status` reads when there is room for it."""

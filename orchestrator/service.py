@@ -21,6 +21,7 @@ from orchestrator.flow import run_job
 from orchestrator.jobs import ClaimedJob
 from orchestrator.metrics import Metrics
 from orchestrator.outcomes import cancel, cancel_on_runpod
+from orchestrator.outputs import Delivery, JobWake
 from orchestrator.policy import CallbackAction, backoff_s, callback_action
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class InFlight:
 
     job: ClaimedJob
     task: asyncio.Task[None]
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    wake: JobWake = field(default_factory=JobWake)
     cancelled_by_user: bool = False
 
 
@@ -69,15 +70,28 @@ class Orchestrator:
         entry.wake.set()
         return True
 
+    async def delivery_for(self, job_id: str) -> Delivery | None:
+        """An output slot for the body of a job's completion webhook: only for a job driven
+        here, and only when a slot is free now."""
+        return await self.deps.outputs.delivery() if job_id in self.in_flight else None
+
     async def runpod_callback(
-        self, token: str, job: Mapping[str, Any], runpod_id: str | None
+        self,
+        token: str,
+        job: Mapping[str, Any],
+        runpod_id: str | None,
+        delivery: Delivery | None = None,
     ) -> None:
         """RunPod's completion webhook for the job its token belongs to (its
-        `job_by_webhook_token` row): wake its poll, adopt the result of a submission whose id
-        was lost, or cancel a stray RunPod job."""
+        `job_by_webhook_token` row): hand its body (`delivery`) to the job or wake its poll,
+        adopt the result of a submission whose id was lost, or cancel a stray RunPod job. A
+        delivery not handed over is released by the caller."""
         job_id = str(job["id"])
         match callback_action(job["runpod_job_id"], job["status"], runpod_id):
             case CallbackAction.WAKE:
+                entry = self.in_flight.get(job_id)
+                if entry is not None and delivery is not None:
+                    entry.wake.deliver(delivery)
                 self.wake_job(job_id)
             case CallbackAction.ADOPT if runpod_id is not None:
                 await self._adopt(token, job_id, runpod_id)
@@ -147,12 +161,12 @@ class Orchestrator:
             # driving it goes on; a second one would race it under the same locked_by.
             return
         log.info("job %s: claimed (work %s, %s)", job.id, job.work_id, job.work_status)
-        wake = asyncio.Event()
+        wake = JobWake()
         task = asyncio.create_task(self._drive(job, wake), name=f"job-{job.id}")
         self.in_flight[job.id] = InFlight(job=job, task=task, wake=wake)
         self.deps.metrics.in_flight.set(len(self.in_flight))
 
-    async def _drive(self, job: ClaimedJob, wake: asyncio.Event) -> None:
+    async def _drive(self, job: ClaimedJob, wake: JobWake) -> None:
         try:
             await run_job(job, self.deps, wake)
         except asyncio.CancelledError:
@@ -164,6 +178,7 @@ class Orchestrator:
             # lease is no longer renewed, so the job is resumed once it runs out.
             log.exception("job %s: stopped without an outcome; resumed after its lease", job.id)
         finally:
+            wake.discard()
             self.in_flight.pop(job.id, None)
             self.deps.metrics.in_flight.set(len(self.in_flight))
             self._wakeup.set()

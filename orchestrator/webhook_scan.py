@@ -7,6 +7,7 @@ parsed on the event loop (~6 ms each) cost hundreds of MB and stalled every job 
 
 import json
 import re
+from collections import deque
 
 ID_KEY = b'"id"'
 ID_VALUE = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
@@ -19,18 +20,29 @@ class IdScan:
 
     def __init__(self) -> None:
         self.head = b""
-        self.tail = b""
+        self._tail: deque[bytes] = deque()  # the last chunks, at least KEPT_BYTES of them
+        self._tail_size = 0
+        self._seam = b""  # the body's last 3 bytes: a key may straddle chunks
         self.size = 0
         self.keys = 0
 
     def feed(self, chunk: bytes) -> None:
-        """Take the next chunk of the body."""
-        window = self.tail[-(len(ID_KEY) - 1) :] + chunk if self.size else chunk
-        self.keys += window.count(ID_KEY)
+        """Take the next chunk of the body (chunks are small: copying the kept tail on each
+        one cost ~4% of klein serve's CPU under load)."""
+        self.keys += (self._seam + chunk).count(ID_KEY) if self._seam else chunk.count(ID_KEY)
+        self._seam = (self._seam + chunk)[-(len(ID_KEY) - 1) :]
         self.size += len(chunk)
         if len(self.head) < KEPT_BYTES:
             self.head += chunk[: KEPT_BYTES - len(self.head)]
-        self.tail = (self.tail + chunk)[-KEPT_BYTES:]
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail[0]) >= KEPT_BYTES:
+            self._tail_size -= len(self._tail.popleft())
+
+    @property
+    def tail(self) -> bytes:
+        """The body's last KEPT_BYTES (all of it when shorter)."""
+        return b"".join(self._tail)[-KEPT_BYTES:]
 
     def runpod_id(self) -> str | None:
         """The RunPod job id: from the whole body when it was small enough to keep, else from

@@ -2,7 +2,6 @@
 (the local RunPod endpoint with a scripted worker, the OpenRouter fake, a storage backend).
 Shared by test_flow.py and test_flow_faults.py."""
 
-import asyncio
 import base64
 import io
 import threading
@@ -26,6 +25,7 @@ from orchestrator.deps import FlowDeps
 from orchestrator.flow import run_job
 from orchestrator.jobs import ClaimedJob, Outcome
 from orchestrator.openrouter import OpenRouterClient
+from orchestrator.outputs import JobWake
 from orchestrator.runpod import RunPodClient
 from orchestrator.settings import KLEIN_TEMPLATE_ID, Settings
 from orchestrator.storage import LocalStorage, Storage
@@ -154,7 +154,7 @@ async def claim(deps: FlowDeps, job_id: str) -> ClaimedJob:
 async def drive(url, endpoint, openrouter_server, tmp_path, job_id, **options) -> Outcome:
     """Claim the job and run it through the whole flow once."""
     async with flow_deps(url, endpoint, openrouter_server, tmp_path, **options) as deps:
-        return await run_job(await claim(deps, job_id), deps, asyncio.Event())
+        return await run_job(await claim(deps, job_id), deps, JobWake())
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from orchestrator.errors import Permanent, WorkCancelled
 from orchestrator.finalize import Stored, finalize
 from orchestrator.flow import run_job
 from orchestrator.jobs import Outcome
+from orchestrator.outputs import JobWake
 from orchestrator.storage import output_path, supabase_storage
 from tests.fakes.openrouter import is_image_request
 from tests.fakes.storage import DEFAULT_SERVICE_KEY
@@ -315,8 +316,8 @@ def test_a_stale_holder_finishing_after_another_completed_the_work_changes_nothi
                 (job_id,),
             )
             fresh = await claim(second, job_id)
-            assert await run_job(fresh, second, asyncio.Event()) is Outcome.COMPLETED
-            return await run_job(stale, first, asyncio.Event())
+            assert await run_job(fresh, second, JobWake()) is Outcome.COMPLETED
+            return await run_job(stale, first, JobWake())
 
     assert asyncio.run(two_holders()) is Outcome.HANDED_OVER
     job, file = rows(migrated_url, job_id)

@@ -35,7 +35,10 @@ class RecordingWaker:
         self.woken.append(job_id)
         return True
 
-    async def runpod_callback(self, token: str, job, runpod_id: str | None) -> None:
+    async def delivery_for(self, job_id: str):
+        return None
+
+    async def runpod_callback(self, token: str, job, runpod_id: str | None, delivery=None) -> None:
         self.callbacks.append((token, runpod_id))
         self.wake_job(str(job["id"]))
 

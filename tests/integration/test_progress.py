@@ -15,6 +15,7 @@ from orchestrator.deps import FlowDeps
 from orchestrator.flow import run_job
 from orchestrator.jobs import Outcome
 from orchestrator.outcomes import cancel
+from orchestrator.outputs import JobWake
 from tests.fakes.runpod import RunPodStatusServer
 from tests.integration.flowkit import claim, flow_deps, insert, png_b64
 
@@ -65,7 +66,7 @@ async def scenario(
 
 
 async def _run(deps: FlowDeps, job_id: str) -> Outcome:
-    return await run_job(await claim(deps, job_id), deps, asyncio.Event())
+    return await run_job(await claim(deps, job_id), deps, JobWake())
 
 
 def test_progress_is_recorded_while_the_job_waits_on_runpod(

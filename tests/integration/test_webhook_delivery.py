@@ -1,0 +1,171 @@
+"""RunPod's completion webhook carries the whole status object: when there is room to keep it,
+its job takes its result from it and reads no /status; when there is not, or the body is not
+its recorded job's end, the job goes on polling. Real PostgreSQL, the running Orchestrator,
+its HTTP app (in-process), and a local RunPod endpoint whose worker never finishes (so a poll
+could never have given the result)."""
+
+import asyncio
+import base64
+import contextlib
+import io
+import threading
+from dataclasses import replace
+
+import httpx
+from PIL import Image
+
+from orchestrator.http import create_app
+from orchestrator.metrics import Metrics
+from orchestrator.outputs import OutputSlots
+from tests.integration.faultkit import job_state, running, until_finished
+from tests.integration.flowkit import ScriptedWorker, insert, png_b64, rows
+
+PROMPT = {"prompt": "make it red", "image_base64": png_b64()}
+
+
+def completed_body(runpod_id: str, size=(96, 64)) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 40, 40)).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    output = {"image": image, "seed": 7, "prompt_id": "p", "width": size[0], "height": size[1]}
+    return {"id": runpod_id, "status": "COMPLETED", "output": output, "executionTime": 900}
+
+
+async def recorded(url: str, job_id: str) -> dict:
+    """The job's row once its RunPod job id is recorded (it waits for RunPod)."""
+    for _ in range(200):
+        row = await asyncio.to_thread(job_state, url, job_id)
+        if row["runpod_job_id"] is not None:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError("the job was never submitted")
+
+
+def scenario(url, endpoint, openrouter_server, tmp_path, body_for, **settings):
+    """Run one job until RunPod has it, post its completion webhook (`body_for(runpod_id)`),
+    and return the webhook's answer, the job's row a few seconds later, and the slots in use."""
+
+    async def run():
+        async with running(
+            url,
+            endpoint,
+            openrouter_server,
+            tmp_path,
+            public_base_url="http://127.0.0.1:9",  # webhooks on; this test posts them itself
+            poll_min_interval_s=60,  # no poll between the webhook and the end
+            **settings,
+        ) as orchestrator:
+            deps = orchestrator.deps
+            app = create_app(deps.settings, deps.db, orchestrator, Metrics())
+            job_id, _ = insert(url, PROMPT)
+            orchestrator.nudge()
+            row = await recorded(url, job_id)
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://klein") as client:
+                answer = await client.post(
+                    f"/runpod/webhook/{row['webhook_token']}",
+                    json=body_for(row["runpod_job_id"]),
+                )
+            with contextlib.suppress(AssertionError):  # a job still waiting is an answer too
+                await until_finished(url, job_id, 5)
+            return answer, rows(url, job_id)[0], deps.outputs.taken
+
+    return asyncio.run(run())
+
+
+def test_a_delivered_completion_finishes_the_job_without_reading_status(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    release = threading.Event()
+    endpoint = endpoint_for(ScriptedWorker(block=release))
+    try:
+        answer, row, taken = scenario(
+            migrated_url, endpoint, openrouter_server, tmp_path, completed_body
+        )
+    finally:
+        release.set()
+    assert answer.status_code == 200
+    assert (row["job_status"], row["status"]) == ("completed", "completed")
+    assert (row["output_data_json"]["width"], row["output_data_json"]["height"]) == (96, 64)
+    assert row["generation_metadata"]["seed"] == 7
+    assert taken == 0  # the slot the body was kept in is free again
+
+
+def test_a_body_that_is_not_the_recorded_jobs_end_is_not_taken_for_it(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    release = threading.Event()
+    endpoint = endpoint_for(ScriptedWorker(block=release))
+
+    def still_running(runpod_id: str) -> dict:
+        return {"id": runpod_id, "status": "IN_PROGRESS"}
+
+    try:
+        answers = [
+            scenario(migrated_url, endpoint, openrouter_server, tmp_path, still_running),
+            scenario(
+                migrated_url,
+                endpoint,
+                openrouter_server,
+                tmp_path,
+                lambda runpod_id: completed_body(runpod_id) | {"output": {"image": "@@"}},
+            ),
+        ]
+    finally:
+        release.set()
+    (running_answer, running_row, running_taken), (bad_answer, bad_row, bad_taken) = answers
+    assert running_answer.status_code == 200
+    assert running_row["job_status"] == "taken"  # still waiting for RunPod
+    assert running_taken == 0
+    assert bad_answer.status_code == 200
+    # A COMPLETED body with an output that is no image: the work fails as from /status.
+    assert (bad_row["job_status"], bad_row["status"]) == ("failed", "failed")
+    assert bad_row["error_message"] == "RunPod returned an invalid image"
+    assert bad_taken == 0
+
+
+def test_without_room_for_the_body_the_job_polls_as_before(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    release = threading.Event()
+    endpoint = endpoint_for(ScriptedWorker(block=release))
+
+    try:
+
+        async def run():
+            async with running(
+                migrated_url,
+                endpoint,
+                openrouter_server,
+                tmp_path,
+                public_base_url="http://127.0.0.1:9",
+                poll_min_interval_s=0.1,
+                wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
+            ) as orchestrator:
+                held = await orchestrator.deps.outputs.delivery()  # the only slot, taken
+                deps = orchestrator.deps
+                app = create_app(deps.settings, deps.db, orchestrator, Metrics())
+                job_id, _ = insert(migrated_url, PROMPT)
+                orchestrator.nudge()
+                row = await recorded(migrated_url, job_id)
+                transport = httpx.ASGITransport(app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://k") as client:
+                    answer = await client.post(
+                        f"/runpod/webhook/{row['webhook_token']}",
+                        json=completed_body(row["runpod_job_id"]),
+                    )
+                await asyncio.sleep(0.5)
+                waiting = await asyncio.to_thread(job_state, migrated_url, job_id)
+                release.set()  # the worker finishes; its real output is read from /status
+                held.release()
+                await until_finished(migrated_url, job_id, 10)
+                return answer, waiting, rows(migrated_url, job_id)[0]
+
+        answer, waiting, finished = asyncio.run(run())
+    finally:
+        release.set()
+    assert answer.status_code == 200
+    assert waiting["status"] == "taken"  # the webhook's body was not kept: nothing to finish with
+    assert finished["job_status"] == "completed"
+    # Its output came from /status (the worker's 320x240), not from the webhook's body (96x64).
+    assert finished["output_data_json"]["width"] == 320
