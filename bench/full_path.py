@@ -108,6 +108,7 @@ class Figures:
     fakes_cpu_s: float
     machine_busy: float  # of all cores, 0..1
     output_reads: int
+    via_webhook: float  # results klein took from the webhook's body, not from /status
     stages: dict[str, float]
     problems: list[str]
 
@@ -276,7 +277,8 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
         busy, total = (
             end - start for end, start in zip(machine_ticks(), machine_start, strict=True)
         )
-        stages = stage_means(httpx.get(f"{s.serve.base_url}/metrics", timeout=5).text)
+        metrics = httpx.get(f"{s.serve.base_url}/metrics", timeout=5).text
+        stages, via = stage_means(metrics), results_via(metrics)
         peak_rss = rss_mb(pid, "VmHWM")
         rows, end_to_end, last = collect(s)
         log = s.runpod.log
@@ -301,6 +303,7 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
             fakes_cpu_s=fakes_cpu_s,
             machine_busy=busy / total if total else math.nan,
             output_reads=log.output_reads,
+            via_webhook=via.get("webhook", 0.0),
             stages=stages,
             problems=problems,
         )
@@ -313,6 +316,17 @@ def other_problems(rows: int, jobs: int, s: Stack) -> list[str]:
     if translations < jobs:
         problems.append(f"{translations} translation request(s) for {jobs} Korean prompts")
     return problems
+
+
+def results_via(metrics_text: str) -> dict[str, float]:
+    """klein serve's finished RunPod results by how they came (klein_runpod_results_total)."""
+    prefix = 'klein_runpod_results_total{via="'
+    return {
+        name: float(value)
+        for line in metrics_text.splitlines()
+        if line.startswith(prefix)
+        for name, _, value in [line[len(prefix) :].partition('"} ')]
+    }
 
 
 def stage_means(metrics_text: str) -> dict[str, float]:
@@ -356,11 +370,12 @@ def report(config: Config, runs: list[Figures]) -> None:
             ("klein serve CPU ms / job", ms([r.cpu_s / config.jobs for r in runs])),
             ("  ready to run, no free core, s", spread([r.cpu_wait_s for r in runs])),
             (
-                "fakes' CPU ms / job (bench process)",
+                "fakes' CPU ms / job",
                 ms([r.fakes_cpu_s / config.jobs for r in runs]),
             ),
             ("machine CPU busy, % of all cores", spread([100 * r.machine_busy for r in runs])),
             ("/status answers carrying an output", spread([float(r.output_reads) for r in runs])),
+            ("results taken from the webhook", spread([r.via_webhook for r in runs])),
             *(
                 (f"  stage {name} mean ms", ms([r.stages.get(name, float("nan")) for r in runs]))
                 for name in runs[0].stages

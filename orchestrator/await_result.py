@@ -34,25 +34,42 @@ async def await_result(
     deadline = submitted_at.timestamp() + settings.job_timeout_s
     failures = 0
     recorder = ProgressRecorder(job, deps)
-    with deps.polls.awaiting_job():
+    webhooks = settings.public_base_url is not None
+    webhook = WebhookGrace(webhooks, settings.webhook_grace_s, wake)
+    # With the webhook on, polls are for progress (and a lost webhook): no more often than
+    # progress is written. They were klein serve's largest cost (bench/full_path.py).
+    poll_s = settings.poll_min_interval_s
+    if webhooks:
+        poll_s = max(poll_s, settings.progress_write_interval_s)
+    with deps.polls.awaiting_job(), wake.awaiting():
         while (remaining := deadline - time.time()) > 0:
             delivery = wake.take()
             if delivery is not None:
                 delivered = await deps.outputs.adopt(deps.runpod, runpod_id, delivery)
                 if delivered is not None:
+                    deps.metrics.results.labels("webhook").inc()
                     return delivered
             try:
-                status = await deps.outputs.status(deps.runpod, runpod_id)
+                status = await deps.outputs.status(
+                    deps.runpod, runpod_id, wake, read=not webhook.expected()
+                )
                 failures = 0
             except Transient as exc:
                 failures += 1
                 status = None
                 log.warning("job %s: status check failed (%s)", job.id, exc)
+            if status is not None and status.unread:
+                # Over, its output not read: the completion webhook brings it (or has brought
+                # it; or the grace runs out and the next round reads it from /status).
+                if not wake.has_delivery():
+                    await _sleep_or_wake(wake, min(webhook.finished_seen(), remaining))
+                continue
             if status is not None and status.finished:
+                deps.metrics.results.labels("status").inc()
                 return status
             if status is not None:
                 await recorder.offer(status.progress)
-            wait = deps.polls.interval_s(settings.poll_min_interval_s)
+            wait = deps.polls.interval_s(poll_s)
             if failures:
                 wait = max(wait, backoff_s(failures, cap_s=settings.poll_max_interval_s))
             await _sleep_or_wake(wake, min(wait, remaining))
@@ -61,6 +78,34 @@ async def await_result(
         f"Timed out after {settings.job_timeout_s:g} s waiting for RunPod "
         "(the RunPod job was cancelled)"
     )
+
+
+class WebhookGrace:
+    """When RunPod's completion webhook is on, a poll that finds the job over (an `unread`
+    answer) waits up to WEBHOOK_GRACE_S for the webhook to arrive, and once it has, for it to
+    deliver the output, instead of reading it from /status as well: each output then crosses
+    the network once, not twice."""
+
+    def __init__(self, enabled: bool, grace_s: float, wake: JobWake) -> None:
+        self._enabled = enabled
+        self._grace_s = grace_s
+        self._wake = wake
+        self._seen_at: float | None = None
+
+    def expected(self) -> bool:
+        """True while the webhook may still bring the output."""
+        if not self._enabled or self._seen_at is None or self._wake.incoming:
+            return self._enabled
+        return time.monotonic() - self._seen_at < self._grace_s
+
+    def finished_seen(self) -> float:
+        """A poll found the job over: seconds left to wait for the webhook (a webhook waiting
+        for a slot wakes the job when it gets one or gives up)."""
+        if self._seen_at is None:
+            self._seen_at = time.monotonic()
+        if self._wake.incoming:
+            return self._grace_s
+        return max(0.0, self._grace_s - (time.monotonic() - self._seen_at))
 
 
 async def _sleep_or_wake(wake: asyncio.Event, seconds: float) -> None:

@@ -49,7 +49,7 @@ class Waker(Protocol):
 
     async def delivery_for(self, job_id: str) -> Delivery | None:
         """Room to keep a completion webhook's body for its job, if the job is driven here and
-        there is room now."""
+        room comes soon enough."""
 
     async def runpod_callback(
         self,
@@ -218,7 +218,8 @@ def add_runpod_webhook(app: FastAPI, settings: Settings, db: Database, waker: Wa
         if row["runpod_job_id"] is not None:
             # Its recorded RunPod job has most likely ended. With room to keep the body (the
             # whole output, megabytes), the job gets it and reads no /status; without, it polls
-            # now, while the body is still arriving. A stray's only makes it poll once early.
+            # now, while the body is still arriving. A stray's only makes it poll once early,
+            # and the DB_DEADLINE_S below starts after the body.
             delivery = await waker.delivery_for(str(row["id"]))
             if delivery is None:
                 waker.wake_job(str(row["id"]))

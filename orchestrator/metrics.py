@@ -48,3 +48,9 @@ class Metrics:
         self.wakeups = Counter(
             "klein_wakeups_total", "Claimer wake-ups by source", ["source"], registry=self.registry
         )
+        self.results = Counter(
+            "klein_runpod_results_total",
+            "Finished RunPod jobs' results, by how they came (webhook body or /status)",
+            ["via"],
+            registry=self.registry,
+        )

@@ -8,17 +8,18 @@ output is that large); such a job then waits for one of OUTPUT_SLOTS, reads its 
 there and keeps the slot until the image is stored and only its thumbnail is left. Jobs beyond
 the slots wait holding nothing but their ids, and the polls of the others never wait for a slot.
 
-RunPod's completion webhook carries the same status object. When a slot is free the moment it
-arrives (and its job is driven here), its body is kept in that slot and handed to the job
-(`Delivery`, through the job's `JobWake`): the job then reads no `/status` at all. Measured with
-200 jobs (`bench/full_path.py --mode webhook`): each output was otherwise transferred three
-times (the webhook, the peek, the read in the slot).
+RunPod's completion webhook carries the same status object. When its job is driven here, the
+webhook waits (briefly) for a slot, its body is kept there and handed to the job (`Delivery`,
+through the job's `JobWake`): the job then reads no `/status` at all, and a poll that finds the
+job over waits for the webhook rather than reading the output too (await_result.WebhookGrace).
+Measured with 200 jobs (`bench/full_path.py --mode webhook`): each output was otherwise sent
+three times (the webhook, the peek, the read in the slot).
 """
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from orchestrator.errors import Transient
 from orchestrator.runpod import RunPodClient, RunPodJob
@@ -37,12 +38,15 @@ class OutputSlots:
         self._free = asyncio.Semaphore(slots)
         self.taken = 0
 
-    async def delivery(self) -> "Delivery | None":
-        """A slot for a completion webhook's body, if one is free now (never waited for: the
-        webhook is answered either way, and polls waiting for a slot come first)."""
-        if self._free.locked():
+    async def delivery(self, wait_s: float) -> "Delivery | None":
+        """A slot for a completion webhook's body, waited for at most `wait_s` (in line with
+        the jobs waiting to read theirs). Meanwhile the body stays unread in the socket, so
+        waiting costs no memory; past `wait_s` the webhook is scanned, not kept."""
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._free.acquire()
+        except TimeoutError:
             return None
-        await self._free.acquire()  # does not wait: a slot is free and nobody queues for one
         self.taken += 1
         return Delivery(self)
 
@@ -65,14 +69,18 @@ class OutputSlots:
         delivery.keep()
         return dataclasses.replace(answer, in_slot=True)
 
-    async def status(self, runpod: RunPodClient, job_id: str) -> RunPodJob:
+    async def status(
+        self, runpod: RunPodClient, job_id: str, wake: "JobWake", *, read: bool = True
+    ) -> RunPodJob:
         """The job's status. A peek first, outside the slots; an answer too large to peek at
         (an output) is read again in a slot, which it keeps (`in_slot`) when it carries the
-        output: whoever gets it must consume it inside `held`, which gives the slot back."""
+        output: whoever gets it must consume it inside `held`, which gives the slot back.
+        Such an answer comes back `unread` (the job is over) without `read`, or when the job's
+        webhook delivers its body (in a slot of its own) while it waits for a slot: a job never
+        waits for a slot while holding one, so the slots cannot all wait on each other."""
         answer = await runpod.peek(job_id)
-        if not answer.unread:
+        if not answer.unread or not read or not await self._acquire_unless_delivered(wake):
             return answer
-        await self._free.acquire()
         self.taken += 1
         try:
             answer = await runpod.status(job_id)
@@ -83,6 +91,29 @@ class OutputSlots:
             self._give_back()
             return answer
         return dataclasses.replace(answer, in_slot=True)
+
+    async def _acquire_unless_delivered(self, wake: "JobWake") -> bool:
+        """A slot (True), or False once a delivery for the job came first."""
+        if wake.has_delivery():
+            return False
+        acquiring = asyncio.ensure_future(self._free.acquire())
+        delivered = asyncio.ensure_future(wake.delivered.wait())
+        try:
+            await asyncio.wait((acquiring, delivered), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            delivered.cancel()
+            if not acquiring.done():
+                acquiring.cancel()
+        try:
+            await acquiring
+        except asyncio.CancelledError:
+            if not wake.has_delivery():  # cancelled from outside, not by a delivery
+                raise
+            return False
+        if wake.has_delivery():  # both at once: the delivery is used, the slot goes back
+            self._free.release()
+            return False
+        return True
 
     @asynccontextmanager
     async def held(self, answer: RunPodJob) -> AsyncIterator[None]:
@@ -132,22 +163,48 @@ class JobWake(asyncio.Event):
     def __init__(self) -> None:
         super().__init__()
         self._delivery: Delivery | None = None
+        self.delivered = asyncio.Event()  # set while a delivery waits to be taken
+        self.accepting = False  # True while the job waits for RunPod (await_result)
+        self.incoming = 0  # webhooks for the job waiting for a slot to keep their body in
+
+    def has_delivery(self) -> bool:
+        """True while a delivered body waits to be taken."""
+        return self._delivery is not None
 
     def deliver(self, delivery: Delivery) -> None:
-        """Hand the job a body (a later one replaces an earlier one) and wake it."""
+        """Hand the job a body (a later one replaces an earlier one) and wake it; a job not
+        waiting for RunPod (it has its result, or has none yet) gets nothing, and the slot
+        goes back at once."""
+        delivery.handed_over = True
+        if not self.accepting:
+            delivery.release()
+            self.set()
+            return
         if self._delivery is not None:
             self._delivery.release()
-        delivery.handed_over = True
         self._delivery = delivery
+        self.delivered.set()
         self.set()
 
     def take(self) -> Delivery | None:
         """The delivered body, if any; the caller now owns its slot."""
         delivery, self._delivery = self._delivery, None
+        self.delivered.clear()
         return delivery
 
+    @contextmanager
+    def awaiting(self) -> Iterator[None]:
+        """The block in which the job waits for RunPod and takes deliveries; whatever was
+        delivered and not taken is given back when it ends."""
+        self.accepting = True
+        try:
+            yield
+        finally:
+            self.accepting = False
+            self.discard()
+
     def discard(self) -> None:
-        """The job is over: give back what was delivered and never taken."""
+        """Give back what was delivered and never taken."""
         delivery = self.take()
         if delivery is not None:
             delivery.release()

@@ -72,8 +72,18 @@ class Orchestrator:
 
     async def delivery_for(self, job_id: str) -> Delivery | None:
         """An output slot for the body of a job's completion webhook: only for a job driven
-        here, and only when a slot is free now."""
-        return await self.deps.outputs.delivery() if job_id in self.in_flight else None
+        here, waited for at most WEBHOOK_SLOT_WAIT_S."""
+        entry = self.in_flight.get(job_id)
+        if entry is None:
+            return None
+        entry.wake.incoming += 1  # the job waits for this body rather than reading /status
+        try:
+            delivery = await self.deps.outputs.delivery(self.settings.webhook_slot_wait_s)
+        finally:
+            entry.wake.incoming -= 1
+        if delivery is None:
+            entry.wake.set()  # no room: the job reads its output from /status
+        return delivery
 
     async def runpod_callback(
         self,

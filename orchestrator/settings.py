@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=30.0, gt=0)
     heartbeat_interval_s: float = Field(default=10.0, gt=0)
     poll_min_interval_s: float = Field(default=0.5, gt=0)
+    # With PUBLIC_BASE_URL (RunPod's completion webhook on), a poll that finds a job over waits
+    # this long for the webhook, which carries the output, before reading it from /status.
+    webhook_grace_s: float = Field(default=2.0, ge=0)
+    # How long the webhook waits for an output slot to keep its body in (the body waits unread
+    # in the socket meanwhile); past it the job reads its output from /status instead.
+    webhook_slot_wait_s: float = Field(default=5.0, ge=0)
     poll_max_interval_s: float = Field(default=10.0, gt=0)
     # works.progress (what a running job is doing) is written at most this often per job.
     progress_write_interval_s: float = Field(default=1.0, ge=0)

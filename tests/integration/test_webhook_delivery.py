@@ -8,6 +8,8 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
+import random
 import threading
 from dataclasses import replace
 
@@ -16,7 +18,8 @@ from PIL import Image
 
 from orchestrator.http import create_app
 from orchestrator.metrics import Metrics
-from orchestrator.outputs import OutputSlots
+from orchestrator.outputs import JobWake, OutputSlots
+from orchestrator.runpod import RunPodClient
 from tests.integration.faultkit import job_state, running, until_finished
 from tests.integration.flowkit import ScriptedWorker, insert, png_b64, rows
 
@@ -140,9 +143,11 @@ def test_without_room_for_the_body_the_job_polls_as_before(
                 tmp_path,
                 public_base_url="http://127.0.0.1:9",
                 poll_min_interval_s=0.1,
+                webhook_slot_wait_s=0.2,
+                webhook_grace_s=0.1,
                 wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
             ) as orchestrator:
-                held = await orchestrator.deps.outputs.delivery()  # the only slot, taken
+                held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
                 deps = orchestrator.deps
                 app = create_app(deps.settings, deps.db, orchestrator, Metrics())
                 job_id, _ = insert(migrated_url, PROMPT)
@@ -169,3 +174,50 @@ def test_without_room_for_the_body_the_job_polls_as_before(
     assert finished["job_status"] == "completed"
     # Its output came from /status (the worker's 320x240), not from the webhook's body (96x64).
     assert finished["output_data_json"]["width"] == 320
+
+
+def noisy_png_b64(side=256) -> str:
+    """An output too large to peek at (over 64 KB)."""
+    pixels = random.Random(7).randbytes(side * side * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (side, side), pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_a_job_waiting_for_a_slot_takes_its_delivered_body_instead(endpoint_for):
+    """Every slot held, one of them by the job's own delivered webhook body: its wait for a
+    slot ends on the delivery (a job waiting while holding a slot could deadlock them all)."""
+    endpoint = endpoint_for(ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}))
+    runpod_id = httpx.post(f"{endpoint.api_base}/local/run", json={"input": {}}).json()["id"]
+
+    async def run():
+        async with httpx.AsyncClient(timeout=10) as http:
+            runpod = RunPodClient(http, endpoint.api_base, "local", None)
+            for _ in range(100):
+                if (await runpod.peek(runpod_id)).unread:
+                    break
+                await asyncio.sleep(0.05)
+            slots, wake = OutputSlots(2), JobWake()
+            other, own = await slots.delivery(1), await slots.delivery(1)
+            own.body = json.dumps(completed_body(runpod_id)).encode()
+            with wake.awaiting():
+                waiting = asyncio.create_task(slots.status(runpod, runpod_id, wake))
+                await asyncio.sleep(0.3)
+                blocked = not waiting.done()
+                wake.deliver(own)
+                answer = await asyncio.wait_for(waiting, 5)
+                adopted = await slots.adopt(runpod, runpod_id, wake.take())
+                held_while_storing = slots.taken
+            async with slots.held(adopted):
+                pass
+            other.release()
+            again = [await slots.delivery(0.1) for _ in range(3)]
+            return blocked, answer, adopted, held_while_storing, slots.taken, again
+
+    blocked, answer, adopted, held_while_storing, taken, again = asyncio.run(run())
+    assert blocked  # it did wait: both slots were held
+    assert answer.unread
+    assert (adopted.status, adopted.in_slot, adopted.output["width"]) == ("COMPLETED", True, 96)
+    assert held_while_storing == 2
+    assert taken == 2  # the two `again` deliveries: the slots are whole after the cancelled wait
+    assert [d is not None for d in again] == [True, True, False]

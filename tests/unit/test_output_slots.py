@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from orchestrator.errors import RunPodJobGone, Transient
-from orchestrator.outputs import OutputSlots
+from orchestrator.outputs import JobWake, OutputSlots
 from orchestrator.runpod import JSON_ON_LOOP_MAX_BYTES, Progress, RunPodClient
 
 BIG_IMAGE = "A" * (2 * JSON_ON_LOOP_MAX_BYTES)
@@ -71,7 +71,7 @@ def client(runpod: RunPod) -> RunPodClient:
 def test_a_running_job_is_read_by_the_peek_alone_and_takes_no_slot():
     async def scenario() -> None:
         runpod, slots = RunPod(), OutputSlots(1)
-        answer = await slots.status(client(runpod), "running-1")
+        answer = await slots.status(client(runpod), "running-1", JobWake())
         assert (answer.status, answer.in_slot, slots.taken) == ("IN_PROGRESS", False, 0)
         assert runpod.calls["running-1"] == 1
 
@@ -84,7 +84,7 @@ def test_a_large_output_is_read_again_in_a_slot_that_it_keeps_until_consumed(chu
         runpod, slots = RunPod(chunked=chunked), OutputSlots(1)
         peeked = await client(runpod).peek("big-1")
         assert (peeked.unread, peeked.finished, peeked.output) == (True, False, None)
-        answer = await slots.status(client(runpod), "big-1")
+        answer = await slots.status(client(runpod), "big-1", JobWake())
         assert (answer.status, answer.in_slot, slots.taken) == ("COMPLETED", True, 1)
         assert answer.output == {"image": BIG_IMAGE}
         assert runpod.calls["big-1"] == 3  # the peek above, then this call's peek and read
@@ -98,7 +98,7 @@ def test_a_large_output_is_read_again_in_a_slot_that_it_keeps_until_consumed(chu
 def test_a_small_output_comes_with_the_peek_and_takes_no_slot():
     async def scenario() -> None:
         runpod, slots = RunPod(), OutputSlots(1)
-        answer = await slots.status(client(runpod), "small-1")
+        answer = await slots.status(client(runpod), "small-1", JobWake())
         assert (answer.status, answer.in_slot) == ("COMPLETED", False)
         assert answer.output == {"image": "AAAA"}
         async with slots.held(answer):
@@ -112,13 +112,15 @@ def test_outputs_beyond_the_slots_wait_and_polls_of_running_jobs_do_not():
     async def scenario() -> None:
         runpod, slots = RunPod(), OutputSlots(1)
         rp = client(runpod)
-        first = await slots.status(rp, "big-1")
-        second = asyncio.create_task(slots.status(rp, "big-2"))
+        first = await slots.status(rp, "big-1", JobWake())
+        second = asyncio.create_task(slots.status(rp, "big-2", JobWake()))
         for _ in range(20):
             await asyncio.sleep(0)
         assert not second.done()  # peeked, and waiting for the slot
         assert runpod.calls["big-2"] == 1
-        running = await slots.status(rp, "running-1")  # a poll is not held up by the outputs
+        running = await slots.status(
+            rp, "running-1", JobWake()
+        )  # a poll is not held up by the outputs
         assert running.status == "IN_PROGRESS"
         async with slots.held(first):
             pass
@@ -133,7 +135,7 @@ def test_a_failed_read_in_the_slot_gives_the_slot_back():
         runpod, slots = RunPod(), OutputSlots(1)
         runpod.fail_second_call = True
         with pytest.raises(Transient):
-            await slots.status(client(runpod), "big-1")
+            await slots.status(client(runpod), "big-1", JobWake())
         assert (slots.taken, runpod.calls["big-1"]) == (0, 2)
 
     asyncio.run(scenario())
@@ -142,7 +144,7 @@ def test_a_failed_read_in_the_slot_gives_the_slot_back():
 def test_a_job_runpod_forgot_is_said_so_by_the_peek():
     async def scenario() -> None:
         with pytest.raises(RunPodJobGone):
-            await OutputSlots(1).status(client(RunPod()), "gone-1")
+            await OutputSlots(1).status(client(RunPod()), "gone-1", JobWake())
 
     asyncio.run(scenario())
 
@@ -153,7 +155,7 @@ def test_an_output_keeps_runpods_timings_however_it_was_read(job_id: str):
 
     async def scenario() -> None:
         slots = OutputSlots(1)
-        answer = await slots.status(client(RunPod()), job_id)
+        answer = await slots.status(client(RunPod()), job_id, JobWake())
         assert (answer.delay_time, answer.execution_time) == (DELAY_MS, EXECUTION_MS)
         async with slots.held(answer):
             pass
@@ -163,7 +165,7 @@ def test_an_output_keeps_runpods_timings_however_it_was_read(job_id: str):
 
 def test_a_peek_carries_the_workers_progress():
     async def scenario() -> None:
-        answer = await OutputSlots(1).status(client(RunPod()), "sampling-1")
+        answer = await OutputSlots(1).status(client(RunPod()), "sampling-1", JobWake())
         assert answer.progress == Progress("sampling", step=2, steps=4)
 
     asyncio.run(scenario())
