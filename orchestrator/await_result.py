@@ -13,7 +13,7 @@ from orchestrator.deps import FlowDeps
 from orchestrator.errors import Permanent, Transient
 from orchestrator.jobs import ClaimedJob
 from orchestrator.outcomes import cancel_on_runpod
-from orchestrator.outputs import JobWake
+from orchestrator.outputs import JobWake, OutputSlots
 from orchestrator.policy import backoff_s, progress_due
 from orchestrator.runpod import Progress, RunPodJob
 
@@ -35,7 +35,7 @@ async def await_result(
     failures = 0
     recorder = ProgressRecorder(job, deps)
     webhooks = settings.public_base_url is not None
-    webhook = WebhookGrace(webhooks, settings.webhook_grace_s, wake)
+    webhook = WebhookGrace(webhooks, settings.webhook_grace_s, wake, deps.outputs)
     # With the webhook on, polls are for progress (and a lost webhook): no more often than
     # progress is written. They were klein serve's largest cost (bench/full_path.py).
     poll_s = settings.poll_min_interval_s
@@ -49,6 +49,10 @@ async def await_result(
                 if delivered is not None:
                     deps.metrics.results.labels("webhook").inc()
                     return delivered
+            if webhook.awaited():
+                # Over, and its webhook (the output) still expected: no request meanwhile.
+                await _sleep_or_wake(wake, min(webhook.pause_s(), remaining))
+                continue
             try:
                 status = await deps.outputs.status(
                     deps.runpod, runpod_id, wake, read=not webhook.expected()
@@ -60,9 +64,8 @@ async def await_result(
                 log.warning("job %s: status check failed (%s)", job.id, exc)
             if status is not None and status.unread:
                 # Over, its output not read: the completion webhook brings it (or has brought
-                # it; or the grace runs out and the next round reads it from /status).
-                if not wake.has_delivery():
-                    await _sleep_or_wake(wake, min(webhook.finished_seen(), remaining))
+                # it); when it is no longer expected, the next round reads it from /status.
+                webhook.finished_seen()
                 continue
             if status is not None and status.finished:
                 deps.metrics.results.labels("status").inc()
@@ -82,30 +85,44 @@ async def await_result(
 
 class WebhookGrace:
     """When RunPod's completion webhook is on, a poll that finds the job over (an `unread`
-    answer) waits up to WEBHOOK_GRACE_S for the webhook to arrive, and once it has, for it to
-    deliver the output, instead of reading it from /status as well: each output then crosses
-    the network once, not twice."""
+    answer) makes the job wait for the webhook, which brings the output, instead of reading
+    it from /status as well: each output then crosses the network once, not twice. It waits
+    WEBHOOK_GRACE_S for the webhook to come; while its webhook waits for an output slot; and,
+    up to FLOWING_WAIT_S, while other jobs' webhooks keep arriving (a burst: ours is queued
+    behind them at the sender). Then it reads /status."""
 
-    def __init__(self, enabled: bool, grace_s: float, wake: JobWake) -> None:
+    FLOWING_WAIT_S = 30.0
+    PAUSE_S = 1.0  # how often a waiting job looks again (a delivery wakes it at once)
+
+    def __init__(self, enabled: bool, grace_s: float, wake: JobWake, outputs: OutputSlots) -> None:
         self._enabled = enabled
         self._grace_s = grace_s
         self._wake = wake
+        self._outputs = outputs
         self._seen_at: float | None = None
 
     def expected(self) -> bool:
         """True while the webhook may still bring the output."""
         if not self._enabled or self._seen_at is None or self._wake.incoming:
             return self._enabled
-        return time.monotonic() - self._seen_at < self._grace_s
+        waited = time.monotonic() - self._seen_at
+        flowing = self._outputs.last_webhook_at > self._seen_at
+        return waited < self._grace_s or (flowing and waited < self.FLOWING_WAIT_S)
 
-    def finished_seen(self) -> float:
-        """A poll found the job over: seconds left to wait for the webhook (a webhook waiting
-        for a slot wakes the job when it gets one or gives up)."""
+    def awaited(self) -> bool:
+        """True while the job is known to be over and its webhook is expected."""
+        return self._seen_at is not None and self.expected() and not self._wake.has_delivery()
+
+    def finished_seen(self) -> None:
+        """A poll found the job over."""
         if self._seen_at is None:
             self._seen_at = time.monotonic()
-        if self._wake.incoming:
-            return self._grace_s
-        return max(0.0, self._grace_s - (time.monotonic() - self._seen_at))
+
+    def pause_s(self) -> float:
+        """How long to wait before looking again."""
+        seen_at = time.monotonic() if self._seen_at is None else self._seen_at
+        left = self._grace_s - (time.monotonic() - seen_at)
+        return min(self.PAUSE_S, left) if left > 0 else self.PAUSE_S
 
 
 async def _sleep_or_wake(wake: asyncio.Event, seconds: float) -> None:

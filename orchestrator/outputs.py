@@ -18,6 +18,8 @@ three times (the webhook, the peek, the read in the slot).
 
 import asyncio
 import dataclasses
+import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -30,21 +32,63 @@ def carries_output(status: RunPodJob) -> bool:
     return status.status == "COMPLETED" and status.output is not None
 
 
+class Places:
+    """A semaphore whose waiters are served by rank, then in order: a webhook's body, whose
+    bytes are already on their way, goes before a `/status` read, which asks RunPod to send
+    the output again. (asyncio.Semaphore serves its waiters in arrival order only.)"""
+
+    FIRST, LATER = 0, 1
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+
+    async def acquire(self, rank: int) -> None:
+        """A place; waits (by rank) when none is free."""
+        if self._free > 0 and not any(self._waiting):
+            self._free -= 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        self._waiting[rank].append(granted)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release()  # granted as it was cancelled: pass the place on
+            elif granted in self._waiting[rank]:
+                self._waiting[rank].remove(granted)
+            raise
+
+    def release(self) -> None:
+        """Give a place back: to the first waiter of the best rank, or to the free count."""
+        for queue in self._waiting:
+            while queue:
+                granted = queue.popleft()
+                if not granted.done():
+                    granted.set_result(None)
+                    return
+        self._free += 1
+
+
 class OutputSlots:
     """`slots` places for finished outputs (OUTPUT_SLOTS)."""
 
     def __init__(self, slots: int = 4) -> None:
         self.slots = slots
-        self._free = asyncio.Semaphore(slots)
+        self._free = Places(slots)
         self.taken = 0
+        # When a completion webhook last arrived for a job driven here (time.monotonic()):
+        # webhooks are flowing, so a job that is over waits for its own (WebhookGrace).
+        self.last_webhook_at = float("-inf")
 
     async def delivery(self, wait_s: float) -> "Delivery | None":
-        """A slot for a completion webhook's body, waited for at most `wait_s` (in line with
-        the jobs waiting to read theirs). Meanwhile the body stays unread in the socket, so
-        waiting costs no memory; past `wait_s` the webhook is scanned, not kept."""
+        """A slot for a completion webhook's body, waited for at most `wait_s`, ahead of the
+        jobs waiting to read theirs from `/status`. Meanwhile the body stays unread in the
+        socket, so waiting costs no memory; past `wait_s` the webhook is scanned, not kept."""
+        self.last_webhook_at = time.monotonic()
         try:
             async with asyncio.timeout(wait_s):
-                await self._free.acquire()
+                await self._free.acquire(Places.FIRST)
         except TimeoutError:
             return None
         self.taken += 1
@@ -96,7 +140,7 @@ class OutputSlots:
         """A slot (True), or False once a delivery for the job came first."""
         if wake.has_delivery():
             return False
-        acquiring = asyncio.ensure_future(self._free.acquire())
+        acquiring = asyncio.ensure_future(self._free.acquire(Places.LATER))
         delivered = asyncio.ensure_future(wake.delivered.wait())
         try:
             await asyncio.wait((acquiring, delivered), return_when=asyncio.FIRST_COMPLETED)

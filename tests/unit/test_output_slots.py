@@ -4,6 +4,7 @@ it keeps until consumed, so a burst of finished jobs holds at most OUTPUT_SLOTS 
 RunPod is played at the HTTP level (httpx.MockTransport answers `/status` as RunPod does)."""
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from orchestrator.errors import RunPodJobGone, Transient
-from orchestrator.outputs import JobWake, OutputSlots
+from orchestrator.outputs import JobWake, OutputSlots, Places
 from orchestrator.runpod import JSON_ON_LOOP_MAX_BYTES, Progress, RunPodClient
 
 BIG_IMAGE = "A" * (2 * JSON_ON_LOOP_MAX_BYTES)
@@ -169,3 +170,44 @@ def test_a_peek_carries_the_workers_progress():
         assert answer.progress == Progress("sampling", step=2, steps=4)
 
     asyncio.run(scenario())
+
+
+def test_a_webhooks_body_is_served_before_an_earlier_status_read():
+    async def scenario() -> list[str]:
+        places, served = Places(1), []
+        await places.acquire(Places.LATER)  # the only place, taken
+
+        async def take(name: str, rank: int) -> None:
+            await places.acquire(rank)
+            served.append(name)
+            places.release()
+
+        reads = [asyncio.create_task(take(f"read-{i}", Places.LATER)) for i in range(2)]
+        await asyncio.sleep(0)
+        webhook = asyncio.create_task(take("webhook", Places.FIRST))
+        await asyncio.sleep(0)
+        places.release()
+        await asyncio.gather(*reads, webhook)
+        return served
+
+    assert asyncio.run(scenario()) == ["webhook", "read-0", "read-1"]
+
+
+def test_a_cancelled_wait_loses_no_place():
+    async def scenario() -> tuple[bool, int]:
+        places = Places(1)
+        await places.acquire(Places.LATER)
+        waiting = asyncio.create_task(places.acquire(Places.FIRST))
+        await asyncio.sleep(0)
+        places.release()  # granted to the waiter...
+        waiting.cancel()  # ...which is cancelled before it runs: the place must not be lost
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        try:
+            async with asyncio.timeout(0.5):
+                await places.acquire(Places.LATER)
+        except TimeoutError:
+            return False, places._free
+        return True, places._free
+
+    assert asyncio.run(scenario()) == (True, 0)
