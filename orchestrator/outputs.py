@@ -104,6 +104,9 @@ class OutputSlots:
             answer = await runpod.parse_body(runpod_id, delivery.take())
         except Transient:
             answer = None
+        except BaseException:  # cancelled, or a failure nobody planned for: the slot goes back
+            delivery.release()
+            raise
         if answer is None or answer.id != runpod_id or not answer.finished:
             delivery.release()
             return None

@@ -44,6 +44,22 @@ async def recorded(url: str, job_id: str) -> dict:
     raise AssertionError("the job was never submitted")
 
 
+async def submit_then_post_webhook(url, orchestrator, body_for) -> tuple[str, httpx.Response]:
+    """Insert a job, wait until RunPod has it, and post its completion webhook
+    (`body_for(runpod_id)`) through the orchestrator's HTTP app: (job id, the app's answer)."""
+    deps = orchestrator.deps
+    app = create_app(deps.settings, deps.db, orchestrator, Metrics())
+    job_id, _ = insert(url, PROMPT)
+    orchestrator.nudge()
+    row = await recorded(url, job_id)
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://klein") as client:
+        answer = await client.post(
+            f"/runpod/webhook/{row['webhook_token']}", json=body_for(row["runpod_job_id"])
+        )
+    return job_id, answer
+
+
 def scenario(url, endpoint, openrouter_server, tmp_path, body_for, **settings):
     """Run one job until RunPod has it, post its completion webhook (`body_for(runpod_id)`),
     and return the webhook's answer, the job's row a few seconds later, and the slots in use."""
@@ -58,20 +74,10 @@ def scenario(url, endpoint, openrouter_server, tmp_path, body_for, **settings):
             poll_min_interval_s=60,  # no poll between the webhook and the end
             **settings,
         ) as orchestrator:
-            deps = orchestrator.deps
-            app = create_app(deps.settings, deps.db, orchestrator, Metrics())
-            job_id, _ = insert(url, PROMPT)
-            orchestrator.nudge()
-            row = await recorded(url, job_id)
-            transport = httpx.ASGITransport(app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://klein") as client:
-                answer = await client.post(
-                    f"/runpod/webhook/{row['webhook_token']}",
-                    json=body_for(row["runpod_job_id"]),
-                )
+            job_id, answer = await submit_then_post_webhook(url, orchestrator, body_for)
             with contextlib.suppress(AssertionError):  # a job still waiting is an answer too
                 await until_finished(url, job_id, 5)
-            return answer, rows(url, job_id)[0], deps.outputs.taken
+            return answer, rows(url, job_id)[0], orchestrator.deps.outputs.taken
 
     return asyncio.run(run())
 
@@ -148,17 +154,9 @@ def test_without_room_for_the_body_the_job_polls_as_before(
                 wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
             ) as orchestrator:
                 held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
-                deps = orchestrator.deps
-                app = create_app(deps.settings, deps.db, orchestrator, Metrics())
-                job_id, _ = insert(migrated_url, PROMPT)
-                orchestrator.nudge()
-                row = await recorded(migrated_url, job_id)
-                transport = httpx.ASGITransport(app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://k") as client:
-                    answer = await client.post(
-                        f"/runpod/webhook/{row['webhook_token']}",
-                        json=completed_body(row["runpod_job_id"]),
-                    )
+                job_id, answer = await submit_then_post_webhook(
+                    migrated_url, orchestrator, completed_body
+                )
                 await asyncio.sleep(0.5)
                 waiting = await asyncio.to_thread(job_state, migrated_url, job_id)
                 release.set()  # the worker finishes; its real output is read from /status
