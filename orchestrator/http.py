@@ -129,11 +129,15 @@ def job_id_from_body(body: object) -> str:
 async def scan_capped_body(
     request: Request, max_bytes: int, delivery: Delivery | None = None
 ) -> IdScan:
-    """read_capped_body's checks, with the body scanned (IdScan), and kept only in `delivery`."""
+    """read_capped_body's checks, with the body scanned (IdScan), and kept only in `delivery`:
+    a kept body is scanned once whole, not chunk by chunk (12% of klein serve's event loop
+    under 200 webhooks at once)."""
     scan = IdScan()
-    body = await read_capped_body(request, max_bytes, into=scan.feed, keep=delivery is not None)
-    if delivery is not None:
-        delivery.body = body
+    if delivery is None:
+        await read_capped_body(request, max_bytes, into=scan.feed, keep=False)
+        return scan
+    delivery.body = await read_capped_body(request, max_bytes)
+    scan.feed(delivery.body)
     return scan
 
 
@@ -233,7 +237,10 @@ def add_runpod_webhook(app: FastAPI, settings: Settings, db: Database, waker: Wa
         request: Request, token: str, row: Row, delivery: Delivery | None
     ) -> JSONResponse:
         try:
-            scan = await scan_capped_body(request, settings.runpod_webhook_max_bytes, delivery)
+            async with asyncio.timeout(settings.webhook_body_deadline_s):
+                scan = await scan_capped_body(request, settings.runpod_webhook_max_bytes, delivery)
+        except TimeoutError:
+            return error("the body took too long to arrive (WEBHOOK_BODY_DEADLINE_S)", 408)
         except BodyTooLarge as exc:
             return error(f"{exc} (RUNPOD_WEBHOOK_MAX_BYTES)", 413)
         except BadBody as exc:

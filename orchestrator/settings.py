@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     # How long the webhook waits for an output slot to keep its body in (the body waits unread
     # in the socket meanwhile); past it the job reads its output from /status instead.
     webhook_slot_wait_s: float = Field(default=5.0, ge=0)
+    # How long a completion webhook's body may take to arrive (RunPod sends megabytes at once):
+    # a sender trickling it would otherwise hold an output slot, and a connection, for ever.
+    webhook_body_deadline_s: float = Field(default=30.0, gt=0)
     poll_max_interval_s: float = Field(default=10.0, gt=0)
     # works.progress (what a running job is doing) is written at most this often per job.
     progress_write_interval_s: float = Field(default=1.0, ge=0)

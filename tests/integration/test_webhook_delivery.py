@@ -219,3 +219,52 @@ def test_a_job_waiting_for_a_slot_takes_its_delivered_body_instead(endpoint_for)
     assert held_while_storing == 2
     assert taken == 2  # the two `again` deliveries: the slots are whole after the cancelled wait
     assert [d is not None for d in again] == [True, True, False]
+
+
+def test_a_body_trickling_in_past_its_deadline_gives_its_slot_back(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """A sender holding the job's token but sending its body byte by byte is cut off at
+    WEBHOOK_BODY_DEADLINE_S: the slot it held is free again and the job is still driven."""
+    release = threading.Event()
+    endpoint = endpoint_for(ScriptedWorker(block=release))
+
+    async def trickle(runpod_id: str):
+        for byte in json.dumps(completed_body(runpod_id)).encode():
+            yield bytes([byte])
+            await asyncio.sleep(0.05)
+
+    async def run():
+        async with running(
+            migrated_url,
+            endpoint,
+            openrouter_server,
+            tmp_path,
+            public_base_url="http://127.0.0.1:9",
+            poll_min_interval_s=60,
+            webhook_body_deadline_s=0.5,
+        ) as orchestrator:
+            deps = orchestrator.deps
+            app = create_app(deps.settings, deps.db, orchestrator, Metrics())
+            job_id, _ = insert(migrated_url, PROMPT)
+            orchestrator.nudge()
+            row = await recorded(migrated_url, job_id)
+            transport = httpx.ASGITransport(app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://klein") as client:
+                answer = await asyncio.wait_for(
+                    client.post(
+                        f"/runpod/webhook/{row['webhook_token']}",
+                        content=trickle(row["runpod_job_id"]),
+                    ),
+                    10,
+                )
+            return answer, deps.outputs.taken, job_id in orchestrator.in_flight
+
+    try:
+        answer, taken, driven = asyncio.run(run())
+    finally:
+        release.set()
+    assert answer.status_code == 408
+    assert "WEBHOOK_BODY_DEADLINE_S" in answer.json()["error"]
+    assert taken == 0
+    assert driven  # the job still waits for RunPod, and polls for its result
