@@ -9,7 +9,8 @@ complete with a 1168x880 photo-like PNG (base64 in `output.image`, the handler's
 sent again to the job's completion webhook when the orchestrator asked for one (`--mode webhook`:
 PUBLIC_BASE_URL set) or only polled for (`--mode polling`). Prompts are Korean, so every job is
 translated and titled. PostgreSQL is real (a fresh database). MAX_IN_FLIGHT is the job count
-unless `--max-in-flight` says otherwise.
+unless `--max-in-flight` says otherwise. With `--rate R` the jobs are inserted one by one, R per
+second, instead of at once: the overhead a steady load below capacity sees, not a burst's queue.
 
 Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
 overhead p50/p95/p99 (created -> completed, less the fakes' own 2.55 s); completion detection
@@ -25,6 +26,7 @@ process and the machine's cores with klein serve.
 
     .venv/bin/python -m bench.full_path --jobs 200 [--mode polling|webhook] [--repeat 3]
     .venv/bin/python -m bench.full_path --jobs 1000 --mode polling --py-spy /tmp/profile.svg
+    .venv/bin/python -m bench.full_path --jobs 600 --rate 10   # a steady load, not a burst
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ class Config:
     timeout_s: float
     py_spy: Path | None
     extra_env: tuple[tuple[str, str], ...] = ()
+    rate: float | None = None  # jobs inserted per second; None: all at once
+
+    @property
+    def arrivals(self) -> str:
+        """How the jobs arrive, for the report's title."""
+        return "at once" if self.rate is None else f"arriving at {self.rate:g}/s"
 
 
 @dataclass(frozen=True)
@@ -267,9 +275,7 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
         cpu_start, wait_start = s.serve.cpu_s(), runqueue_wait_s(pid)
         fakes_start, machine_start = time.process_time(), machine_ticks()
         with py_spy(config.py_spy, pid):
-            with s.db.transaction():
-                insert_jobs(s.db, new_jobs(config.jobs), PROMPT)
-            committed = time.time()
+            committed = insert(s.db, config)
             wait_finished(s, config.jobs, config.timeout_s)
         cpu_s = s.serve.cpu_s() - cpu_start
         cpu_wait_s = runqueue_wait_s(pid) - wait_start
@@ -307,6 +313,23 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
             stages=stages,
             problems=problems,
         )
+
+
+def insert(db: psycopg.Connection[tuple[object, ...]], config: Config) -> float:
+    """The web app's inserts: all jobs in one transaction, or one by one at `config.rate` per
+    second (a steady load rather than a burst). Returns when the first was committed."""
+    jobs = new_jobs(config.jobs)
+    if config.rate is None:
+        with db.transaction():
+            insert_jobs(db, jobs, PROMPT)
+        return time.time()
+    start = time.monotonic()
+    first = time.time()
+    for index, job in enumerate(jobs):
+        time.sleep(max(0.0, start + index / config.rate - time.monotonic()))
+        with db.transaction():
+            insert_jobs(db, [job], PROMPT)
+    return first
 
 
 def other_problems(rows: int, jobs: int, s: Stack) -> list[str]:
@@ -351,7 +374,7 @@ def report(config: Config, runs: list[Figures]) -> None:
     """The results table: each figure as median (min-max) over the runs."""
     pct = lambda pick, f: ms([percentile(pick(r), f) for r in runs])  # noqa: E731
     print_table(
-        f"full path: {config.jobs} jobs at once, {config.mode}, MAX_IN_FLIGHT="
+        f"full path: {config.jobs} jobs {config.arrivals}, {config.mode}, MAX_IN_FLIGHT="
         f"{config.max_in_flight}, fakes {config.latencies.total_s:g} s/job, "
         f"{OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]} PNG outputs, {len(runs)} run(s)",
         [
@@ -406,6 +429,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--jobs", type=int, default=200, help="jobs inserted at once (200)")
+    add("--rate", type=float, help="insert the jobs one by one, this many per second")
     add("--mode", choices=("polling", "webhook"), default="webhook", help="RunPod detection")
     add("--gpu-s", type=float, default=2.0, help="each RunPod job's run time (2)")
     add("--translate-s", type=float, default=0.2, help="OpenRouter translation latency (0.2)")
@@ -421,6 +445,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.repeat < 1:
         parser.error("--jobs and --repeat must be at least 1")
+    if args.rate is not None and args.rate <= 0:
+        parser.error("--rate must be above 0")
     if any("=" not in item for item in args.set):
         parser.error("--set wants NAME=VALUE")
     return args
@@ -438,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout_s,
         py_spy=args.py_spy,
         extra_env=tuple(tuple(item.split("=", 1)) for item in args.set),  # type: ignore[misc]
+        rate=args.rate,
     )
     png = photo_png(*OUTPUT_SIZE)
     print(f"output PNG: {OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]}, {len(png) // 1000} KB")
