@@ -92,6 +92,7 @@ class Config:
     py_spy: Path | None
     extra_env: tuple[tuple[str, str], ...] = ()
     rate: float | None = None  # jobs inserted per second; None: all at once
+    replicas: int = 1  # klein serve processes sharing the database (MAX_IN_FLIGHT each)
 
     @property
     def arrivals(self) -> str:
@@ -126,7 +127,7 @@ class Stack:
     """What one run drives."""
 
     url: str
-    serve: Serve
+    serves: list[Serve]
     runpod: RunPodServer
     openrouter: SlowOpenRouter
     storage: SlowStorage
@@ -145,7 +146,6 @@ def serve_settings(config: Config, s_runpod: str, s_llm: str, s_storage: str) ->
         "SUPABASE_URL": s_storage,
         "SUPABASE_SERVICE_ROLE_KEY": DEFAULT_SERVICE_KEY,
         "MAX_IN_FLIGHT": str(config.max_in_flight),
-        "WORKER_ID": "bench-full-path",
     }
     if config.poll_min_interval_s is not None:
         env["POLL_MIN_INTERVAL_S"] = str(config.poll_min_interval_s)
@@ -162,19 +162,23 @@ def stack(config: Config, server: str, png: bytes) -> Iterator[Stack]:
         runpod = stack_.enter_context(RunPodServer(ENDPOINT_ID, lat.gpu_s, png, OUTPUT_SIZE))
         llm = stack_.enter_context(SlowOpenRouter(lat.translate_s, lat.title_s))
         storage = stack_.enter_context(SlowStorage(lat.storage_s))
-        port = free_port()
-        env = serve_settings(config, runpod.api_base, llm.base_url, storage.url)
-        env["DATABASE_URL"] = url
-        if config.mode == "webhook":
-            env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
-        serve = Serve(serve_env(env), tmp / "klein-serve.log", port)
-        stack_.callback(serve.stop)
+        serves = []
+        for replica in range(config.replicas):
+            port = free_port()
+            env = serve_settings(config, runpod.api_base, llm.base_url, storage.url)
+            env |= {"DATABASE_URL": url, "WORKER_ID": f"bench-full-path-{replica}"}
+            if config.mode == "webhook":
+                env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+            serves.append(Serve(serve_env(env), tmp / f"klein-serve-{replica}.log", port))
+            stack_.callback(serves[-1].stop)
         try:
-            serve.wait_ready()
+            for serve in serves:
+                serve.wait_ready()
             db = stack_.enter_context(psycopg.connect(url, autocommit=True))
-            yield Stack(url, serve, runpod, llm, storage, db)
+            yield Stack(url, serves, runpod, llm, storage, db)
         except BaseException:
-            print(f"klein serve's log (end):\n{serve.log_tail()}", file=sys.stderr)
+            for serve in serves:
+                print(f"klein serve's log (end):\n{serve.log_tail()}", file=sys.stderr)
             raise
 
 
@@ -238,8 +242,9 @@ def wait_finished(s: Stack, count: int, timeout_s: float) -> None:
         done = int(row[0]) if row else 0
         if done >= count:
             return
-        if s.serve.process.poll() is not None:
-            raise BenchError(f"klein serve exited with {s.serve.process.returncode}")
+        for serve in s.serves:
+            if serve.process.poll() is not None:
+                raise BenchError(f"klein serve exited with {serve.process.returncode}")
         time.sleep(DB_POLL_S)
     print(f"full path: {done} of {count} jobs finished within {timeout_s:g} s", file=sys.stderr)
 
@@ -270,28 +275,31 @@ def collect(s: Stack) -> tuple[list[JobRow], list[float], float | None]:
 def run_once(config: Config, server: str, png: bytes) -> Figures:
     """Start everything, insert the jobs at once, wait, measure, check, stop everything."""
     with stack(config, server, png) as s:
-        pid = s.serve.process.pid
-        ready_rss = rss_mb(pid, "VmRSS")
-        cpu_start, wait_start = s.serve.cpu_s(), runqueue_wait_s(pid)
+        pids = [serve.process.pid for serve in s.serves]
+        ready_rss = max(rss_mb(pid, "VmRSS") for pid in pids)
+        cpu_start, wait_start = serves_cpu_s(s), sum(map(runqueue_wait_s, pids))
         fakes_start, machine_start = time.process_time(), machine_ticks()
-        with py_spy(config.py_spy, pid):
+        with py_spy(config.py_spy, pids[0]):
             committed = insert(s.db, config)
             wait_finished(s, config.jobs, config.timeout_s)
-        cpu_s = s.serve.cpu_s() - cpu_start
-        cpu_wait_s = runqueue_wait_s(pid) - wait_start
+        cpu_s = serves_cpu_s(s) - cpu_start
+        cpu_wait_s = sum(map(runqueue_wait_s, pids)) - wait_start
         fakes_cpu_s = time.process_time() - fakes_start
         busy, total = (
             end - start for end, start in zip(machine_ticks(), machine_start, strict=True)
         )
-        metrics = httpx.get(f"{s.serve.base_url}/metrics", timeout=5).text
+        metrics = "\n".join(
+            httpx.get(f"{serve.base_url}/metrics", timeout=5).text for serve in s.serves
+        )
         stages, via = stage_means(metrics), results_via(metrics)
-        peak_rss = rss_mb(pid, "VmHWM")
+        peak_rss = max(rss_mb(pid, "VmHWM") for pid in pids)
         rows, end_to_end, last = collect(s)
         log = s.runpod.log
         problems = [p for row in rows if (p := job_problem(row, OUTPUT_SIZE, IMAGE_TITLE))]
         problems += other_problems(len(rows), config.jobs, s)
         if problems:
-            print(f"klein serve's log (end):\n{s.serve.log_tail(5)}", file=sys.stderr)
+            for serve in s.serves:
+                print(f"klein serve's log (end):\n{serve.log_tail(5)}", file=sys.stderr)
         runs = list(log.runs.values())
         return Figures(
             completed=len(end_to_end),
@@ -313,6 +321,11 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
             stages=stages,
             problems=problems,
         )
+
+
+def serves_cpu_s(s: Stack) -> float:
+    """The CPU seconds of every klein serve so far."""
+    return sum(serve.cpu_s() for serve in s.serves)
 
 
 def insert(db: psycopg.Connection[tuple[object, ...]], config: Config) -> float:
@@ -342,18 +355,20 @@ def other_problems(rows: int, jobs: int, s: Stack) -> list[str]:
 
 
 def results_via(metrics_text: str) -> dict[str, float]:
-    """klein serve's finished RunPod results by how they came (klein_runpod_results_total)."""
+    """klein serve's finished RunPod results by how they came (klein_runpod_results_total; of
+    every replica whose text is joined)."""
     prefix = 'klein_runpod_results_total{via="'
-    return {
-        name: float(value)
-        for line in metrics_text.splitlines()
-        if line.startswith(prefix)
-        for name, _, value in [line[len(prefix) :].partition('"} ')]
-    }
+    totals: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix):
+            name, _, value = line[len(prefix) :].partition('"} ')
+            totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
 
 
 def stage_means(metrics_text: str) -> dict[str, float]:
-    """Mean seconds per stage from klein serve's /metrics (klein_stage_seconds)."""
+    """Mean seconds per stage from klein serve's /metrics (klein_stage_seconds; several
+    replicas' texts may be joined)."""
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
     for line in metrics_text.splitlines():
@@ -361,7 +376,7 @@ def stage_means(metrics_text: str) -> dict[str, float]:
             prefix = f'klein_stage_seconds{suffix}{{stage="'
             if line.startswith(prefix):
                 name, _, value = line[len(prefix) :].partition('"} ')
-                into[name] = float(value)
+                into[name] = into.get(name, 0.0) + float(value)
     return {name: sums[name] / counts[name] for name in sums if counts.get(name)}
 
 
@@ -374,8 +389,9 @@ def report(config: Config, runs: list[Figures]) -> None:
     """The results table: each figure as median (min-max) over the runs."""
     pct = lambda pick, f: ms([percentile(pick(r), f) for r in runs])  # noqa: E731
     print_table(
-        f"full path: {config.jobs} jobs {config.arrivals}, {config.mode}, MAX_IN_FLIGHT="
-        f"{config.max_in_flight}, fakes {config.latencies.total_s:g} s/job, "
+        f"full path: {config.jobs} jobs {config.arrivals}, {config.mode}, "
+        f"{config.replicas} klein serve, MAX_IN_FLIGHT={config.max_in_flight}, "
+        f"fakes {config.latencies.total_s:g} s/job, "
         f"{OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]} PNG outputs, {len(runs)} run(s)",
         [
             ("completed", spread([float(r.completed) for r in runs])),
@@ -387,10 +403,10 @@ def report(config: Config, runs: list[Figures]) -> None:
             ("detection p95 ms", pct(lambda r: r.detection, 0.95)),
             ("first COMPLETED /status p50 ms", pct(lambda r: r.status_seen, 0.5)),
             ("first COMPLETED /status p95 ms", pct(lambda r: r.status_seen, 0.95)),
-            ("peak RSS MB", spread([r.peak_rss_mb for r in runs])),
+            ("peak RSS MB (the largest klein serve)", spread([r.peak_rss_mb for r in runs])),
             ("RSS once ready MB", spread([r.ready_rss_mb for r in runs])),
             ("max /status per 10 s", spread([float(r.status_per_10s) for r in runs])),
-            ("klein serve CPU ms / job", ms([r.cpu_s / config.jobs for r in runs])),
+            ("klein serve CPU ms / job (all)", ms([r.cpu_s / config.jobs for r in runs])),
             ("  ready to run, no free core, s", spread([r.cpu_wait_s for r in runs])),
             (
                 "fakes' CPU ms / job",
@@ -435,7 +451,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     add("--translate-s", type=float, default=0.2, help="OpenRouter translation latency (0.2)")
     add("--title-s", type=float, default=0.3, help="OpenRouter vision title latency (0.3)")
     add("--storage-s", type=float, default=0.05, help="Storage upload latency (0.05)")
-    add("--max-in-flight", type=int, help="MAX_IN_FLIGHT (default: --jobs)")
+    add("--replicas", type=int, default=1, help="klein serve processes (1)")
+    add("--max-in-flight", type=int, help="MAX_IN_FLIGHT of each (default: jobs / replicas)")
     add("--poll-min-interval-s", type=float, help="POLL_MIN_INTERVAL_S (klein's default)")
     add("--timeout-s", type=float, default=300.0, help="deadline for all jobs to finish (300)")
     add("--repeat", type=int, default=1, help="runs, each with a fresh database and serve (1)")
@@ -443,8 +460,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     add("--py-spy", type=Path, help="record a py-spy profile of klein serve to this file")
     add("--server", default=DEFAULT_SERVER, help="PostgreSQL server for the scratch database")
     args = parser.parse_args(argv)
-    if args.jobs < 1 or args.repeat < 1:
-        parser.error("--jobs and --repeat must be at least 1")
+    if args.jobs < 1 or args.repeat < 1 or args.replicas < 1:
+        parser.error("--jobs, --repeat and --replicas must be at least 1")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be above 0")
     if any("=" not in item for item in args.set):
@@ -459,12 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         jobs=args.jobs,
         mode=args.mode,
         latencies=Latencies(args.translate_s, args.gpu_s, args.storage_s, args.title_s),
-        max_in_flight=args.max_in_flight or args.jobs,
+        max_in_flight=args.max_in_flight or math.ceil(args.jobs / args.replicas),
         poll_min_interval_s=args.poll_min_interval_s,
         timeout_s=args.timeout_s,
         py_spy=args.py_spy,
         extra_env=tuple(tuple(item.split("=", 1)) for item in args.set),  # type: ignore[misc]
         rate=args.rate,
+        replicas=args.replicas,
     )
     png = photo_png(*OUTPUT_SIZE)
     print(f"output PNG: {OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]}, {len(png) // 1000} KB")
