@@ -15,6 +15,7 @@ import base64
 import io
 import itertools
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -79,16 +80,26 @@ class RunPodLog:
 
 class RunPodServer(BackgroundServer):
     """RunPod's client API for one endpoint under `/v2/{endpoint_id}`: every job runs `gpu_s`
-    from its `/run` (unlimited workers, no queue), then COMPLETED with the handler's output
+    (give or take half of `gpu_jitter_s`, uniformly) from its `/run` (unlimited workers, no
+    queue), then COMPLETED with the handler's output
     (`image`, `seed`, `prompt_id`, `width`, `height`), and its webhook, if it named one, gets
     the status object with the whole output, as RunPod sends it."""
 
     thread_name = "runpod-bench-fake"
 
-    def __init__(self, endpoint_id: str, gpu_s: float, png: bytes, size: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        endpoint_id: str,
+        gpu_s: float,
+        png: bytes,
+        size: tuple[int, int],
+        gpu_jitter_s: float = 0.0,
+    ) -> None:
         super().__init__()
         self.endpoint_id = endpoint_id
         self.gpu_s = gpu_s
+        self.gpu_jitter_s = gpu_jitter_s
+        self._random = random.Random(11)
         self.log = RunPodLog()
         self._image_json = json.dumps(base64.b64encode(png).decode("ascii")).encode()
         self._size = size
@@ -145,7 +156,8 @@ class RunPodServer(BackgroundServer):
         now = time.time()
         webhook = body.get("webhook") if isinstance(body, dict) else None
         with self._lock:
-            self.log.runs[job_id] = RunRecord(now, now + self.gpu_s, webhook)
+            run_s = self.gpu_s + self._random.uniform(-0.5, 0.5) * self.gpu_jitter_s
+            self.log.runs[job_id] = RunRecord(now, now + max(0.0, run_s), webhook)
         if webhook:
             task = asyncio.create_task(self._send_webhook(job_id, webhook))
             self._tasks.add(task)

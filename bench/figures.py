@@ -34,10 +34,16 @@ class Latencies:
         return self.translate_s + self.gpu_s + self.storage_s + self.title_s
 
 
-def overheads(end_to_end_s: Sequence[float], services: Latencies) -> list[float]:
+def overheads(
+    end_to_end_s: Sequence[float], services: Latencies, gpu_s: Sequence[float] | None = None
+) -> list[float]:
     """Each job's end-to-end time less the services' own time: what the orchestrator added
-    (claiming, calls, polling, decoding, storing, finalizing, and any queueing of ours)."""
-    return [total - services.total_s for total in end_to_end_s]
+    (claiming, calls, polling, decoding, storing, finalizing, and any queueing of ours). With
+    `gpu_s`, each job's own GPU run time (they vary) replaces `services.gpu_s`."""
+    if gpu_s is None:
+        return [total - services.total_s for total in end_to_end_s]
+    others_s = services.total_s - services.gpu_s
+    return [total - others_s - gpu for total, gpu in zip(end_to_end_s, gpu_s, strict=True)]
 
 
 def detection_delays(finished_and_seen: Sequence[tuple[float, float | None]]) -> list[float]:

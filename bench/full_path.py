@@ -4,7 +4,8 @@ measured), against protocol-level fakes with realistic latencies.
 
 The fakes (bench/fakes.py, threads of this process): OpenRouter answering a translation in
 0.2 s and a vision title in 0.3 s; Supabase Storage answering an upload in 0.05 s; RunPod's
-client API, whose jobs run 2 s of "GPU" from their `/run` (unlimited workers, no queue) and
+client API, whose jobs run 1.5-2.5 s of "GPU" (2 s on average, spread evenly, so that polls on a
+fixed grid do not fall on every job's end) from their `/run` (unlimited workers, no queue) and
 complete with a 1168x880 photo-like PNG (base64 in `output.image`, the handler's output contract),
 sent again to the job's completion webhook when the orchestrator asked for one (`--mode webhook`:
 PUBLIC_BASE_URL set) or only polled for (`--mode polling`). Prompts are Korean, so every job is
@@ -13,9 +14,9 @@ unless `--max-in-flight` says otherwise. With `--rate R` the jobs are inserted o
 second, instead of at once: the overhead a steady load below capacity sees, not a burst's queue.
 
 Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
-overhead p50/p95/p99 (created -> completed, less the fakes' own 2.55 s); completion detection
-delay p50/p95 (a RunPod job finished -> the first `/status` answer that says so, both on the
-fake's clock); peak RSS (the kernel's VmHWM of klein serve) and its RSS once ready; the most
+overhead p50/p95/p99 (created -> completed, less the fakes' own time: 0.55 s and the job's GPU
+run); completion detection delay p50/p95 (a RunPod job finished -> the first `/status` answer
+that says so, or the webhook's answer, both on the fake's clock); peak RSS (the kernel's VmHWM of klein serve) and its RSS once ready; the most
 RunPod `/status` calls in any 10 s; klein serve's CPU seconds. Correctness: every job completed
 once, titled by the model, with its files row and stored PNG of the output's size; otherwise the
 exit status is 1.
@@ -86,6 +87,7 @@ class Config:
     jobs: int
     mode: str
     latencies: Latencies
+    gpu_jitter_s: float
     max_in_flight: int
     poll_min_interval_s: float | None
     timeout_s: float
@@ -159,7 +161,9 @@ def stack(config: Config, server: str, png: bytes) -> Iterator[Stack]:
     with ExitStack() as stack_:
         url = stack_.enter_context(scratch_database(server))
         tmp = Path(stack_.enter_context(tempfile.TemporaryDirectory(prefix="klein-full-")))
-        runpod = stack_.enter_context(RunPodServer(ENDPOINT_ID, lat.gpu_s, png, OUTPUT_SIZE))
+        runpod = stack_.enter_context(
+            RunPodServer(ENDPOINT_ID, lat.gpu_s, png, OUTPUT_SIZE, config.gpu_jitter_s)
+        )
         llm = stack_.enter_context(SlowOpenRouter(lat.translate_s, lat.title_s))
         storage = stack_.enter_context(SlowStorage(lat.storage_s))
         serves = []
@@ -251,25 +255,37 @@ def wait_finished(s: Stack, count: int, timeout_s: float) -> None:
 
 ROWS_SQL = """
 SELECT w.status, j.status, j.attempts, w.title, f.width, f.height, f.path,
-       extract(epoch FROM w.completed_at), extract(epoch FROM w.created_at)
+       extract(epoch FROM w.completed_at), extract(epoch FROM w.created_at), j.runpod_job_id
 FROM generation_jobs j JOIN works w ON w.id = j.work_id
 LEFT JOIN files f ON f.id = w.output_file_id
 """
 
 
-def collect(s: Stack) -> tuple[list[JobRow], list[float], float | None]:
-    """Each job's rows, the completed ones' created -> completed, and the last completion."""
-    rows, end_to_end, last = [], [], None
-    for w_status, j_status, attempts, title, width, height, path, done, created in s.db.execute(
-        ROWS_SQL
-    ):
+def collect(s: Stack) -> tuple[list[JobRow], list[float], list[float], float | None]:
+    """Each job's rows; the completed ones' created -> completed, and their GPU run times (the
+    RunPod fake's); the last completion."""
+    rows, end_to_end, gpu, last = [], [], [], None
+    for (
+        w_status,
+        j_status,
+        attempts,
+        title,
+        width,
+        height,
+        path,
+        done,
+        created,
+        runpod_id,
+    ) in s.db.execute(ROWS_SQL):
         size = (int(width), int(height)) if width is not None else None
         stored = s.storage.stored_size(BUCKET, str(path)) if path else None
         rows.append(JobRow(str(w_status), str(j_status), int(attempts), title, size, stored))
-        if done is not None:
+        run = s.runpod.log.runs.get(str(runpod_id))
+        if done is not None and run is not None:
             end_to_end.append(float(done) - float(created))
+            gpu.append(run.finish_at - run.submitted_at)
             last = max(last or 0.0, float(done))
-    return rows, end_to_end, last
+    return rows, end_to_end, gpu, last
 
 
 def run_once(config: Config, server: str, png: bytes) -> Figures:
@@ -293,7 +309,7 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
         )
         stages, via = stage_means(metrics), results_via(metrics)
         peak_rss = max(rss_mb(pid, "VmHWM") for pid in pids)
-        rows, end_to_end, last = collect(s)
+        rows, end_to_end, gpu, last = collect(s)
         log = s.runpod.log
         problems = [p for row in rows if (p := job_problem(row, OUTPUT_SIZE, IMAGE_TITLE))]
         problems += other_problems(len(rows), config.jobs, s)
@@ -304,7 +320,7 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
         return Figures(
             completed=len(end_to_end),
             jobs_per_s=len(end_to_end) / (last - committed) if last else 0.0,
-            overhead=overheads(end_to_end, config.latencies),
+            overhead=overheads(end_to_end, config.latencies, gpu),
             detection=detection_delays(
                 [(r.finish_at, first_seen(r.seen_finished_at, r.webhook_sent_at)) for r in runs]
             ),
@@ -391,7 +407,8 @@ def report(config: Config, runs: list[Figures]) -> None:
     print_table(
         f"full path: {config.jobs} jobs {config.arrivals}, {config.mode}, "
         f"{config.replicas} klein serve, MAX_IN_FLIGHT={config.max_in_flight}, "
-        f"fakes {config.latencies.total_s:g} s/job, "
+        f"fakes {config.latencies.total_s:g} s/job (GPU {config.latencies.gpu_s:g}"
+        f"±{config.gpu_jitter_s / 2:g} s), "
         f"{OUTPUT_SIZE[0]}x{OUTPUT_SIZE[1]} PNG outputs, {len(runs)} run(s)",
         [
             ("completed", spread([float(r.completed) for r in runs])),
@@ -447,7 +464,14 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     add("--jobs", type=int, default=200, help="jobs inserted at once (200)")
     add("--rate", type=float, help="insert the jobs one by one, this many per second")
     add("--mode", choices=("polling", "webhook"), default="webhook", help="RunPod detection")
-    add("--gpu-s", type=float, default=2.0, help="each RunPod job's run time (2)")
+    add("--gpu-s", type=float, default=2.0, help="each RunPod job's mean run time (2)")
+    add(
+        "--gpu-jitter-s",
+        type=float,
+        default=1.0,
+        help="run times spread evenly over this width around --gpu-s (1: 1.5-2.5 s), so that "
+        "polls cannot fall on every job's end",
+    )
     add("--translate-s", type=float, default=0.2, help="OpenRouter translation latency (0.2)")
     add("--title-s", type=float, default=0.3, help="OpenRouter vision title latency (0.3)")
     add("--storage-s", type=float, default=0.05, help="Storage upload latency (0.05)")
@@ -462,6 +486,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.repeat < 1 or args.replicas < 1:
         parser.error("--jobs, --repeat and --replicas must be at least 1")
+    if args.gpu_jitter_s < 0:
+        parser.error("--gpu-jitter-s must be 0 or more")
     if args.rate is not None and args.rate <= 0:
         parser.error("--rate must be above 0")
     if any("=" not in item for item in args.set):
@@ -476,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs=args.jobs,
         mode=args.mode,
         latencies=Latencies(args.translate_s, args.gpu_s, args.storage_s, args.title_s),
+        gpu_jitter_s=args.gpu_jitter_s,
         max_in_flight=args.max_in_flight or math.ceil(args.jobs / args.replicas),
         poll_min_interval_s=args.poll_min_interval_s,
         timeout_s=args.timeout_s,
