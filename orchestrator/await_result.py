@@ -45,7 +45,7 @@ async def await_result(
         while (remaining := deadline - time.time()) > 0:
             delivery = wake.take()
             if delivery is not None:
-                delivered = await deps.outputs.adopt(deps.runpod, runpod_id, delivery)
+                delivered = deps.outputs.adopt(runpod_id, delivery)
                 if delivered is not None:
                     deps.metrics.results.labels("webhook").inc()
                     return delivered

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from orchestrator.errors import Transient
-from orchestrator.runpod import RunPodClient, RunPodJob
+from orchestrator.runpod import RunPodClient, RunPodJob, parse_status
 
 
 def carries_output(status: RunPodJob) -> bool:
@@ -94,17 +94,15 @@ class OutputSlots:
         self.taken += 1
         return Delivery(self)
 
-    async def adopt(
-        self, runpod: RunPodClient, runpod_id: str, delivery: "Delivery"
-    ) -> RunPodJob | None:
+    def adopt(self, runpod_id: str, delivery: "Delivery") -> RunPodJob | None:
         """The delivered status of RunPod job `runpod_id`, keeping the delivery's slot when it
         carries the output (as `status` does); None, and the slot given back, when the body is
         not that job's end (a stray's, unreadable, or not finished)."""
         try:
-            answer = await runpod.parse_body(runpod_id, delivery.take())
+            answer = parse_status(runpod_id, delivery.take())
         except Transient:
             answer = None
-        except BaseException:  # cancelled, or a failure nobody planned for: the slot goes back
+        except BaseException:  # a failure nobody planned for: the slot goes back
             delivery.release()
             raise
         if answer is None or answer.id != runpod_id or not answer.finished:
@@ -177,19 +175,21 @@ class OutputSlots:
 
 
 class Delivery:
-    """A completion webhook's body on its way to its job, in an output slot. Whoever holds it
-    last gives the slot back (`release`, idempotent), or keeps it with the answer (`keep`)."""
+    """A completion webhook's body on its way to its job, in an output slot: as read (`body`),
+    then parsed once (`status`) by whoever takes it from the webhook. Whoever holds it last
+    gives the slot back (`release`, idempotent), or keeps it with the answer (`keep`)."""
 
     def __init__(self, slots: OutputSlots) -> None:
         self._slots = slots
         self._held = True
         self.body = b""
+        self.status: object = None
         self.handed_over = False  # to its job (JobWake.deliver)
 
-    def take(self) -> bytes:
-        """The body, no longer kept here."""
-        body, self.body = self.body, b""
-        return body
+    def take(self) -> object:
+        """The parsed body, no longer kept here."""
+        status, self.status = self.status, None
+        return status
 
     def keep(self) -> None:
         """The slot now belongs to the answer made of the body (`in_slot`)."""
@@ -197,7 +197,7 @@ class Delivery:
 
     def release(self) -> None:
         """Give the slot back (once)."""
-        self.body = b""
+        self.body, self.status = b"", None
         if self._held:
             self._held = False
             self._slots._give_back()

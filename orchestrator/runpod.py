@@ -116,11 +116,11 @@ class RunPodClient:
         self._count(str(response.status_code))
         raise_for_status(response, path, self._endpoint_id)
         try:
-            return await self._parse_json(response.content)
+            return await self.parse_json(response.content)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
 
-    async def _parse_json(self, body: bytes) -> Any:
+    async def parse_json(self, body: bytes) -> Any:
         """A large body (a finished job's base64 image) is parsed in the CPU lane, so that many
         jobs finishing at once do not stall the event loop."""
         if len(body) <= JSON_ON_LOOP_MAX_BYTES:
@@ -145,17 +145,9 @@ class RunPodClient:
         """The job's status, read whole; RunPodJobGone once RunPod has forgotten it."""
         body = await self._status_body(job_id, None) or b""  # no cap: always bytes
         try:
-            return parse_status(job_id, await self._parse_json(body))
+            return parse_status(job_id, await self.parse_json(body))
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient("RunPod sent a non-JSON answer on /status") from exc
-
-    async def parse_body(self, job_id: str, body: bytes) -> RunPodJob:
-        """A status object that came another way (RunPod's completion webhook), parsed as a
-        `/status` answer is."""
-        try:
-            return parse_status(job_id, await self._parse_json(body))
-        except (ValueError, RecursionError) as exc:
-            raise Transient("RunPod's webhook body is not JSON") from exc
 
     async def peek(self, job_id: str) -> RunPodJob:
         """The job's status, or `unread` when the answer is over JSON_ON_LOOP_MAX_BYTES: that

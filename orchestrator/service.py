@@ -23,6 +23,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.outcomes import cancel, cancel_on_runpod
 from orchestrator.outputs import Delivery, JobWake
 from orchestrator.policy import CallbackAction, backoff_s, callback_action
+from orchestrator.webhook_scan import runpod_id_of
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,10 @@ class Orchestrator:
         """RunPod's completion webhook for the job its token belongs to (its
         `job_by_webhook_token` row): hand its body (`delivery`) to the job or wake its poll,
         adopt the result of a submission whose id was lost, or cancel a stray RunPod job. A
-        delivery not handed over is released by the caller."""
+        delivered body is parsed here, once, and its RunPod id read from it (`runpod_id` is
+        for bodies not kept). A delivery not handed over is released by the caller."""
+        if delivery is not None:
+            runpod_id = await self._open(delivery)
         job_id = str(job["id"])
         match callback_action(job["runpod_job_id"], job["status"], runpod_id):
             case CallbackAction.WAKE:
@@ -107,6 +111,15 @@ class Orchestrator:
                 await self._adopt(token, job_id, runpod_id)
             case _ if runpod_id is not None:
                 self._cancel_stray(job_id, runpod_id)
+
+    async def _open(self, delivery: Delivery) -> str | None:
+        """Parse a delivered body for its job; its RunPod id (None when it has none)."""
+        body, delivery.body = delivery.body, b""
+        try:
+            delivery.status = await self.deps.runpod.parse_json(body)
+        except (ValueError, RecursionError):
+            return None  # the job is still woken: it reads its status itself
+        return runpod_id_of(delivery.status)
 
     async def _adopt(self, token: str, job_id: str, runpod_id: str) -> None:
         row = await self.deps.db.one(

@@ -61,5 +61,10 @@ def runpod_id_from_body(body: bytes) -> str | None:
         parsed = json.loads(body)
     except (ValueError, RecursionError):
         return None  # the webhook still wakes the job: its poll reads the status itself
-    job_id = parsed.get("id") if isinstance(parsed, dict) else None
+    return runpod_id_of(parsed)
+
+
+def runpod_id_of(status: object) -> str | None:
+    """The RunPod job id of a parsed status object, if it has a usable one."""
+    job_id = status.get("id") if isinstance(status, dict) else None
     return job_id if isinstance(job_id, str) and 0 < len(job_id) <= 200 else None

@@ -16,10 +16,11 @@ from dataclasses import replace
 import httpx
 from PIL import Image
 
+from orchestrator.cpu import CpuLane
 from orchestrator.http import create_app
 from orchestrator.metrics import Metrics
 from orchestrator.outputs import JobWake, OutputSlots
-from orchestrator.runpod import RunPodClient
+from orchestrator.runpod import JSON_ON_LOOP_MAX_BYTES, RunPodClient
 from tests.integration.faultkit import job_state, running, until_finished
 from tests.integration.flowkit import ScriptedWorker, insert, png_b64, rows
 
@@ -197,14 +198,14 @@ def test_a_job_waiting_for_a_slot_takes_its_delivered_body_instead(endpoint_for)
                 await asyncio.sleep(0.05)
             slots, wake = OutputSlots(2), JobWake()
             other, own = await slots.delivery(1), await slots.delivery(1)
-            own.body = json.dumps(completed_body(runpod_id)).encode()
+            own.status = completed_body(runpod_id)
             with wake.awaiting():
                 waiting = asyncio.create_task(slots.status(runpod, runpod_id, wake))
                 await asyncio.sleep(0.3)
                 blocked = not waiting.done()
                 wake.deliver(own)
                 answer = await asyncio.wait_for(waiting, 5)
-                adopted = await slots.adopt(runpod, runpod_id, wake.take())
+                adopted = slots.adopt(runpod_id, wake.take())
                 held_while_storing = slots.taken
             async with slots.held(adopted):
                 pass
@@ -268,3 +269,43 @@ def test_a_body_trickling_in_past_its_deadline_gives_its_slot_back(
     assert "WEBHOOK_BODY_DEADLINE_S" in answer.json()["error"]
     assert taken == 0
     assert driven  # the job still waits for RunPod, and polls for its result
+
+
+def test_a_failure_nobody_planned_for_while_opening_a_delivered_body_gives_its_slot_back(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """The webhook's kept body is parsed once, for its RunPod id and for its job, in the CPU
+    lane: when that fails in a way nobody planned for (here the lane is closed), the webhook
+    fails, and the slot the body was kept in is free again."""
+    release = threading.Event()
+    endpoint = endpoint_for(ScriptedWorker(block=release))
+    lane = CpuLane()
+    lane.close()  # bodies over 64 KB are parsed in the lane; a closed one raises RuntimeError
+
+    def large(runpod_id: str) -> dict:
+        return completed_body(runpod_id) | {"output": {"image": "A" * JSON_ON_LOOP_MAX_BYTES}}
+
+    async def run():
+        async with httpx.AsyncClient(timeout=10) as http:
+            broken = RunPodClient(http, endpoint.api_base, "local", None, cpu=lane)
+            async with running(
+                migrated_url,
+                endpoint,
+                openrouter_server,
+                tmp_path,
+                public_base_url="http://127.0.0.1:9",
+                poll_min_interval_s=60,
+                wrap=lambda deps: replace(deps, runpod=broken),
+            ) as orchestrator:
+                try:
+                    await submit_then_post_webhook(migrated_url, orchestrator, large)
+                except RuntimeError as exc:
+                    return type(exc), orchestrator.deps.outputs.taken
+                return None, orchestrator.deps.outputs.taken
+
+    try:
+        failure, taken = asyncio.run(run())
+    finally:
+        release.set()
+    assert failure is RuntimeError
+    assert taken == 0
