@@ -18,7 +18,7 @@ from orchestrator.console_wait import render, wait_for
 from orchestrator.db import queries
 from orchestrator.embedded import database_url
 from orchestrator.errors import OrchestratorError
-from orchestrator.runpod import RunPodClient
+from orchestrator.runpod import RunPodClient, runpod_http
 from orchestrator.settings import Settings
 
 STOPPED_FOLLOWING = (
@@ -146,7 +146,7 @@ def runpod_cancel(settings: Settings, runpod_id: str) -> str | None:
     key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
 
     async def cancel() -> None:
-        async with httpx.AsyncClient(timeout=15) as http:
+        async with runpod_http(timeout_s=15) as http:
             client = RunPodClient(
                 http, settings.runpod_api_base, settings.runpod_endpoint_id or "", key
             )

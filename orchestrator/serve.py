@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 
-import httpx
 import openai
 import psycopg
 import uvicorn
@@ -24,7 +23,7 @@ from orchestrator.http import configured_secret, create_app, is_loopback
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.outputs import OutputSlots
-from orchestrator.runpod import RunPodClient
+from orchestrator.runpod import RunPodClient, runpod_http
 from orchestrator.service import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.storage import LocalStorage, Storage, SupabaseStorage, supabase_storage
@@ -136,7 +135,7 @@ async def run_server(
             raise ConfigError(f"cannot reach the database: {type(exc).__name__}") from exc
         stack.push_async_callback(db.close)
         await check_schema(db)
-        http = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
+        http = await stack.enter_async_context(runpod_http(timeout_s=30))
         storage = make_storage(settings, address)
         if isinstance(storage, SupabaseStorage):
             stack.push_async_callback(storage.aclose)
