@@ -16,10 +16,10 @@ second, instead of at once: the overhead a steady load below capacity sees, not 
 Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
 overhead p50/p95/p99 (created -> completed, less the fakes' own time: 0.55 s and the job's GPU
 run); completion detection delay p50/p95 (a RunPod job finished -> the first `/status` answer
-that says so, or the webhook's answer, both on the fake's clock); peak RSS (the kernel's VmHWM of klein serve) and its RSS once ready; the most
-RunPod `/status` calls in any 10 s; klein serve's CPU seconds. Correctness: every job completed
-once, titled by the model, with its files row and stored PNG of the output's size; otherwise the
-exit status is 1.
+that says so, or the webhook's answer, both on the fake's clock); peak RSS (the kernel's VmHWM
+of klein serve) and its RSS once ready; the most RunPod `/status` calls in any 10 s; klein
+serve's CPU seconds. Correctness: every job completed once, titled by the model, with its files
+row and stored PNG of the output's size; otherwise the exit status is 1.
 
 Left out: RunPod's queue, cold starts and worker limits; the network (everything is on
 127.0.0.1, so no TLS and no bandwidth limits); the web app reading results; the fakes share this

@@ -1,7 +1,7 @@
-"""Many jobs polling RunPod at once: the client keeps at most CONNECTIONS requests under way and
-as many connections open, so that a burst neither opens a socket per request nor piles up in the
-HTTP client's own queue (whose bookkeeping was a third of klein serve's CPU with 1,000 jobs:
-bench/full_path.py measures that part)."""
+"""Many jobs polling RunPod at once: the client keeps at most CONNECTIONS requests under way, the
+rest wait their turn outside the HTTP client's own queue (whose bookkeeping was a third of
+klein serve's CPU with 1,000 jobs: bench/full_path.py measures that part), and all are
+answered."""
 
 import asyncio
 
@@ -14,17 +14,13 @@ WAVES = 3
 
 
 class SlowStatus:
-    """`/status` answering after DELAY_S, counting requests at once and the clients' sockets."""
+    """`/status` answering after DELAY_S, counting the requests under way at once."""
 
     def __init__(self) -> None:
         self.now = 0
         self.most = 0
-        self.sockets: set[tuple[str, int]] = set()
 
     async def status(self, request: web.Request) -> web.Response:
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        if peer is not None:
-            self.sockets.add((peer[0], peer[1]))
         self.now += 1
         self.most = max(self.most, self.now)
         try:
@@ -34,7 +30,7 @@ class SlowStatus:
         return web.json_response({"id": request.match_info["job_id"], "status": "IN_PROGRESS"})
 
 
-def test_a_burst_of_polls_keeps_to_the_clients_connections():
+def test_a_burst_of_polls_keeps_to_the_clients_connections_and_is_answered_in_full():
     server = SlowStatus()
 
     async def scenario() -> list[str]:
@@ -60,4 +56,3 @@ def test_a_burst_of_polls_keeps_to_the_clients_connections():
     statuses = asyncio.run(scenario())
     assert statuses == ["IN_PROGRESS"] * (WAVES * CONNECTIONS)
     assert server.most == CONNECTIONS  # never more under way at once
-    assert len(server.sockets) == CONNECTIONS  # each kept and reused, wave after wave

@@ -45,20 +45,40 @@ async def recorded(url: str, job_id: str) -> dict:
     raise AssertionError("the job was never submitted")
 
 
-async def submit_then_post_webhook(url, orchestrator, body_for) -> tuple[str, httpx.Response]:
+async def submit_then_post_webhook(
+    url, orchestrator, body_for, *, raw=False
+) -> tuple[str, httpx.Response]:
     """Insert a job, wait until RunPod has it, and post its completion webhook
-    (`body_for(runpod_id)`) through the orchestrator's HTTP app: (job id, the app's answer)."""
+    (`body_for(runpod_id)`: JSON, or with `raw` the body's bytes as they are to be sent) through
+    the orchestrator's HTTP app, within 10 s: (job id, the app's answer)."""
     deps = orchestrator.deps
     app = create_app(deps.settings, deps.db, orchestrator, Metrics())
     job_id, _ = insert(url, PROMPT)
     orchestrator.nudge()
     row = await recorded(url, job_id)
+    body = body_for(row["runpod_job_id"])
     transport = httpx.ASGITransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://klein") as client:
-        answer = await client.post(
-            f"/runpod/webhook/{row['webhook_token']}", json=body_for(row["runpod_job_id"])
+        answer = await asyncio.wait_for(
+            client.post(
+                f"/runpod/webhook/{row['webhook_token']}",
+                **({"content": body} if raw else {"json": body}),
+            ),
+            10,
         )
     return job_id, answer
+
+
+def with_webhooks(url, endpoint, openrouter_server, tmp_path, **settings):
+    """A running Orchestrator with RunPod's completion webhook on (the tests post it
+    themselves) and, unless told otherwise, no poll between the webhook and the job's end."""
+    return running(
+        url,
+        endpoint,
+        openrouter_server,
+        tmp_path,
+        **({"public_base_url": "http://127.0.0.1:9", "poll_min_interval_s": 60} | settings),
+    )
 
 
 def scenario(url, endpoint, openrouter_server, tmp_path, body_for, **settings):
@@ -66,14 +86,8 @@ def scenario(url, endpoint, openrouter_server, tmp_path, body_for, **settings):
     and return the webhook's answer, the job's row a few seconds later, and the slots in use."""
 
     async def run():
-        async with running(
-            url,
-            endpoint,
-            openrouter_server,
-            tmp_path,
-            public_base_url="http://127.0.0.1:9",  # webhooks on; this test posts them itself
-            poll_min_interval_s=60,  # no poll between the webhook and the end
-            **settings,
+        async with with_webhooks(
+            url, endpoint, openrouter_server, tmp_path, **settings
         ) as orchestrator:
             job_id, answer = await submit_then_post_webhook(url, orchestrator, body_for)
             with contextlib.suppress(AssertionError):  # a job still waiting is an answer too
@@ -143,12 +157,11 @@ def test_without_room_for_the_body_the_job_polls_as_before(
     try:
 
         async def run():
-            async with running(
+            async with with_webhooks(
                 migrated_url,
                 endpoint,
                 openrouter_server,
                 tmp_path,
-                public_base_url="http://127.0.0.1:9",
                 poll_min_interval_s=0.1,
                 webhook_slot_wait_s=0.2,
                 webhook_grace_s=0.1,
@@ -236,30 +249,13 @@ def test_a_body_trickling_in_past_its_deadline_gives_its_slot_back(
             await asyncio.sleep(0.05)
 
     async def run():
-        async with running(
-            migrated_url,
-            endpoint,
-            openrouter_server,
-            tmp_path,
-            public_base_url="http://127.0.0.1:9",
-            poll_min_interval_s=60,
-            webhook_body_deadline_s=0.5,
+        async with with_webhooks(
+            migrated_url, endpoint, openrouter_server, tmp_path, webhook_body_deadline_s=0.5
         ) as orchestrator:
-            deps = orchestrator.deps
-            app = create_app(deps.settings, deps.db, orchestrator, Metrics())
-            job_id, _ = insert(migrated_url, PROMPT)
-            orchestrator.nudge()
-            row = await recorded(migrated_url, job_id)
-            transport = httpx.ASGITransport(app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://klein") as client:
-                answer = await asyncio.wait_for(
-                    client.post(
-                        f"/runpod/webhook/{row['webhook_token']}",
-                        content=trickle(row["runpod_job_id"]),
-                    ),
-                    10,
-                )
-            return answer, deps.outputs.taken, job_id in orchestrator.in_flight
+            job_id, answer = await submit_then_post_webhook(
+                migrated_url, orchestrator, trickle, raw=True
+            )
+            return answer, orchestrator.deps.outputs.taken, job_id in orchestrator.in_flight
 
     try:
         answer, taken, driven = asyncio.run(run())
@@ -288,13 +284,11 @@ def test_a_failure_nobody_planned_for_while_opening_a_delivered_body_gives_its_s
     async def run():
         async with httpx.AsyncClient(timeout=10) as http:
             broken = RunPodClient(http, endpoint.api_base, "local", None, cpu=lane)
-            async with running(
+            async with with_webhooks(
                 migrated_url,
                 endpoint,
                 openrouter_server,
                 tmp_path,
-                public_base_url="http://127.0.0.1:9",
-                poll_min_interval_s=60,
                 wrap=lambda deps: replace(deps, runpod=broken),
             ) as orchestrator:
                 try:
