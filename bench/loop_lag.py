@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import multiprocessing
 import threading
 import time
@@ -29,8 +28,6 @@ from typing import Any
 import httpx
 import openai
 import psycopg
-from PIL import Image, ImageChops
-from PIL.PngImagePlugin import PngInfo
 
 from bench.benchkit import (
     DEFAULT_SERVER,
@@ -42,6 +39,7 @@ from bench.benchkit import (
     scratch_database,
     spread,
 )
+from bench.fakes import photo_png
 from devtools.endpoint.config import EndpointConfig
 from devtools.endpoint.server import EndpointServer
 from orchestrator.db import Database
@@ -96,17 +94,7 @@ def output_png(megapixels: float) -> str:
     """A photo-like PNG (smooth gradients plus sensor noise) of about `megapixels`, base64,
     with the text chunks ComfyUI's SaveImage writes."""
     width = int((megapixels * 1_000_000 * 4 / 3) ** 0.5)
-    height = int(width * 3 / 4)
-    gradient = Image.linear_gradient("L").rotate(90).resize((width, height))
-    channels = [
-        ImageChops.add(gradient, Image.effect_noise((width, height), sigma), scale=2)
-        for sigma in (10, 14, 18)
-    ]
-    info = PngInfo()
-    info.add_text("prompt", '{"9": {"class_type": "SaveImage"}}' * 200)
-    buffer = io.BytesIO()
-    Image.merge("RGB", channels).save(buffer, format="PNG", pnginfo=info, compress_level=4)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(photo_png(width, int(width * 3 / 4))).decode("ascii")
 
 
 class TogetherRunner:
