@@ -58,8 +58,9 @@ class Waker(Protocol):
         runpod_id: str | None,
         delivery: Delivery | None = None,
     ) -> None:
-        """Handle RunPod's completion webhook for the job (row) its token belongs to, its body
-        in `delivery` when there was room to keep it."""
+        """Handle RunPod's completion webhook for the job (row) its token belongs to: the id
+        scanned from its body (`runpod_id`), or the body itself in `delivery` when there was
+        room to keep it (the id is then read where it is parsed)."""
 
     @property
     def operator_problems(self) -> dict[str, str]:
