@@ -170,7 +170,11 @@ def stack(config: Config, server: str, png: bytes) -> Iterator[Stack]:
         for replica in range(config.replicas):
             port = free_port()
             env = serve_settings(config, runpod.api_base, llm.base_url, storage.url)
-            env |= {"DATABASE_URL": url, "WORKER_ID": f"bench-full-path-{replica}"}
+            env |= {
+                "DATABASE_URL": url,
+                "WORKER_ID": f"bench-full-path-{replica}",
+                "REPLICAS": str(config.replicas),
+            }
             if config.mode == "webhook":
                 env["PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
             serves.append(Serve(serve_env(env), tmp / f"klein-serve-{replica}.log", port))

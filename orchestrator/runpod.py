@@ -88,6 +88,12 @@ class RunPodJob:
         return self.status in FINAL_STATUSES
 
 
+def endpoint_budget(replicas: int) -> tuple[int, int]:
+    """(/run, /status) calls per 10 s for one of `replicas` processes calling one endpoint:
+    RunPod's limits are the endpoint's, so together they keep under them (REPLICAS)."""
+    return RUN_PER_10S // replicas, STATUS_PER_10S // replicas
+
+
 def runpod_http(timeout_s: float) -> httpx.AsyncClient:
     """The HTTP client for RunPodClient: CONNECTIONS at once, KEPT_ALIVE of them kept idle."""
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=KEPT_ALIVE)

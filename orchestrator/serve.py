@@ -23,7 +23,8 @@ from orchestrator.http import configured_secret, create_app, is_loopback
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.outputs import OutputSlots
-from orchestrator.runpod import RunPodClient, runpod_http
+from orchestrator.polls import PollShare
+from orchestrator.runpod import RunPodClient, endpoint_budget, runpod_http
 from orchestrator.service import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.storage import LocalStorage, Storage, SupabaseStorage, supabase_storage
@@ -142,10 +143,18 @@ async def run_server(
         api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
         cpu = CpuLane(settings.cpu_threads)
         stack.callback(cpu.close)
+        run_per_10s, status_per_10s = endpoint_budget(settings.replicas)
         deps = FlowDeps(
             db=db,
             runpod=RunPodClient(
-                http, settings.runpod_api_base, endpoint_id, api_key, metrics=metrics, cpu=cpu
+                http,
+                settings.runpod_api_base,
+                endpoint_id,
+                api_key,
+                run_per_10s=run_per_10s,
+                status_per_10s=status_per_10s,
+                metrics=metrics,
+                cpu=cpu,
             ),
             openrouter=await _openrouter(settings, stack, metrics),
             storage=storage,
@@ -154,6 +163,7 @@ async def run_server(
             alerts=OperatorAlerts(metrics.operator_problems),
             cpu=cpu,
             outputs=OutputSlots(settings.output_slots),
+            polls=PollShare(status_per_10s),
         )
         orchestrator = Orchestrator(deps, database_url)
         root = None if settings.uses_supabase_storage else settings.local_storage_dir

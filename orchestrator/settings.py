@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     webhook_secret: SecretStr | None = None
     max_in_flight: int = Field(default=16, ge=1)
+    # klein serve processes calling the same RunPod endpoint: each keeps to its share of
+    # RunPod's per-endpoint limits (1,000 /run and 2,000 /status calls per 10 s).
+    replicas: int = Field(default=1, ge=1, le=100)
     # Threads for the jobs' CPU-bound work (decoding outputs); more finish a burst sooner but
     # stall the event loop longer (orchestrator/cpu.py).
     cpu_threads: int = Field(default=1, ge=1)

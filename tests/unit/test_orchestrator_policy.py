@@ -18,9 +18,11 @@ from orchestrator.policy import (
     poll_interval_s,
     window_bucket,
 )
+from orchestrator.runpod import RUN_PER_10S, STATUS_PER_10S, endpoint_budget
 from orchestrator.storage import output_path
 
 USER, WORK = str(uuid.uuid4()), str(uuid.uuid4())
+RUNPOD_RUN_LIMIT, RUNPOD_STATUS_LIMIT = 1000, 2000  # per endpoint per 10 s (RunPod's docs)
 
 
 def test_submission_carries_the_translated_prompt_and_the_drawn_seed():
@@ -139,3 +141,12 @@ def test_a_window_bucket_never_lets_more_than_the_budget_through_in_any_window(b
     times = greedy_calls(capacity, refill_s, horizon_s=40, step_s=0.01)
     busiest = max(bisect.bisect_left(times, start + 10) - i for i, start in enumerate(times))
     assert budget * 0.98 <= busiest <= budget
+
+
+@given(st.integers(min_value=1, max_value=100))
+def test_replicas_calling_one_endpoint_keep_under_runpods_limits_together(replicas):
+    run_per_10s, status_per_10s = endpoint_budget(replicas)
+    assert replicas * run_per_10s <= RUNPOD_RUN_LIMIT
+    assert replicas * status_per_10s <= RUNPOD_STATUS_LIMIT
+    assert (run_per_10s, status_per_10s) >= (9, 18)  # each still gets its share
+    assert endpoint_budget(1) == (RUN_PER_10S, STATUS_PER_10S)
