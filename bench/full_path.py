@@ -10,8 +10,9 @@ complete with a 1168x880 photo-like PNG (base64 in `output.image`, the handler's
 sent again to the job's completion webhook when the orchestrator asked for one (`--mode webhook`:
 PUBLIC_BASE_URL set) or only polled for (`--mode polling`). Prompts are Korean, so every job is
 translated and titled. PostgreSQL is real (a fresh database). MAX_IN_FLIGHT is the job count
-unless `--max-in-flight` says otherwise. With `--rate R` the jobs are inserted one by one, R per
-second, instead of at once: the overhead a steady load below capacity sees, not a burst's queue.
+(divided between `--replicas N` processes, each with REPLICAS=N) unless `--max-in-flight` says
+otherwise. With `--rate R` the jobs are inserted one by one, R per second, instead of at once:
+the overhead a steady load below capacity sees, not a burst's queue.
 
 Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
 overhead p50/p95/p99 (created -> completed, less the fakes' own time: 0.55 s and the job's GPU
