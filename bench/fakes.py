@@ -194,8 +194,10 @@ class RunPodServer(BackgroundServer):
         await asyncio.sleep(max(0.0, record.finish_at - time.time()))
         assert self._session is not None
         try:
+            # A reader, not the bytes: aiohttp then writes it in chunks (and warns otherwise).
+            body = io.BytesIO(self.completed_body(job_id))
             async with self._session.post(
-                url, data=self.completed_body(job_id), headers={"Content-Type": "application/json"}
+                url, data=body, headers={"Content-Type": "application/json"}
             ) as answer:
                 ok = answer.status == 200
         except (aiohttp.ClientError, TimeoutError):
