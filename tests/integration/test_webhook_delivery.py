@@ -81,17 +81,20 @@ def with_webhooks(url, endpoint, openrouter_server, tmp_path, **settings):
     )
 
 
-def scenario(url, endpoint, openrouter_server, tmp_path, body_for, **settings):
-    """Run one job until RunPod has it, post its completion webhook (`body_for(runpod_id)`),
-    and return the webhook's answer, the job's row a few seconds later, and the slots in use."""
+def scenario(
+    url, endpoint, openrouter_server, tmp_path, body_for, *, raw=False, wait_s=5, **settings
+):
+    """Run one job until RunPod has it, post its completion webhook (`body_for(runpod_id)`,
+    JSON or with `raw` bytes), and return the webhook's answer, the job's row once it finished
+    or `wait_s` passed, and the slots in use."""
 
     async def run():
         async with with_webhooks(
             url, endpoint, openrouter_server, tmp_path, **settings
         ) as orchestrator:
-            job_id, answer = await submit_then_post_webhook(url, orchestrator, body_for)
+            job_id, answer = await submit_then_post_webhook(url, orchestrator, body_for, raw=raw)
             with contextlib.suppress(AssertionError):  # a job still waiting is an answer too
-                await until_finished(url, job_id, 5)
+                await until_finished(url, job_id, wait_s)
             return answer, rows(url, job_id)[0], orchestrator.deps.outputs.taken
 
     return asyncio.run(run())
@@ -146,6 +149,35 @@ def test_a_body_that_is_not_the_recorded_jobs_end_is_not_taken_for_it(
     assert (bad_row["job_status"], bad_row["status"]) == ("failed", "failed")
     assert bad_row["error_message"] == "RunPod returned an invalid image"
     assert bad_taken == 0
+
+
+def test_a_kept_body_that_cannot_be_parsed_is_answered_and_its_slot_given_back(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """Bodies only a sender with the job's token can post, but hostile ones: not JSON at all,
+    and JSON nested past Python's recursion limit (over 64 KB, so parsed in the CPU lane)."""
+    release = threading.Event()
+    endpoint = endpoint_for(ScriptedWorker(block=release))
+    bodies = (b'{"id": "x", "status": "COMPLETED", "output": ', b"[" * 100_000)
+    try:
+        results = [
+            scenario(
+                migrated_url,
+                endpoint,
+                openrouter_server,
+                tmp_path,
+                lambda _runpod_id, body=body: body,
+                raw=True,
+                wait_s=0.5,
+            )
+            for body in bodies
+        ]
+    finally:
+        release.set()
+    for answer, row, taken in results:
+        assert answer.status_code == 200  # taken: the job reads its status itself
+        assert row["job_status"] == "taken"  # still waiting for RunPod, not failed by the body
+        assert taken == 0
 
 
 def test_without_room_for_the_body_the_job_polls_as_before(
