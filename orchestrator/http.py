@@ -58,9 +58,11 @@ class Waker(Protocol):
         runpod_id: str | None,
         delivery: Delivery | None = None,
     ) -> None:
-        """Handle RunPod's completion webhook for the job (row) its token belongs to: the id
-        scanned from its body (`runpod_id`), or the body itself in `delivery` when there was
-        room to keep it (the id is then read where it is parsed)."""
+        """Handle RunPod's completion webhook for the job (row) its token belongs to: the body's
+        RunPod id, and the body itself in `delivery` when there was room to keep it."""
+
+    async def open_delivery(self, delivery: Delivery) -> str | None:
+        """Parse a kept body, once, for its job; its RunPod id."""
 
     @property
     def operator_problems(self) -> dict[str, str]:
@@ -131,8 +133,9 @@ async def runpod_id_of_body(
     request: Request, max_bytes: int, delivery: Delivery | None = None
 ) -> str | None:
     """read_capped_body's checks, and the RunPod id of a body not kept (scanned chunk by chunk,
-    IdScan). A body kept in `delivery` is the orchestrator's to parse, once, for its id and for
-    its job (None here): scanning it as well cost 8% of klein serve's CPU under steady load."""
+    IdScan). A body kept in `delivery` is parsed once, for its id and for its job
+    (`Waker.open_delivery`; None here): scanning it as well cost 8% of klein serve's CPU under
+    steady load."""
     if delivery is not None:
         delivery.body = await read_capped_body(request, max_bytes)
         return None
@@ -247,6 +250,8 @@ def add_runpod_webhook(app: FastAPI, settings: Settings, db: Database, waker: Wa
             return error(f"{exc} (RUNPOD_WEBHOOK_MAX_BYTES)", 413)
         except BadBody as exc:
             return error(f"malformed body: {exc}", 422)
+        if delivery is not None:  # outside the deadlines: its parse is bounded by the body cap
+            runpod_id = await waker.open_delivery(delivery)
         try:
             async with asyncio.timeout(DB_DEADLINE_S):
                 await waker.runpod_callback(token, row, runpod_id, delivery)

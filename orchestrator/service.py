@@ -96,10 +96,7 @@ class Orchestrator:
         """RunPod's completion webhook for the job its token belongs to (its
         `job_by_webhook_token` row): hand its body (`delivery`) to the job or wake its poll,
         adopt the result of a submission whose id was lost, or cancel a stray RunPod job. A
-        delivered body is parsed here, once, and its RunPod id read from it (`runpod_id` is
-        for bodies not kept). A delivery not handed over is released by the caller."""
-        if delivery is not None:
-            runpod_id = await self._open(delivery)
+        delivery not handed over is released by the caller."""
         job_id = str(job["id"])
         match callback_action(job["runpod_job_id"], job["status"], runpod_id):
             case CallbackAction.WAKE:
@@ -112,8 +109,8 @@ class Orchestrator:
             case _ if runpod_id is not None:
                 self._cancel_stray(job_id, runpod_id)
 
-    async def _open(self, delivery: Delivery) -> str | None:
-        """Parse a delivered body for its job; its RunPod id (None when it has none)."""
+    async def open_delivery(self, delivery: Delivery) -> str | None:
+        """Parse a delivered body, once, for its job; its RunPod id (None when it has none)."""
         body, delivery.body = delivery.body, b""
         try:
             delivery.status = await self.deps.runpod.parse_json(body)

@@ -38,6 +38,9 @@ class RecordingWaker:
     async def delivery_for(self, job_id: str):
         return None
 
+    async def open_delivery(self, delivery) -> str | None:
+        return None  # never called: delivery_for keeps no body
+
     async def runpod_callback(self, token: str, job, runpod_id: str | None, delivery=None) -> None:
         self.callbacks.append((token, runpod_id))
         self.wake_job(str(job["id"]))
