@@ -11,7 +11,7 @@ import asyncio
 import math
 import statistics
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -74,9 +74,13 @@ def new_jobs(count: int) -> list[NewJob]:
 
 
 def insert_jobs(
-    conn: psycopg.Connection[Any], jobs: Sequence[NewJob], input_data: dict[str, Any]
+    conn: psycopg.Connection[Any],
+    jobs: Sequence[NewJob],
+    input_data: dict[str, Any] | Callable[[NewJob], dict[str, Any]],
 ) -> None:
-    """The web app's inserts (the named queries `klein submit` uses), in the open transaction."""
+    """The web app's inserts (the named queries `klein submit` uses), in the open transaction;
+    `input_data` is every work's, or a function giving each work its own."""
+    input_of = input_data if callable(input_data) else lambda _: input_data
     with conn.cursor() as cursor:
         cursor.executemany(
             queries()["insert_work"],
@@ -85,7 +89,7 @@ def insert_jobs(
                     "work_id": job.work_id,
                     "user_id": job.user_id,
                     "template_id": KLEIN_TEMPLATE_ID,
-                    "input_data": Jsonb(input_data),
+                    "input_data": Jsonb(input_of(job)),
                 }
                 for job in jobs
             ],

@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from tests.fakes.storage import StorageServer, StoredObject
 
 PNG_HEADER_BYTES = 33  # signature + IHDR: enough to read the stored image's size back
 WEBHOOK_TIMEOUT_S = 10.0
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def photo_png(width: int, height: int) -> bytes:
@@ -55,6 +57,37 @@ def png_size(header: bytes) -> tuple[int, int] | None:
     return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
 
 
+@dataclass(frozen=True)
+class Visit:
+    """One request's time inside a fake: from its arrival (headers read, body not yet) to its
+    answer, with every UUID its body or path named (the bench's prompts carry their work's id,
+    so each request can be told to its job)."""
+
+    kind: str
+    ids: tuple[str, ...]
+    start: float
+    end: float
+
+
+class Visits:
+    """The requests a fake answered, kept from every thread (a lock, a list)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._visits: list[Visit] = []
+
+    def add(self, kind: str, text: str, start: float) -> None:
+        """A request of `kind` that arrived at `start`, answered now, naming the UUIDs in text."""
+        visit = Visit(kind, tuple(UUID.findall(text)), start, time.time())
+        with self._lock:
+            self._visits.append(visit)
+
+    def all(self) -> list[Visit]:
+        """Every visit so far."""
+        with self._lock:
+            return list(self._visits)
+
+
 @dataclass
 class RunRecord:
     """One RunPod job's timeline (time.time() seconds) in the fake."""
@@ -64,6 +97,9 @@ class RunRecord:
     webhook: str | None
     seen_finished_at: float | None = None
     webhook_sent_at: float | None = None  # when the orchestrator answered it with 200
+    webhook_posting_at: float | None = None  # when the fake began sending it
+    ids: tuple[str, ...] = ()  # the UUIDs in the /run body (the bench's prompt names its work)
+    answered_at: float | None = None  # when /run was answered
     status_calls: int = 0
     cancelled: bool = False
 
@@ -151,18 +187,22 @@ class RunPodServer(BackgroundServer):
         )
 
     async def _run(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        job_id = f"bench-{next(self._ids):06d}"
         now = time.time()
+        text = await request.text()
+        body = json.loads(text)
+        job_id = f"bench-{next(self._ids):06d}"
         webhook = body.get("webhook") if isinstance(body, dict) else None
         with self._lock:
             run_s = self.gpu_s + self._random.uniform(-0.5, 0.5) * self.gpu_jitter_s
-            self.log.runs[job_id] = RunRecord(now, now + max(0.0, run_s), webhook)
+            record = RunRecord(now, now + max(0.0, run_s), webhook, ids=tuple(UUID.findall(text)))
+            self.log.runs[job_id] = record
         if webhook:
             task = asyncio.create_task(self._send_webhook(job_id, webhook))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return web.json_response({"id": job_id, "status": "IN_QUEUE"})
+        answer = web.json_response({"id": job_id, "status": "IN_QUEUE"})
+        record.answered_at = time.time()
+        return answer
 
     async def _status(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
@@ -193,6 +233,7 @@ class RunPodServer(BackgroundServer):
         record = self.log.runs[job_id]
         await asyncio.sleep(max(0.0, record.finish_at - time.time()))
         assert self._session is not None
+        record.webhook_posting_at = time.time()
         try:
             # A reader, not the bytes: aiohttp then writes it in chunks (and warns otherwise).
             body = io.BytesIO(self.completed_body(job_id))
@@ -217,15 +258,20 @@ class SlowOpenRouter(OpenRouterServer):
         super().__init__()
         self.translate_s = translate_s
         self.title_s = title_s
+        self.visits = Visits()
 
     async def _chat_completions(self, request: web.Request) -> web.Response:
+        start = time.time()
+        text = await request.text()
         try:
-            body = await request.json()
+            body = json.loads(text)
         except ValueError:
             body = None
         vision = isinstance(body, dict) and is_image_request(body)
         await asyncio.sleep(self.title_s if vision else self.translate_s)
-        return await super()._chat_completions(request)
+        answer = await super()._chat_completions(request)
+        self.visits.add("title" if vision else "translate", text, start)
+        return answer
 
     def counts(self) -> tuple[int, int]:
         """Translation and title requests received so far."""
@@ -240,8 +286,10 @@ class SlowStorage(StorageServer):
     def __init__(self, delay_s: float) -> None:
         super().__init__()
         self.delay_s = delay_s
+        self.visits = Visits()
 
     async def _write(self, request: web.Request) -> web.Response:
+        start = time.time()
         answer = await super()._write(request)
         await asyncio.sleep(self.delay_s)
         key = (request.match_info["bucket"], request.match_info["path"])
@@ -250,6 +298,7 @@ class SlowStorage(StorageServer):
             if stored is not None:
                 header = stored.data[:PNG_HEADER_BYTES]
                 self.objects[key] = StoredObject(header, stored.content_type)
+        self.visits.add("upload", request.path, start)
         return answer
 
     def stored_size(self, bucket: str, path: str) -> tuple[int, int] | None:

@@ -46,6 +46,42 @@ def overheads(
     return [total - others_s - gpu for total, gpu in zip(end_to_end_s, gpu_s, strict=True)]
 
 
+@dataclass(frozen=True)
+class Span:
+    """A stretch of one job's time spent inside an outside system, as that system saw it
+    (time.time() seconds): a request from its arrival to its answer, or the GPU run."""
+
+    kind: str
+    start: float
+    end: float
+
+
+def covered_s(spans: Sequence[Span], start: float, end: float) -> float:
+    """How much of [start, end] the spans cover, overlaps counted once."""
+    total, reached = 0.0, start
+    for span in sorted(spans, key=lambda s: s.start):
+        low, high = max(span.start, reached), min(span.end, end)
+        if high > low:
+            total += high - low
+            reached = high
+    return total
+
+
+def gaps(spans: Sequence[Span], start: float, end: float) -> dict[str, float]:
+    """The time in [start, end] no span covers, by what came next: `before <kind>` for the
+    uncovered time before each span began, `before end` for the rest. The sum is `end - start`
+    less `covered_s`: the job's own time in the orchestrator, step by step."""
+    named: dict[str, float] = {}
+    reached = start
+    for span in sorted(spans, key=lambda s: s.start):
+        if span.start > reached:
+            key = f"before {span.kind}"
+            named[key] = named.get(key, 0.0) + min(span.start, end) - reached
+        reached = max(reached, min(span.end, end))
+    named["before end"] = max(0.0, end - reached)
+    return named
+
+
 def detection_delays(finished_and_seen: Sequence[tuple[float, float | None]]) -> list[float]:
     """For each RunPod job that finished and was seen finished: from the moment it finished to
     the moment the orchestrator learnt it (a `/status` answer saying so, or the completion

@@ -16,7 +16,11 @@ the overhead a steady load below capacity sees, not a burst's queue.
 
 Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
 overhead p50/p95/p99 (created -> completed, less the fakes' own time: 0.55 s and the job's GPU
-run); completion detection delay p50/p95 (a RunPod job finished -> the first `/status` answer
+run); the jobs' own time p50/p95/p99 (created -> completed, less every stretch the
+fakes themselves saw: each request from its arrival to its answer, the GPU run, and the RunPod
+fake's delay before sending the webhook; the fakes' CPU work is theirs here) and where it went
+(the uncovered time before each step: the translation, `/run`, the upload, the title, the end);
+completion detection delay p50/p95 (a RunPod job finished -> the first `/status` answer
 that says so, or the webhook's answer, both on the fake's clock); peak RSS (the kernel's VmHWM
 of klein serve) and its RSS once ready; the most RunPod `/status` calls in any 10 s; klein
 serve's CPU seconds. Correctness: every job completed once, titled by the model, with its files
@@ -52,6 +56,7 @@ import psycopg
 from bench.benchkit import (
     DEFAULT_SERVER,
     BenchError,
+    NewJob,
     insert_jobs,
     new_jobs,
     percentile,
@@ -63,8 +68,11 @@ from bench.fakes import RunPodServer, SlowOpenRouter, SlowStorage, photo_png
 from bench.figures import (
     JobRow,
     Latencies,
+    Span,
+    covered_s,
     detection_delays,
     first_seen,
+    gaps,
     job_problem,
     max_in_window,
     overheads,
@@ -79,6 +87,7 @@ BUCKET = "works"
 PROMPT = {"prompt": "배경을 해변으로 바꿔줘", "image_url": "https://example.com/photo.png"}
 DB_POLL_S = 0.2
 STATUS_WINDOW_S = 10.0
+GAPS = ("before translate", "before run", "before upload", "before title", "before end")
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,8 @@ class Figures:
     completed: int
     jobs_per_s: float
     overhead: list[float]
+    own: list[float]  # each job's time no fake's answer or GPU run covered
+    gaps: list[dict[str, float]]  # that time, step by step (figures.gaps)
     detection: list[float]
     status_seen: list[float]
     peak_rss_mb: float
@@ -260,16 +271,30 @@ def wait_finished(s: Stack, count: int, timeout_s: float) -> None:
 
 ROWS_SQL = """
 SELECT w.status, j.status, j.attempts, w.title, f.width, f.height, f.path,
-       extract(epoch FROM w.completed_at), extract(epoch FROM w.created_at), j.runpod_job_id
+       extract(epoch FROM w.completed_at), extract(epoch FROM w.created_at), j.runpod_job_id,
+       w.id
 FROM generation_jobs j JOIN works w ON w.id = j.work_id
 LEFT JOIN files f ON f.id = w.output_file_id
 """
 
 
-def collect(s: Stack) -> tuple[list[JobRow], list[float], list[float], float | None]:
-    """Each job's rows; the completed ones' created -> completed, and their GPU run times (the
-    RunPod fake's); the last completion."""
-    rows, end_to_end, gpu, last = [], [], [], None
+@dataclass
+class Collected:
+    """Each job's rows and, for the completed ones, their times."""
+
+    rows: list[JobRow]
+    end_to_end: list[float]  # created -> completed
+    gpu: list[float]  # the RunPod fake's run time
+    own: list[float]  # created -> completed, less every stretch inside a fake
+    gaps: list[dict[str, float]]  # that own time, step by step
+    last: float | None  # the last completion
+
+
+def collect(s: Stack) -> Collected:
+    """Each job's rows; the completed ones' created -> completed, their GPU run times (the
+    RunPod fake's) and their own time outside the fakes; the last completion."""
+    inside = time_inside_fakes(s)
+    got = Collected([], [], [], [], [], None)
     for (
         w_status,
         j_status,
@@ -281,16 +306,41 @@ def collect(s: Stack) -> tuple[list[JobRow], list[float], list[float], float | N
         done,
         created,
         runpod_id,
+        work_id,
     ) in s.db.execute(ROWS_SQL):
         size = (int(width), int(height)) if width is not None else None
         stored = s.storage.stored_size(BUCKET, str(path)) if path else None
-        rows.append(JobRow(str(w_status), str(j_status), int(attempts), title, size, stored))
+        got.rows.append(JobRow(str(w_status), str(j_status), int(attempts), title, size, stored))
         run = s.runpod.log.runs.get(str(runpod_id))
         if done is not None and run is not None:
-            end_to_end.append(float(done) - float(created))
-            gpu.append(run.finish_at - run.submitted_at)
-            last = max(last or 0.0, float(done))
-    return rows, end_to_end, gpu, last
+            start, end = float(created), float(done)
+            spans = inside.get(str(work_id), [])
+            got.end_to_end.append(end - start)
+            got.gpu.append(run.finish_at - run.submitted_at)
+            got.own.append(end - start - covered_s(spans, start, end))
+            got.gaps.append(gaps(spans, start, end))
+            got.last = max(got.last or 0.0, end)
+    return got
+
+
+def time_inside_fakes(s: Stack) -> dict[str, list[Span]]:
+    """Every stretch a job spent inside a fake, by the UUIDs its requests named (its work's id
+    among them): OpenRouter's and Storage's answers, RunPod's `/run` answer and GPU run, and
+    the moments the RunPod fake took to begin sending the webhook after the run ended."""
+    inside: dict[str, list[Span]] = {}
+    for visit in s.openrouter.visits.all() + s.storage.visits.all():
+        for key in visit.ids:
+            inside.setdefault(key, []).append(Span(visit.kind, visit.start, visit.end))
+    for run in list(s.runpod.log.runs.values()):
+        spans = [
+            Span("run", run.submitted_at, run.answered_at or run.submitted_at),
+            Span("gpu", run.submitted_at, run.finish_at),
+        ]
+        if run.webhook_posting_at is not None:
+            spans.append(Span("webhook", run.finish_at, run.webhook_posting_at))
+        for key in run.ids:
+            inside.setdefault(key, []).extend(spans)
+    return inside
 
 
 def run_once(config: Config, server: str, png: bytes) -> Figures:
@@ -314,18 +364,20 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
         )
         stages, via = stage_means(metrics), results_via(metrics)
         peak_rss = max(rss_mb(pid, "VmHWM") for pid in pids)
-        rows, end_to_end, gpu, last = collect(s)
+        got = collect(s)
         log = s.runpod.log
-        problems = [p for row in rows if (p := job_problem(row, OUTPUT_SIZE, IMAGE_TITLE))]
-        problems += other_problems(len(rows), config.jobs, s)
+        problems = [p for row in got.rows if (p := job_problem(row, OUTPUT_SIZE, IMAGE_TITLE))]
+        problems += other_problems(len(got.rows), config.jobs, s)
         if problems:
             for serve in s.serves:
                 print(f"klein serve's log (end):\n{serve.log_tail(5)}", file=sys.stderr)
         runs = list(log.runs.values())
         return Figures(
-            completed=len(end_to_end),
-            jobs_per_s=len(end_to_end) / (last - committed) if last else 0.0,
-            overhead=overheads(end_to_end, config.latencies, gpu),
+            completed=len(got.end_to_end),
+            jobs_per_s=len(got.end_to_end) / (got.last - committed) if got.last else 0.0,
+            overhead=overheads(got.end_to_end, config.latencies, got.gpu),
+            own=got.own,
+            gaps=got.gaps,
             detection=detection_delays(
                 [(r.finish_at, first_seen(r.seen_finished_at, r.webhook_sent_at)) for r in runs]
             ),
@@ -355,15 +407,21 @@ def insert(db: psycopg.Connection[tuple[object, ...]], config: Config) -> float:
     jobs = new_jobs(config.jobs)
     if config.rate is None:
         with db.transaction():
-            insert_jobs(db, jobs, PROMPT)
+            insert_jobs(db, jobs, job_input)
         return time.time()
     start = time.monotonic()
     first = time.time()
     for index, job in enumerate(jobs):
         time.sleep(max(0.0, start + index / config.rate - time.monotonic()))
         with db.transaction():
-            insert_jobs(db, [job], PROMPT)
+            insert_jobs(db, [job], job_input)
     return first
+
+
+def job_input(job: NewJob) -> dict[str, str]:
+    """The Korean prompt, naming the work: its translation, and so its `/run`, carry the id,
+    which tells each request in the fakes to its job."""
+    return PROMPT | {"prompt": f"{PROMPT['prompt']} ({job.work_id})"}
 
 
 def other_problems(rows: int, jobs: int, s: Stack) -> list[str]:
@@ -421,6 +479,13 @@ def report(config: Config, runs: list[Figures]) -> None:
             ("overhead p50 ms", pct(lambda r: r.overhead, 0.5)),
             ("overhead p95 ms", pct(lambda r: r.overhead, 0.95)),
             ("overhead p99 ms", pct(lambda r: r.overhead, 0.99)),
+            ("own time p50 ms (outside every fake)", pct(lambda r: r.own, 0.5)),
+            ("own time p95 ms", pct(lambda r: r.own, 0.95)),
+            ("own time p99 ms", pct(lambda r: r.own, 0.99)),
+            *(
+                (f"  {name} p50 ms", pct(lambda r, n=name: [g.get(n, 0.0) for g in r.gaps], 0.5))
+                for name in GAPS
+            ),
             ("detection p50 ms", pct(lambda r: r.detection, 0.5)),
             ("detection p95 ms", pct(lambda r: r.detection, 0.95)),
             ("first COMPLETED /status p50 ms", pct(lambda r: r.status_seen, 0.5)),

@@ -4,8 +4,11 @@ from bench.fakes import png_size
 from bench.figures import (
     JobRow,
     Latencies,
+    Span,
+    covered_s,
     detection_delays,
     first_seen,
+    gaps,
     job_problem,
     max_in_window,
     overheads,
@@ -64,3 +67,23 @@ def test_a_png_header_gives_its_size_and_anything_else_none():
     assert png_size(header + (880).to_bytes(4, "big") + b"\x08\x02") == (1168, 880)
     assert png_size(b"GIF89a" + bytes(30)) is None
     assert png_size(header[:20]) is None
+
+
+def test_time_covered_by_the_services_counts_overlaps_once_and_only_inside_the_job():
+    spans = [
+        Span("gpu", 1.0, 3.0),
+        Span("run", 1.0, 1.5),  # inside the GPU run: no time of its own
+        Span("upload", 4.0, 5.0),
+        Span("title", 9.0, 12.0),  # past the job's end: only 1 s of it counts
+    ]
+    assert covered_s(spans, 0.0, 10.0) == 2.0 + 1.0 + 1.0
+    assert covered_s([], 0.0, 10.0) == 0.0
+    assert covered_s([Span("gpu", -5.0, 20.0)], 0.0, 10.0) == 10.0
+
+
+def test_the_jobs_own_time_is_named_by_the_step_that_came_next():
+    spans = [Span("upload", 4.0, 5.0), Span("gpu", 1.0, 3.0), Span("run", 1.0, 1.5)]
+    got = gaps(spans, 0.5, 6.0)
+    assert got == {"before gpu": 0.5, "before upload": 1.0, "before end": 1.0}
+    assert sum(got.values()) == 6.0 - 0.5 - covered_s(spans, 0.5, 6.0)
+    assert gaps([], 0.0, 2.0) == {"before end": 2.0}
