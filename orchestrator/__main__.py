@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 
 import psycopg
+import uvloop
 from pydantic import ValidationError
 
 from handler.contract.errors import InvalidInput
@@ -95,7 +96,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"database_url": url})
         if embedded.wants_local_endpoint(settings):
             settings = stack.enter_context(embedded.local_endpoint(settings))
-        asyncio.run(run_server(embedded.with_runpod_defaults(settings), address, sock))
+        uvloop.run(run_server(embedded.with_runpod_defaults(settings), address, sock))
     return 0
 
 
