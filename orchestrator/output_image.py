@@ -1,6 +1,7 @@
 """The GPU's output image, made ready off the event loop: verified, stripped of ComfyUI's text
 chunks (the whole graph, the prompt, the upload name), and thumbnailed when the title model is
-to see a thumbnail (TITLE_IMAGE). Pure CPU work; `flow` runs it in a thread.
+to see a thumbnail (TITLE_IMAGE). Pure CPU work, run in the CPU lane: `unpack_output` before
+the upload, `check_output` while it goes (finalize.store).
 
 Verified means proven decodable: ComfyUI's usual output (8-bit RGB or RGBA, one frame) by
 `ready_png` (every CRC, the image data inflated in full to exactly its size, ~5 ms for 1 MP),
@@ -30,6 +31,24 @@ THUMBNAIL_SIDE = 512
 
 
 @dataclass(frozen=True)
+class UnpackedOutput:
+    """RunPod's output as the PNG to store (ComfyUI's text chunks stripped) and its seed: what
+    can be uploaded while the image is still being verified (`check_output`)."""
+
+    png: bytes
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """A verified output's true size and (when asked for) the thumbnail the title model sees."""
+
+    width: int
+    height: int
+    thumbnail_data_url: str | None
+
+
+@dataclass(frozen=True)
 class OutputImage:
     """A verified output: the PNG to store, its true size, and (when asked for) the thumbnail
     the title model sees."""
@@ -43,6 +62,17 @@ class OutputImage:
 
 def prepare_output(output: object, *, thumbnail: bool = True) -> OutputImage:
     """From RunPod's `output` ({"image": base64 PNG, "seed": ...}) to an OutputImage."""
+    unpacked = unpack_output(output)
+    checked = check_output(unpacked.png, thumbnail=thumbnail)
+    return OutputImage(
+        unpacked.png, checked.width, checked.height, checked.thumbnail_data_url, unpacked.seed
+    )
+
+
+def unpack_output(output: object) -> UnpackedOutput:
+    """The PNG in RunPod's `output`, decoded from base64 and stripped of its text chunks, once
+    its signature and header hold (a size within the pixel cap); its pixels are not yet proven
+    (`check_output`). About 1 ms for 1 MP."""
     image = output.get("image") if isinstance(output, Mapping) else None
     if not isinstance(image, str):
         raise Permanent(INVALID_OUTPUT)
@@ -50,20 +80,30 @@ def prepare_output(output: object, *, thumbnail: bool = True) -> OutputImage:
         data = pybase64.b64decode(image, validate=True)
     except (binascii.Error, ValueError):
         raise Permanent(INVALID_OUTPUT) from None
-    if not data.startswith(PNG_SIGNATURE):
+    if not data.startswith(PNG_SIGNATURE) or not _header_within_cap(data):
         raise Permanent(INVALID_OUTPUT)
-    if thumbnail:
-        width, height, thumbnail_data_url = _decode(data)
-    else:
-        (width, height), thumbnail_data_url = _verify(data), None
     seed = output.get("seed") if isinstance(output, Mapping) else None
-    return OutputImage(
+    return UnpackedOutput(
         png=strip_text_chunks(data),
-        width=width,
-        height=height,
-        thumbnail_data_url=thumbnail_data_url,
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
     )
+
+
+def check_output(png: bytes, *, thumbnail: bool) -> CheckedImage:
+    """Prove the PNG decodable (Permanent if not) and give its size, with a thumbnail when
+    `thumbnail` (a full decode then)."""
+    if thumbnail:
+        return CheckedImage(*_decode(png))
+    width, height = _verify(png)
+    return CheckedImage(width, height, None)
+
+
+def _header_within_cap(png: bytes) -> bool:
+    """IHDR comes first and names a size within the pixel cap."""
+    if len(png) < 24 or png[12:16] != b"IHDR":
+        return False
+    width, height = struct.unpack(">II", png[16:24])
+    return bool(0 < width * height <= MAX_PIXELS)
 
 
 def _verify(data: bytes) -> tuple[int, int]:

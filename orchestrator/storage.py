@@ -33,6 +33,10 @@ class Storage(Protocol):
         """Upload (overwriting) and return the public URL."""
         ...
 
+    async def remove(self, path: str) -> None:
+        """Delete the object at `path`, if there is one."""
+        ...
+
 
 class LocalStorage:
     """A folder per bucket; the orchestrator's HTTP app serves it under /storage/."""
@@ -47,6 +51,10 @@ class LocalStorage:
         target = self.root / self.bucket / path
         await asyncio.to_thread(_write_atomically, target, data)
         return f"{self._public_base_url}/storage/{self.bucket}/{path}"
+
+    async def remove(self, path: str) -> None:
+        """Delete the file, if there is one."""
+        await asyncio.to_thread((self.root / self.bucket / path).unlink, missing_ok=True)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
@@ -79,6 +87,15 @@ class SupabaseStorage:
         finally:
             image.close()
         return str(await bucket.get_public_url(path))
+
+    async def remove(self, path: str) -> None:
+        """Delete the object (Storage answers 200 whether or not it was there)."""
+        try:
+            await self._client.from_(self.bucket).remove([path])
+        except StorageApiError as exc:
+            raise _storage_error(exc) from exc
+        except httpx.HTTPError as exc:
+            raise Transient(f"Supabase Storage unreachable: {type(exc).__name__}") from exc
 
     async def aclose(self) -> None:
         """Close the HTTP client supabase_storage() opened for it."""

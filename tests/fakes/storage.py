@@ -1,7 +1,9 @@
 """A Supabase Storage object API server for tests (the routes and bodies storage3 uses).
 
 Uploads (`POST`, with `x-upsert`) and updates (`PUT`) under `/storage/v1/object/{bucket}/{path}`,
-multipart as storage3 sends them or a raw body, land in `server.objects`; public reads are served
+multipart as storage3 sends them or a raw body, land in `server.objects`; deletes
+(`DELETE /storage/v1/object/{bucket}` with `{"prefixes": [...]}`) answer the removed objects as
+Storage does (none found: an empty list, still 200); public reads are served
 under `/storage/v1/object/public/{bucket}/{path}`. Errors have Supabase's shape and statuses: the
 gateway answers 401 without a valid `apikey`; storage answers HTTP 400 (500 for internal errors)
 with the meaningful code in the body's `statusCode` (`"403"`, `"404"`, `"409"`), which is what
@@ -145,6 +147,7 @@ class StorageServer(BackgroundServer):
             web.get(f"{API_PREFIX}/object/public/{{bucket}}/{{path:.+}}", self._get_public),
             web.post(f"{API_PREFIX}/object/{{bucket}}/{{path:.+}}", self._write),
             web.put(f"{API_PREFIX}/object/{{bucket}}/{{path:.+}}", self._write),
+            web.delete(f"{API_PREFIX}/object/{{bucket}}", self._delete),
         ]
 
     # ---- handlers
@@ -188,6 +191,23 @@ class StorageServer(BackgroundServer):
         )
         self.uploads.append(record)
         return web.json_response({"Id": str(uuid.uuid4()), "Key": f"{bucket}/{path}"})
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        bucket = request.match_info["bucket"]
+        self.calls.append((request.method, request.path))
+        if (refusal := self._auth_refusal(request)) is not None:
+            return refusal
+        if (scripted := await self._scripted_answer()) is not None:
+            return scripted
+        if bucket not in self.buckets:
+            return _error(NO_SUCH_BUCKET)
+        body = await request.json()
+        prefixes = body.get("prefixes") if isinstance(body, dict) else None
+        if not isinstance(prefixes, list) or not all(isinstance(p, str) for p in prefixes):
+            return _error(storage_error(400, "InvalidRequest", "invalid", "prefixes: array"))
+        with self._lock:
+            removed = [p for p in prefixes if self.objects.pop((bucket, p), None) is not None]
+        return web.json_response([{"name": p, "bucket_id": bucket} for p in removed])
 
     def _auth_refusal(self, request: web.Request) -> web.Response | None:
         """The gateway's 401 without the right `apikey`, Storage's 403 without the right JWT."""

@@ -3,7 +3,10 @@ OpenRouter's 402 and 5xx, Supabase Storage, a user's cancellation, a repeated fi
 Real PostgreSQL and local protocol servers, as in test_flow.py."""
 
 import asyncio
+import base64
+import struct
 import uuid
+import zlib
 from dataclasses import replace
 
 import httpx
@@ -18,7 +21,7 @@ from orchestrator.jobs import Outcome
 from orchestrator.outputs import JobWake
 from orchestrator.storage import output_path, supabase_storage
 from tests.fakes.openrouter import is_image_request
-from tests.fakes.storage import DEFAULT_SERVICE_KEY
+from tests.fakes.storage import DEFAULT_SERVICE_KEY, StoredObject
 from tests.integration.flowkit import (
     ScriptedWorker,
     claim,
@@ -363,3 +366,57 @@ def test_run_job_turns_a_cancellation_during_store_into_a_cancelled_job(
     assert (job["job_status"], job["status"]) == ("cancelled", "cancelled")
     assert job["cancelled_at"] is not None
     assert files_count(migrated_url, work_id) == 0
+
+
+def garbled_pixels(png: bytes) -> bytes:
+    """The PNG with its image data replaced by bytes that do not inflate, every chunk's CRC
+    recomputed: signature, header and chunks hold; only the pixels cannot be decoded."""
+    out, position = [png[:8]], 8
+    while position < len(png):
+        (length,) = struct.unpack(">I", png[position : position + 4])
+        kind, body = png[position + 4 : position + 8], png[position + 8 : position + 8 + length]
+        if kind == b"IDAT":
+            body = b"\x78\x9c" + bytes(range(7, 250)) * 4
+        crc = zlib.crc32(body, zlib.crc32(kind))
+        out.append(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc))
+        position += 12 + length
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("backend", ["local", "supabase"])
+def test_an_output_whose_pixels_do_not_decode_fails_and_leaves_nothing_stored(
+    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path, backend
+):
+    """The upload overlaps the output's proof (finalize.store), so an output that fails the
+    proof is removed again: here an earlier copy at the work's path, left by an attempt that
+    never finalized, goes too, whenever the upload itself lands."""
+    bad = base64.b64encode(garbled_pixels(base64.b64decode(png_b64()))).decode()
+    worker = ScriptedWorker(output={"image": bad, "prompt_id": "p"})
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    user_id = rows(migrated_url, job_id)[0]["user_id"]
+    path = output_path(str(user_id), work_id)
+    earlier = tmp_path / "storage" / "works" / path
+    if backend == "local":
+        earlier.parent.mkdir(parents=True)
+        earlier.write_bytes(b"an earlier attempt's upload")
+        status = asyncio.run(
+            drive(migrated_url, endpoint_for(worker), openrouter_server, tmp_path, job_id)
+        )
+        assert not earlier.exists()
+    else:
+        storage_server.objects[("works", path)] = StoredObject(b"earlier", "image/png")
+        status = drive_with_supabase(
+            migrated_url,
+            endpoint_for(worker),
+            openrouter_server,
+            tmp_path,
+            job_id,
+            storage_server=storage_server,
+        )
+        assert storage_server.objects == {}
+        assert ("DELETE", "/storage/v1/object/works") in storage_server.calls
+    assert status is Outcome.FAILED
+    job, file = rows(migrated_url, job_id)
+    assert (job["job_status"], job["status"], file) == ("failed", "failed", None)
+    assert job["error_message"] == "RunPod returned an invalid image"
+    assert len(worker.inputs) == 1  # not submitted again
