@@ -142,21 +142,22 @@ def _thumbnail_data_url(image: Image.Image) -> str:
 
 def strip_text_chunks(png: bytes) -> bytes:
     """The same PNG without tEXt/zTXt/iTXt chunks; pixels and other chunks byte for byte."""
-    kept = [PNG_SIGNATURE]
+    kept: list[bytes | memoryview] = [PNG_SIGNATURE]
     kept.extend(chunk for kind, chunk in _chunks(png) if kind not in TEXT_CHUNKS)
     return b"".join(kept)
 
 
-def _chunks(png: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(type, whole chunk bytes) for every chunk after the signature."""
+def _chunks(png: bytes) -> Iterator[tuple[bytes, memoryview]]:
+    """(type, whole chunk) for every chunk after the signature; views, not copies of 2 MB."""
+    view = memoryview(png)
     position = len(PNG_SIGNATURE)
     while position + 8 <= len(png):
-        (length,) = struct.unpack(">I", png[position : position + 4])
+        (length,) = struct.unpack_from(">I", png, position)
         kind = png[position + 4 : position + 8]
         end = position + 12 + length
         if end > len(png):
             raise Permanent(INVALID_OUTPUT)
-        yield kind, png[position:end]
+        yield kind, view[position:end]
         position = end
         if kind == b"IEND":
             return
