@@ -15,8 +15,9 @@ otherwise. With `--rate R` the jobs are inserted one by one, R per second, inste
 the overhead a steady load below capacity sees, not a burst's queue.
 
 Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
-overhead p50/p95/p99 (created -> completed, less the fakes' own time: 0.55 s and the job's GPU
-run); the jobs' own time p50/p95/p99 (created -> completed, less every stretch the
+overhead p50/p95/p99 (the insert's commit -> the finalize's start, `completed_at`, less the
+fakes' own time: 0.55 s and the job's GPU run); the jobs' own time p50/p95/p99 (the same
+span, less every stretch the
 fakes themselves saw: each request from its arrival to its answer, the GPU run, and the RunPod
 fake's delay before sending the webhook; the fakes' CPU work is theirs here) and where it went
 (the uncovered time before each step: the translation, `/run`, the upload, the title, the end);
@@ -283,15 +284,15 @@ class Collected:
     """Each job's rows and, for the completed ones, their times."""
 
     rows: list[JobRow]
-    end_to_end: list[float]  # created -> completed
+    end_to_end: list[float]  # the insert's commit -> completed
     gpu: list[float]  # the RunPod fake's run time
-    own: list[float]  # created -> completed, less every stretch inside a fake
+    own: list[float]  # the same, less every stretch inside a fake
     gaps: list[dict[str, float]]  # that own time, step by step
     last: float | None  # the last completion
 
 
-def collect(s: Stack) -> Collected:
-    """Each job's rows; the completed ones' created -> completed, their GPU run times (the
+def collect(s: Stack, committed: dict[str, float]) -> Collected:
+    """Each job's rows; the completed ones' committed -> completed, their GPU run times (the
     RunPod fake's) and their own time outside the fakes; the last completion."""
     inside = time_inside_fakes(s)
     got = Collected([], [], [], [], [], None)
@@ -313,7 +314,7 @@ def collect(s: Stack) -> Collected:
         got.rows.append(JobRow(str(w_status), str(j_status), int(attempts), title, size, stored))
         run = s.runpod.log.runs.get(str(runpod_id))
         if done is not None and run is not None:
-            start, end = float(created), float(done)
+            start, end = committed.get(str(work_id), float(created)), float(done)
             spans = inside.get(str(work_id), [])
             got.end_to_end.append(end - start)
             got.gpu.append(run.finish_at - run.submitted_at)
@@ -364,7 +365,7 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
         )
         stages, via = stage_means(metrics), results_via(metrics)
         peak_rss = max(rss_mb(pid, "VmHWM") for pid in pids)
-        got = collect(s)
+        got = collect(s, committed)
         log = s.runpod.log
         problems = [p for row in got.rows if (p := job_problem(row, OUTPUT_SIZE, IMAGE_TITLE))]
         problems += other_problems(len(got.rows), config.jobs, s)
@@ -374,7 +375,9 @@ def run_once(config: Config, server: str, png: bytes) -> Figures:
         runs = list(log.runs.values())
         return Figures(
             completed=len(got.end_to_end),
-            jobs_per_s=len(got.end_to_end) / (got.last - committed) if got.last else 0.0,
+            jobs_per_s=len(got.end_to_end) / (got.last - min(committed.values()))
+            if got.last
+            else 0.0,
             overhead=overheads(got.end_to_end, config.latencies, got.gpu),
             own=got.own,
             gaps=got.gaps,
@@ -401,21 +404,25 @@ def serves_cpu_s(s: Stack) -> float:
     return sum(serve.cpu_s() for serve in s.serves)
 
 
-def insert(db: psycopg.Connection[tuple[object, ...]], config: Config) -> float:
+def insert(db: psycopg.Connection[tuple[object, ...]], config: Config) -> dict[str, float]:
     """The web app's inserts: all jobs in one transaction, or one by one at `config.rate` per
-    second (a steady load rather than a burst). Returns when the first was committed."""
+    second (a steady load rather than a burst). Returns when each work was committed: no
+    orchestrator sees a job before that, so its time starts there (the rows' `created_at` is
+    the insert transaction's start)."""
     jobs = new_jobs(config.jobs)
     if config.rate is None:
         with db.transaction():
             insert_jobs(db, jobs, job_input)
-        return time.time()
+        committed = time.time()
+        return {job.work_id: committed for job in jobs}
     start = time.monotonic()
-    first = time.time()
+    commits = {}
     for index, job in enumerate(jobs):
         time.sleep(max(0.0, start + index / config.rate - time.monotonic()))
         with db.transaction():
             insert_jobs(db, [job], job_input)
-    return first
+        commits[job.work_id] = time.time()
+    return commits
 
 
 def job_input(job: NewJob) -> dict[str, str]:
