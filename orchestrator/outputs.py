@@ -3,10 +3,12 @@
 A `/status` answer for a COMPLETED job carries the whole image (megabytes of base64). Without a
 bound, a burst of jobs finishing together each holds its answer while it waits for the CPU lane
 to decode it: measured with 200 jobs and 1 MP outputs (`bench/full_path.py`), klein serve's peak
-RSS was ~1.2 GB. So a job polls with a peek that does not read an answer over 64 KB (only an
-output is that large); such a job then waits for one of OUTPUT_SLOTS, reads its answer again
-there and keeps the slot until the image is stored and only its thumbnail is left. Jobs beyond
-the slots wait holding nothing but their ids, and the polls of the others never wait for a slot.
+RSS was ~1.2 GB. So a job polls with a peek that reads past 64 KB (only an output is that
+large) only when one of OUTPUT_SLOTS is free at that moment, and keeps the slot until the image
+is stored and only its thumbnail is left; otherwise it leaves the answer unread, waits for a
+slot and reads the answer again there. Jobs beyond the slots wait holding nothing but their
+ids, and the polls of the others never wait for a slot. (Reading on halved the outputs sent at
+a steady 10 jobs/s, polling: 600 answers for 300 jobs became 300, `bench/full_path.py`.)
 
 RunPod's completion webhook carries the same status object. When its job is driven here, the
 webhook waits (briefly) for a slot, its body is kept there and handed to the job (`Delivery`,
@@ -43,10 +45,16 @@ class Places:
         self._free = count
         self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
 
-    async def acquire(self, rank: int) -> None:
-        """A place; waits (by rank) when none is free."""
+    def take_free(self) -> bool:
+        """A place now, if one is free and nobody waits for it (True); never waits."""
         if self._free > 0 and not any(self._waiting):
             self._free -= 1
+            return True
+        return False
+
+    async def acquire(self, rank: int) -> None:
+        """A place; waits (by rank) when none is free."""
+        if self.take_free():
             return
         granted = asyncio.get_running_loop().create_future()
         self._waiting[rank].append(granted)
@@ -117,21 +125,31 @@ class OutputSlots:
     async def status(
         self, runpod: RunPodClient, job_id: str, wake: "JobWake", *, read: bool = True
     ) -> RunPodJob:
-        """The job's status. A peek first, outside the slots; an answer too large to peek at
-        (an output) is read again in a slot, which it keeps (`in_slot`) when it carries the
-        output: whoever gets it must consume it inside `held`, which gives the slot back.
+        """The job's status. A peek first; an answer too large to peek at (an output) is read
+        on when a slot is free at once (so each output crosses the network once), else read
+        again once a slot is free. The slot stays with the answer (`in_slot`) when it carries
+        the output: whoever gets it must consume it inside `held`, which gives the slot back.
         Such an answer comes back `unread` (the job is over) without `read`, or when the job's
         webhook delivers its body (in a slot of its own) while it waits for a slot: a job never
         waits for a slot while holding one, so the slots cannot all wait on each other."""
-        answer = await runpod.peek(job_id)
-        if not answer.unread or not read or not await self._acquire_unless_delivered(wake):
-            return answer
-        self.taken += 1
+        room = _RoomNow(self._free, enabled=read and not wake.has_delivery())
         try:
-            answer = await runpod.status(job_id)
+            answer = await runpod.peek(job_id, room.take)
         except BaseException:
-            self._give_back()
+            if room.taken:
+                self._free.release()
             raise
+        if room.taken:
+            self.taken += 1
+        elif not answer.unread or not read or not await self._acquire_unless_delivered(wake):
+            return answer
+        else:
+            self.taken += 1
+            try:
+                answer = await runpod.status(job_id)
+            except BaseException:
+                self._give_back()
+                raise
         if not carries_output(answer):
             self._give_back()
             return answer
@@ -172,6 +190,21 @@ class OutputSlots:
     def _give_back(self) -> None:
         self.taken -= 1
         self._free.release()
+
+
+class _RoomNow:
+    """Whether a peek may read on into an output: a slot taken at once, or none (never waits)."""
+
+    def __init__(self, places: Places, *, enabled: bool) -> None:
+        self._places = places
+        self._enabled = enabled
+        self.taken = False
+
+    def take(self) -> bool:
+        """Take a free slot for the answer being read (at most once); False when none is."""
+        if self._enabled and not self.taken:
+            self.taken = self._places.take_free()
+        return self.taken
 
 
 class Delivery:

@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -173,18 +173,23 @@ class RunPodClient:
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient("RunPod sent a non-JSON answer on /status") from exc
 
-    async def peek(self, job_id: str) -> RunPodJob:
-        """The job's status, or `unread` when the answer is over JSON_ON_LOOP_MAX_BYTES: that
-        answer carries an output (megabytes), which `status` reads when there is room for it."""
-        body = await self._status_body(job_id, JSON_ON_LOOP_MAX_BYTES)
+    async def peek(self, job_id: str, room: Callable[[], bool] = lambda: False) -> RunPodJob:
+        """The job's status. An answer over JSON_ON_LOOP_MAX_BYTES carries an output
+        (megabytes): it is read on (and parsed in the CPU lane) when `room()` says there is room
+        for it now, else left unread and said `unread`, for `status` to read when there is."""
+        body = await self._status_body(job_id, JSON_ON_LOOP_MAX_BYTES, room)
         if body is None:
             return RunPodJob(id=job_id, status="UNREAD", unread=True)
         try:
+            if len(body) > JSON_ON_LOOP_MAX_BYTES:
+                return parse_status(job_id, await self.parse_json(body))
             return parse_status(job_id, json.loads(body))
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient("RunPod sent a non-JSON answer on /status") from exc
 
-    async def _status_body(self, job_id: str, max_bytes: int | None) -> bytes | None:
+    async def _status_body(
+        self, job_id: str, max_bytes: int | None, room: Callable[[], bool] = lambda: False
+    ) -> bytes | None:
         """`/status`'s body (None past `max_bytes`), streamed into bytes of our own. A response
         read with `.content` keeps it in a reference cycle (the response and its stream), so a
         finished job's 2.8 MB answer lived until the next full garbage collection: most of
@@ -196,7 +201,7 @@ class RunPodClient:
                 ) as response:
                     self._count(str(response.status_code))
                     raise_for_status(response, f"/status/{job_id}", self._endpoint_id)
-                    return await read_at_most(response, max_bytes)
+                    return await read_at_most(response, max_bytes, room)
             except httpx.HTTPError as exc:
                 self._count(type(exc).__name__)
                 raise transport_error(exc, "/status") from exc
@@ -209,17 +214,24 @@ class RunPodClient:
             return
 
 
-async def read_at_most(response: httpx.Response, max_bytes: int | None) -> bytes | None:
-    """The body, or None (the rest left unread) once it passes `max_bytes` (None: no cap)."""
+async def read_at_most(
+    response: httpx.Response, max_bytes: int | None, room: Callable[[], bool] = lambda: False
+) -> bytes | None:
+    """The body, or None (the rest left unread) once it passes `max_bytes` (None: no cap)
+    unless `room()`, asked then, lifts the cap."""
     declared = response.headers.get("content-length", "")
     if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
-        return None
+        if not room():
+            return None
+        max_bytes = None
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
         if max_bytes is not None and size > max_bytes:
-            return None
+            if not room():
+                return None
+            max_bytes = None
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -1,5 +1,6 @@
-"""Output slots: polls peek without reading an output; an output is read again in a slot, which
-it keeps until consumed, so a burst of finished jobs holds at most OUTPUT_SLOTS outputs.
+"""Output slots: polls peek without reading an output unless a slot is free at once; otherwise
+the output is read again in a slot, which it keeps until consumed, so a burst of finished jobs
+holds at most OUTPUT_SLOTS outputs.
 
 RunPod is played at the HTTP level (httpx.MockTransport answers `/status` as RunPod does)."""
 
@@ -22,8 +23,9 @@ DELAY_MS, EXECUTION_MS = 1234, 5678
 
 class RunPod:
     """`/status/{id}` answers by job id: 'big-*' COMPLETED with a large output, 'small-*'
-    COMPLETED with a small one, 'running-*' IN_PROGRESS, 'gone-*' 404; with
-    `fail_second_call`, each job's second call gets a 500."""
+    COMPLETED with a small one, 'running-*' IN_PROGRESS, 'gone-*' 404, 'broken-*' a large
+    answer whose connection breaks after 100 KB; with `fail_second_call`, each job's second
+    call gets a 500."""
 
     def __init__(self, *, chunked: bool = False) -> None:
         self.calls: Counter[str] = Counter()
@@ -54,6 +56,8 @@ class RunPod:
                 "executionTime": EXECUTION_MS,
             }
         )
+        if job_id.startswith("broken"):
+            return httpx.Response(200, content=_broken(body.encode()))
         if self.chunked:
             return httpx.Response(200, content=_chunks(body.encode()))
         return httpx.Response(200, content=body.encode())
@@ -62,6 +66,11 @@ class RunPod:
 async def _chunks(body: bytes) -> AsyncIterator[bytes]:
     for start in range(0, len(body), 8192):
         yield body[start : start + 8192]
+
+
+async def _broken(body: bytes) -> AsyncIterator[bytes]:
+    yield body[: 100 * 1024]
+    raise httpx.RemoteProtocolError("peer closed connection without sending complete message")
 
 
 def client(runpod: RunPod) -> RunPodClient:
@@ -80,18 +89,28 @@ def test_a_running_job_is_read_by_the_peek_alone_and_takes_no_slot():
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
-def test_a_large_output_is_read_again_in_a_slot_that_it_keeps_until_consumed(chunked: bool):
+def test_a_large_output_is_read_on_in_a_free_slot_that_it_keeps_until_consumed(chunked: bool):
     async def scenario() -> None:
         runpod, slots = RunPod(chunked=chunked), OutputSlots(1)
-        peeked = await client(runpod).peek("big-1")
+        peeked = await client(runpod).peek("big-1")  # no room offered: left unread
         assert (peeked.unread, peeked.finished, peeked.output) == (True, False, None)
         answer = await slots.status(client(runpod), "big-1", JobWake())
         assert (answer.status, answer.in_slot, slots.taken) == ("COMPLETED", True, 1)
         assert answer.output == {"image": BIG_IMAGE}
-        assert runpod.calls["big-1"] == 3  # the peek above, then this call's peek and read
+        assert runpod.calls["big-1"] == 2  # the peek above, then one read: the output once
         async with slots.held(answer):
             assert slots.taken == 1
         assert slots.taken == 0
+
+    asyncio.run(scenario())
+
+
+def test_without_read_a_large_output_is_left_unread_even_with_a_slot_free():
+    async def scenario() -> None:
+        runpod, slots = RunPod(), OutputSlots(1)
+        answer = await slots.status(client(runpod), "big-1", JobWake(), read=False)
+        assert (answer.unread, answer.in_slot, slots.taken) == (True, False, 0)
+        assert runpod.calls["big-1"] == 1
 
     asyncio.run(scenario())
 
@@ -135,9 +154,31 @@ def test_a_failed_read_in_the_slot_gives_the_slot_back():
     async def scenario() -> None:
         runpod, slots = RunPod(), OutputSlots(1)
         runpod.fail_second_call = True
+        rp = client(runpod)
+        first = await slots.status(rp, "big-1", JobWake())  # read on: holds the one slot
+        waiting = asyncio.create_task(slots.status(rp, "big-2", JobWake()))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        async with slots.held(first):
+            pass
         with pytest.raises(Transient):
-            await slots.status(client(runpod), "big-1", JobWake())
-        assert (slots.taken, runpod.calls["big-1"]) == (0, 2)
+            await waiting  # its read again, in the slot, gets a 500
+        assert (slots.taken, runpod.calls["big-2"]) == (0, 2)
+        again = await slots.status(rp, "big-3", JobWake())
+        assert (again.in_slot, slots.taken) == (True, 1)  # the slot was given back
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_broken_while_reading_on_gives_the_slot_back():
+    async def scenario() -> None:
+        runpod, slots = RunPod(), OutputSlots(1)
+        rp = client(runpod)
+        with pytest.raises(Transient):
+            await slots.status(rp, "broken-1", JobWake())
+        assert slots.taken == 0
+        answer = await slots.status(rp, "big-1", JobWake())
+        assert (answer.in_slot, slots.taken, runpod.calls["big-1"]) == (True, 1, 1)
 
     asyncio.run(scenario())
 
