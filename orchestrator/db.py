@@ -44,10 +44,16 @@ async def fetch_one(conn: AsyncConnection[Any], name: str, **params: Any) -> Row
 
 
 class Database:
-    """The pool, and a transaction helper; everything else is a named query."""
+    """The pool, and a transaction helper; everything else is a named query.
+
+    Connections are in autocommit: a named query is one statement (a CTE at most), which
+    PostgreSQL runs as a transaction of its own, so `one` and `all` send no BEGIN and COMMIT
+    (0.15 against 0.37 ms a call on 127.0.0.1); `transaction` groups several statements."""
 
     def __init__(self, url: str, max_size: int = 10) -> None:
-        self.pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False)
+        self.pool = AsyncConnectionPool(
+            url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
+        )
 
     async def open(self) -> None:
         """Connect; raises if the database cannot be reached."""
@@ -58,21 +64,30 @@ class Database:
         await self.pool.close()
 
     @asynccontextmanager
+    async def connection(
+        self, timeout_s: float | None = None
+    ) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection of the pool (autocommit: each statement commits on its own); waits at
+        most timeout_s for one."""
+        async with self.pool.connection(timeout=timeout_s) as conn:
+            yield conn
+
+    @asynccontextmanager
     async def transaction(
         self, timeout_s: float | None = None
     ) -> AsyncIterator[AsyncConnection[Any]]:
         """A connection inside one transaction, committed on success; waits at most timeout_s."""
-        async with self.pool.connection(timeout=timeout_s) as conn, conn.transaction():
+        async with self.connection(timeout_s) as conn, conn.transaction():
             yield conn
 
     async def all(self, name: str, /, **params: Any) -> list[Row]:
-        """A named query in its own transaction."""
-        async with self.transaction() as conn:
+        """A named query, a transaction of its own."""
+        async with self.connection() as conn:
             return await fetch_all(conn, name, **params)
 
     async def one(self, name: str, /, timeout_s: float | None = None, **params: Any) -> Row | None:
-        """A named query in its own transaction; its first row."""
-        async with self.transaction(timeout_s) as conn:
+        """A named query, a transaction of its own; its first row."""
+        async with self.connection(timeout_s) as conn:
             return await fetch_one(conn, name, **params)
 
     async def ping(self) -> bool:

@@ -49,8 +49,8 @@ class FaultyDatabase(Database):
         self._names = {text: name for name, text in queries().items()}
 
     @asynccontextmanager
-    async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
-        async with super().transaction(timeout_s) as conn:
+    async def connection(self, timeout_s: float | None = None) -> AsyncIterator[Any]:
+        async with super().connection(timeout_s) as conn:
             yield _Connection(conn, self)
 
 
