@@ -7,6 +7,7 @@ import asyncio
 import openai
 
 from orchestrator.openrouter import OpenRouterClient
+from tests.fakes.openrouter import IMAGE_TITLE
 
 
 def client_for(server, **options) -> tuple[openai.AsyncOpenAI, OpenRouterClient]:
@@ -52,3 +53,31 @@ def test_a_429_pauses_the_client_until_the_reset_then_it_recovers(openrouter_ser
     assert waited >= 0.9  # the second call waited for the reset the 429 named
     assert answer.startswith("EN: ")
     assert recovered == 5
+
+
+def test_translation_and_title_send_openrouter_the_chat_completion_they_mean(openrouter_server):
+    """The body goes out as the client builds it (`client.post`, not the typed `create`): the
+    model, the messages, the limits and the headers OpenRouter reads, with nothing dropped."""
+
+    async def scenario():
+        llm, client = client_for(openrouter_server)
+        async with llm:
+            return await client.translate("바다"), await client.title("https://x.test/a.png")
+
+    translated, titled = asyncio.run(scenario())
+    assert (translated, titled) == ("EN: 바다", IMAGE_TITLE)
+    translation, title = openrouter_server.requests
+    assert (translation["model"], translation["max_tokens"], translation["temperature"]) == (
+        "t",
+        600,
+        0.2,
+    )
+    assert [m["role"] for m in translation["messages"]] == ["system", "user"]
+    assert translation["messages"][1]["content"] == "바다"
+    assert (title["model"], title["max_tokens"]) == ("v", 40)
+    assert title["messages"][1]["content"] == [
+        {"type": "image_url", "image_url": {"url": "https://x.test/a.png"}}
+    ]
+    headers = openrouter_server.request_headers[0]
+    assert headers["Authorization"] == f"Bearer {openrouter_server.api_key}"
+    assert headers["Content-Type"] == "application/json"
