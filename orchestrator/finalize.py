@@ -63,21 +63,27 @@ async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
             checked = await deps.cpu.run(
                 check_output, unpacked.png, thumbnail=not deps.settings.titles_from_url
             )
-        except Permanent:
+        except Exception:  # not decodable, or the proof itself broke: the output is unproven
+            upload.add_done_callback(_outcome_ignored)
             # Removed only once the upload has ended: a cancelled one may still land later.
             await asyncio.wait({upload})
-            upload.exception()  # its own outcome no longer matters
             await _remove_unproven(path, deps)
             raise
         except BaseException:  # this job was stopped meanwhile
+            upload.add_done_callback(_outcome_ignored)
             upload.cancel()
-            upload.add_done_callback(lambda task: task.cancelled() or task.exception())
             raise
         url = await upload
     deps.alerts.resolve("storage")
     return Stored(
         path, url, checked.width, checked.height, unpacked.seed, checked.thumbnail_data_url
     )
+
+
+def _outcome_ignored(task: "asyncio.Task[str]") -> None:
+    """An upload whose outcome no longer matters: its failure, if any, is not logged as lost."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _remove_unproven(path: str, deps: FlowDeps) -> None:

@@ -13,6 +13,7 @@ import httpx
 import psycopg
 import pytest
 
+from handler.contract import ready_png
 from orchestrator import finalize as flow_finalize
 from orchestrator.errors import Permanent, WorkCancelled
 from orchestrator.finalize import Stored, finalize
@@ -420,3 +421,36 @@ def test_an_output_whose_pixels_do_not_decode_fails_and_leaves_nothing_stored(
     assert (job["job_status"], job["status"], file) == ("failed", "failed", None)
     assert job["error_message"] == "RunPod returned an invalid image"
     assert len(worker.inputs) == 1  # not submitted again
+
+
+def test_a_proof_that_breaks_unexpectedly_leaves_nothing_stored_either(
+    migrated_url, endpoint_for, openrouter_server, tmp_path, monkeypatch
+):
+    """The inflater under the pixels' proof (ISA-L, ready_png) failing with an error nobody
+    planned for: the output is as unproven as a bad one, so its upload is removed again once it
+    has ended, and the job is tried again later as after any internal error."""
+
+    class BrokenInflater:
+        def decompress(self, *args, **kwargs):
+            raise RuntimeError("an inflater bug")
+
+    monkeypatch.setattr(ready_png.isal_zlib, "decompressobj", BrokenInflater)
+    worker = ScriptedWorker()
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    user_id = rows(migrated_url, job_id)[0]["user_id"]
+    stored = tmp_path / "storage" / "works" / output_path(str(user_id), work_id)
+    status = asyncio.run(  # the title shown the URL: the proof is ready_png's, not Pillow's
+        drive(
+            migrated_url,
+            endpoint_for(worker),
+            openrouter_server,
+            tmp_path,
+            job_id,
+            title_image="url",
+        )
+    )
+    assert status is Outcome.RETRY_LATER
+    job, file = rows(migrated_url, job_id)
+    assert "RuntimeError" in job["last_error"]
+    assert (job["status"], file) == ("processing", None)
+    assert not stored.exists()
