@@ -88,6 +88,11 @@ class RunPodJob:
         return self.status in FINAL_STATUSES
 
 
+def no_room() -> bool:
+    """`room` for a read that is never to pass its cap."""
+    return False
+
+
 def endpoint_budget(replicas: int) -> tuple[int, int]:
     """(/run, /status) calls per 10 s for one of `replicas` processes calling one endpoint:
     RunPod's limits are the endpoint's, so together they keep under them (REPLICAS)."""
@@ -168,27 +173,25 @@ class RunPodClient:
     async def status(self, job_id: str) -> RunPodJob:
         """The job's status, read whole; RunPodJobGone once RunPod has forgotten it."""
         body = await self._status_body(job_id, None) or b""  # no cap: always bytes
-        try:
-            return parse_status(job_id, await self.parse_json(body))
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            raise Transient("RunPod sent a non-JSON answer on /status") from exc
+        return await self._parsed_status(job_id, body)
 
-    async def peek(self, job_id: str, room: Callable[[], bool] = lambda: False) -> RunPodJob:
+    async def peek(self, job_id: str, room: Callable[[], bool] = no_room) -> RunPodJob:
         """The job's status. An answer over JSON_ON_LOOP_MAX_BYTES carries an output
         (megabytes): it is read on (and parsed in the CPU lane) when `room()` says there is room
         for it now, else left unread and said `unread`, for `status` to read when there is."""
         body = await self._status_body(job_id, JSON_ON_LOOP_MAX_BYTES, room)
         if body is None:
             return RunPodJob(id=job_id, status="UNREAD", unread=True)
+        return await self._parsed_status(job_id, body)
+
+    async def _parsed_status(self, job_id: str, body: bytes) -> RunPodJob:
         try:
-            if len(body) > JSON_ON_LOOP_MAX_BYTES:
-                return parse_status(job_id, await self.parse_json(body))
-            return parse_status(job_id, json.loads(body))
+            return parse_status(job_id, await self.parse_json(body))
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient("RunPod sent a non-JSON answer on /status") from exc
 
     async def _status_body(
-        self, job_id: str, max_bytes: int | None, room: Callable[[], bool] = lambda: False
+        self, job_id: str, max_bytes: int | None, room: Callable[[], bool] = no_room
     ) -> bytes | None:
         """`/status`'s body (None past `max_bytes`), streamed into bytes of our own. A response
         read with `.content` keeps it in a reference cycle (the response and its stream), so a
@@ -215,7 +218,7 @@ class RunPodClient:
 
 
 async def read_at_most(
-    response: httpx.Response, max_bytes: int | None, room: Callable[[], bool] = lambda: False
+    response: httpx.Response, max_bytes: int | None, room: Callable[[], bool] = no_room
 ) -> bytes | None:
     """The body, or None (the rest left unread) once it passes `max_bytes` (None: no cap)
     unless `room()`, asked then, lifts the cap."""
