@@ -1,4 +1,5 @@
-"""RunPod Serverless's REST API (`/run`, `/status`, `/cancel`) over an injected httpx client."""
+"""RunPod Serverless's REST API (`/run`, `/status`, `/cancel`) over an injected httpx client
+(runpod_http's: httpx's interface on aiohttp's transport, orchestrator/http_clients.py)."""
 
 import asyncio
 import json
@@ -18,20 +19,16 @@ from orchestrator.errors import (
     SubmissionUnknown,
     Transient,
 )
+from orchestrator.http_clients import http_client
 from orchestrator.metrics import Metrics
 from orchestrator.policy import window_bucket
 
 JSON_ON_LOOP_MAX_BYTES = 64 * 1024
-# Requests to RunPod under way at once (runpod_http's pool size). Past its pool's size httpx
-# queues requests, and its pool scans every connection for every queued request on each start
-# and end: with 1,000 jobs in flight that bookkeeping was a third of klein serve's CPU
-# (bench/full_path.py). Waiting here costs nothing of the kind, and ends: every request ahead
-# has the client's timeout.
+# Requests to RunPod under way at once (runpod_http's connection limit). Waiting for a turn
+# here costs no pool bookkeeping (httpx's own pool scanned every connection for every queued
+# request: a third of klein serve's CPU with 1,000 jobs in flight, bench/full_path.py), and it
+# ends: every request ahead has the client's timeout.
 CONNECTIONS = 64
-# Idle connections kept for reuse: enough for the default MAX_IN_FLIGHT (16). Each one costs
-# every request a check of its socket: one request took 2.5 ms of CPU with 64 kept, 0.8 ms with
-# 16 (bench/http_pool.py); fewer make bursts open new connections, dear over TLS.
-KEPT_ALIVE = 16
 RUN_PER_10S = 900  # RunPod allows 1,000 /run calls and 2,000 /status calls per 10 s
 STATUS_PER_10S = 1800
 RUN_BURST_SHARE = 0.5  # of /run's budget may go at once: a batch inserted together
@@ -100,9 +97,8 @@ def endpoint_budget(replicas: int) -> tuple[int, int]:
 
 
 def runpod_http(timeout_s: float) -> httpx.AsyncClient:
-    """The HTTP client for RunPodClient: CONNECTIONS at once, KEPT_ALIVE of them kept idle."""
-    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=KEPT_ALIVE)
-    return httpx.AsyncClient(timeout=timeout_s, limits=limits)
+    """The HTTP client for RunPodClient: CONNECTIONS at once, idle ones kept for reuse."""
+    return http_client(timeout_s, httpx.Limits(max_connections=CONNECTIONS))
 
 
 class RunPodClient:

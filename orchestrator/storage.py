@@ -11,6 +11,7 @@ from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 
 from orchestrator.errors import NeedsOperator, Permanent, Transient
+from orchestrator.http_clients import http_client
 
 OUTPUT_NAME = "output.png"
 
@@ -123,6 +124,6 @@ def supabase_storage(
     """A SupabaseStorage for a project URL and its service-role key."""
     headers = {"apikey": service_key, "Authorization": f"Bearer {service_key}"}
     client = AsyncStorageClient(
-        f"{url.rstrip('/')}/storage/v1/", headers, http_client=httpx.AsyncClient(timeout=timeout_s)
+        f"{url.rstrip('/')}/storage/v1/", headers, http_client=http_client(timeout_s)
     )
     return SupabaseStorage(client, bucket)

@@ -1,0 +1,139 @@
+"""The services' HTTP client (httpx on aiohttp's transport, orchestrator/http_clients.py) against
+servers that misbehave at the socket: every failure comes out as one of our errors, and RunPod's
+`/run` is uncertain (it may have the job) exactly when the request may have reached it."""
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from orchestrator.errors import SubmissionUnknown, Transient
+from orchestrator.runpod import RunPodClient, runpod_http
+from orchestrator.storage import supabase_storage
+
+Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+TIMEOUT_S = 0.5
+
+
+async def read_request(reader: asyncio.StreamReader) -> None:
+    """The whole request: its head, then as many bytes as its Content-Length says."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+
+
+async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.close()
+
+
+async def garble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    writer.write(b"Content-Length: 900\r\n\r\n")
+    writer.write(b'{"id": "j", "status": "COMP')
+    await writer.drain()
+    writer.close()
+
+
+async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    await asyncio.sleep(30)  # past the client's timeout; cancelled when the server closes
+
+
+async def outcome(answer: Answer | None, call: Callable[[str], Awaitable[object]]) -> Exception:
+    """What `call(base_url)` raises against a server that answers with `answer` (None: a port
+    where nothing listens)."""
+    handlers: set[asyncio.Task[None]] = set()
+    if answer is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = None
+    else:
+        server = await asyncio.start_server(closing(answer, handlers), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+    try:
+        await asyncio.wait_for(call(f"http://127.0.0.1:{port}"), 10)
+    except Exception as exc:  # what is under test
+        return exc
+    finally:
+        if server is not None:
+            server.close()
+            for handler in handlers:
+                handler.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+    raise AssertionError("the call succeeded")
+
+
+def closing(answer: Answer, handlers: set[asyncio.Task[None]]) -> Answer:
+    """`answer`, its task kept in `handlers`, its connection closed however it ends."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await answer(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client gave up first
+        finally:
+            writer.close()
+
+    return handle
+
+
+async def submit(base_url: str) -> object:
+    async with runpod_http(timeout_s=TIMEOUT_S) as http:
+        return await RunPodClient(http, f"{base_url}/v2", "ep", "key").run({"prompt": "p"})
+
+
+async def poll(base_url: str) -> object:
+    async with runpod_http(timeout_s=TIMEOUT_S) as http:
+        return await RunPodClient(http, f"{base_url}/v2", "ep", "key").status("j")
+
+
+async def upload(base_url: str) -> object:
+    storage = supabase_storage(base_url, "service-key", "works", timeout_s=TIMEOUT_S)
+    try:
+        return await storage.put_png("u/w.png", b"\x89PNG" + bytes(200_000))
+    finally:
+        await storage.aclose()
+
+
+def test_a_run_that_never_connected_is_retried_as_plain_transient():
+    error = asyncio.run(outcome(None, submit))
+    assert type(error) is Transient
+    assert "ConnectError" in str(error)
+
+
+@pytest.mark.parametrize("answer", [hang_up, garble, cut_short, say_nothing])
+def test_a_run_whose_request_went_out_may_have_reached_runpod(answer):
+    error = asyncio.run(outcome(answer, submit))
+    assert isinstance(error, SubmissionUnknown), repr(error)
+
+
+@pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, say_nothing])
+def test_a_status_read_that_fails_at_the_socket_is_transient(answer):
+    error = asyncio.run(outcome(answer, poll))
+    assert type(error) is Transient, repr(error)
+    assert str(error).startswith("RunPod unreachable: ")
+
+
+@pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, say_nothing])
+def test_an_upload_that_fails_at_the_socket_is_transient(answer):
+    error = asyncio.run(outcome(answer, upload))
+    assert type(error) is Transient, repr(error)
+    assert "service-key" not in str(error)
