@@ -4,7 +4,7 @@ DefaultAioHttpClient): the figures behind that choice.
 
 Each call goes through the client klein serve uses, against the bench fakes (bench/fakes.py) on
 127.0.0.1: RunPod's `/run` (RunPodClient.run); `/status` of a finished job, the 2.8 MB answer of a
-1168x880 output (RunPodClient.status); the upload of that 1.6 MB PNG to Supabase Storage
+1168x880 output (RunPodClient.status); the upload of that 2.1 MB PNG to Supabase Storage
 (SupabaseStorage.put_png, storage3); an OpenRouter translation (OpenRouterClient.translate, the
 openai SDK). Measured: CPU time of the calling thread per call (`time.thread_time`), one call
 after another. Left out: the fakes' CPU (threads of their own), the parse of a large answer in
@@ -38,7 +38,7 @@ from tests.fakes.storage import DEFAULT_SERVICE_KEY
 
 OUTPUT_SIZE = (1168, 880)
 TRANSPORTS = ("httpx", "aiohttp")
-CALLS = ("RunPod /run", "RunPod /status, finished (2.8 MB)", "Storage upload (1.6 MB)")
+CALLS = ("RunPod /run", "RunPod /status, finished (2.8 MB)", "Storage upload (2.1 MB)")
 OPENROUTER = "OpenRouter translation"
 TIMEOUT_S = 30.0
 

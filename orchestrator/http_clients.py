@@ -1,9 +1,9 @@
 """The HTTP client klein serve calls RunPod and Supabase Storage with: httpx's interface over
 aiohttp's transport (httpx-aiohttp).
 
-httpx's own transport (httpcore, h11 and anyio, pure Python) spent 6-7 ms of CPU on a 1.6 MB
-upload, 10 ms on reading a finished job's 2.8 MB `/status` answer and 1.5 ms on a small call;
-through aiohttp the same calls take about 1.8, 6.5 and 0.7 ms (bench/http_transport.py).
+httpx's own transport (httpcore, h11 and anyio, pure Python) spent 10.6 ms of CPU on a 2.1 MB
+upload, 11.4 ms on reading a finished job's 2.8 MB `/status` answer and 1.9 ms on a `/run`;
+through aiohttp the same calls take 4.7, 5.2 and 1.0 ms (bench/http_transport.py).
 
 httpx-aiohttp maps aiohttp's errors onto httpx's, but coarsely: every connection error, a reset
 or a disconnect after the request went out included, becomes `httpx.ConnectTimeout`, and errors

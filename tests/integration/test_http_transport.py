@@ -4,13 +4,16 @@ servers that misbehave at the socket: every failure comes out as one of our erro
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 
 from orchestrator.errors import SubmissionUnknown, Transient
 from orchestrator.runpod import RunPodClient, runpod_http
 from orchestrator.storage import supabase_storage
+from tests.integration.tlskit import certificates
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TIMEOUT_S = 0.5
@@ -53,33 +56,11 @@ async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     await asyncio.sleep(30)  # past the client's timeout; cancelled when the server closes
 
 
-async def outcome(answer: Answer | None, call: Callable[[str], Awaitable[object]]) -> Exception:
-    """What `call(base_url)` raises against a server that answers with `answer` (None: a port
-    where nothing listens)."""
+@asynccontextmanager
+async def serving(answer: Answer, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """A server on 127.0.0.1 answering each connection with `answer`; its port. Its
+    connections are closed however they end, and none outlives the block."""
     handlers: set[asyncio.Task[None]] = set()
-    if answer is None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = None
-    else:
-        server = await asyncio.start_server(closing(answer, handlers), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-    try:
-        await asyncio.wait_for(call(f"http://127.0.0.1:{port}"), 10)
-    except Exception as exc:  # what is under test
-        return exc
-    finally:
-        if server is not None:
-            server.close()
-            for handler in handlers:
-                handler.cancel()
-            await asyncio.gather(*handlers, return_exceptions=True)
-    raise AssertionError("the call succeeded")
-
-
-def closing(answer: Answer, handlers: set[asyncio.Task[None]]) -> Answer:
-    """`answer`, its task kept in `handlers`, its connection closed however it ends."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -87,12 +68,44 @@ def closing(answer: Answer, handlers: set[asyncio.Task[None]]) -> Answer:
         handlers.add(task)
         try:
             await answer(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass  # the client gave up first
         finally:
             writer.close()
 
-    return handle
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for handler in handlers:
+            handler.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+
+async def outcome(answer: Answer | None, call: Callable[[str], Awaitable[object]]) -> Exception:
+    """What `call(base_url)` raises against a server that answers with `answer` (None: a port
+    where nothing listens)."""
+    try:
+        if answer is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            await asyncio.wait_for(call(f"http://127.0.0.1:{port}"), 10)
+        else:
+            async with serving(answer) as port:
+                await asyncio.wait_for(call(f"http://127.0.0.1:{port}"), 10)
+    except Exception as exc:  # what is under test
+        return exc
+    raise AssertionError("the call succeeded")
+
+
+async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await read_request(reader)
+    body = b'{"id": "runpod-1", "status": "IN_QUEUE"}'
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
 
 
 async def submit(base_url: str) -> object:
@@ -137,3 +150,29 @@ def test_an_upload_that_fails_at_the_socket_is_transient(answer):
     error = asyncio.run(outcome(answer, upload))
     assert type(error) is Transient, repr(error)
     assert "service-key" not in str(error)
+
+
+def test_runpod_over_tls_is_verified_before_anything_is_sent(tmp_path, monkeypatch):
+    """A certificate from an unknown authority is refused while connecting (so a retry cannot
+    start a second job); the same server, its authority trusted, gets the job."""
+    ca, cert, key = certificates(tmp_path, "localhost")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    requests: list[None] = []
+
+    async def counting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(None)
+        await accept(reader, writer)
+
+    async def scenario() -> tuple[object, object]:
+        async with serving(counting, tls) as port:
+            base = f"https://localhost:{port}"
+            untrusted = await asyncio.gather(submit(base), return_exceptions=True)
+            monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # read as the client is made
+            return untrusted[0], await submit(base)
+
+    refused, accepted = asyncio.run(scenario())
+    assert type(refused) is Transient, repr(refused)
+    assert "certificate verify failed" in str(refused.__cause__)  # what httpx's error says
+    assert accepted == "runpod-1"
+    assert len(requests) == 1  # only the trusted call's request was read
