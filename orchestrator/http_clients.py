@@ -13,25 +13,64 @@ catches `httpx.HTTPError` only, so this transport names them again: `ConnectErro
 `ConnectTimeout` only when no connection was made, every other failure a read or protocol error.
 """
 
+import asyncio
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import cast
 
 import aiohttp
 import httpx
+from httpx._config import DEFAULT_LIMITS
+from httpx._types import CertTypes
 from httpx_aiohttp import AiohttpTransport
 
 
 def http_client(timeout_s: float, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
-    """An httpx client on aiohttp's transport, with `timeout_s` for connecting and each read."""
-    transport = _Transport(limits=limits or httpx.Limits())
-    return httpx.AsyncClient(transport=transport, timeout=timeout_s)
+    """An httpx client on aiohttp's transport, with `timeout_s` for connecting and each read.
+    Like httpx's own, it honours HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE."""
+    return _Client(timeout=timeout_s, limits=limits or DEFAULT_LIMITS)
+
+
+class _Client(httpx.AsyncClient):
+    """httpx.AsyncClient making its transports, the proxies' included, on aiohttp's (an explicit
+    `transport=` would turn the environment's proxies off)."""
+
+    def _init_transport(  # noqa: PLR0917 - httpx's signature
+        self,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> httpx.AsyncBaseTransport:
+        if transport is not None:
+            return transport
+        return _Transport(verify=verify, cert=cert, trust_env=trust_env, limits=limits)
+
+    def _init_proxy_transport(  # noqa: PLR0917 - httpx's signature
+        self,
+        proxy: httpx.Proxy,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: CertTypes | None = None,
+        trust_env: bool = True,
+        http1: bool = True,
+        http2: bool = False,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> httpx.AsyncBaseTransport:
+        return _Transport(verify=verify, cert=cert, trust_env=trust_env, limits=limits, proxy=proxy)
 
 
 class _Transport(AiohttpTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        with _named_again(request):
-            response = await super().handle_async_request(request)
+        try:
+            async with asyncio.timeout(_request_deadline_s(request)):
+                with _named_again(request):
+                    response = await super().handle_async_request(request)
+        except TimeoutError as exc:  # ours: aiohttp's own timeouts are named again inside
+            raise httpx.WriteTimeout("the request was not sent in time", request=request) from exc
         body = cast(httpx.AsyncByteStream, response.stream)  # AiohttpTransport's is async
         response.stream = _Body(body, request)
         return response
@@ -52,6 +91,15 @@ class _Body(httpx.AsyncByteStream):
     async def aclose(self) -> None:
         with _named_again(self._request):
             await self._stream.aclose()
+
+
+def _request_deadline_s(request: httpx.Request) -> float | None:
+    """How long connecting, sending the request and waiting for the answer's head may take in
+    all: aiohttp bounds the connecting and each read, but not the sending (httpx bounds each
+    write), so an upload nobody reads would otherwise wait forever."""
+    timeouts = request.extensions.get("timeout", {})
+    parts = [timeouts.get(name) for name in ("connect", "write", "read")]
+    return None if None in parts else sum(parts)
 
 
 @contextmanager

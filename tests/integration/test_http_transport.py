@@ -176,3 +176,47 @@ def test_runpod_over_tls_is_verified_before_anything_is_sent(tmp_path, monkeypat
     assert "certificate verify failed" in str(refused.__cause__)  # what httpx's error says
     assert accepted == "runpod-1"
     assert len(requests) == 1  # only the trusted call's request was read
+
+
+def test_the_environments_proxy_carries_the_calls(monkeypatch):
+    """HTTP_PROXY is honoured, as by httpx's own transport: the call goes to the proxy, naming
+    the service's URL in full (the service's name need not resolve here)."""
+    targets: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        targets.append((await reader.readuntil(b"\r\n")).split()[1])
+        await accept(reader, writer)
+
+    async def scenario() -> object:
+        async with serving(proxy) as port:
+            monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+            monkeypatch.delenv("NO_PROXY", raising=False)
+            monkeypatch.delenv("no_proxy", raising=False)
+            return await submit("http://runpod.invalid")
+
+    assert asyncio.run(scenario()) == "runpod-1"
+    assert targets == [b"http://runpod.invalid/v2/ep/run"]
+
+
+def test_an_upload_nobody_reads_ends_at_the_clients_timeout():
+    """A Storage that accepts the connection and never reads: the upload stalls once the
+    socket's buffers are full, and still ends, as a Transient, within the client's timeout."""
+
+    async def never_read(_reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(30)
+
+    async def big_upload(base_url: str) -> object:
+        storage = supabase_storage(base_url, "service-key", "works", timeout_s=TIMEOUT_S)
+        try:
+            return await storage.put_png("u/w.png", b"\x89PNG" + bytes(64 * 1024 * 1024))
+        finally:
+            await storage.aclose()
+
+    async def scenario() -> tuple[Exception, float]:
+        started = asyncio.get_running_loop().time()
+        error = await outcome(never_read, big_upload)
+        return error, asyncio.get_running_loop().time() - started
+
+    error, elapsed_s = asyncio.run(scenario())
+    assert type(error) is Transient, repr(error)
+    assert elapsed_s < 5  # TIMEOUT_S without a byte moving, not outcome()'s 10 s guard
