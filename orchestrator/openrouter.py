@@ -15,6 +15,7 @@ TRANSLATE_SYSTEM_PROMPT = (
     "Output only the translated prompt, nothing else."
 )
 MAX_PAUSE_S = 60.0  # a reset further away than this is not waited for in one go
+MAX_CHAIN = 16  # exceptions followed back to the first failure (a chain cannot loop past this)
 TITLE_SYSTEM_PROMPT = "이미지를 보고 한국어로 짧은 제목을 생성해주세요. 10자 이내로 작성하세요."
 
 
@@ -88,7 +89,7 @@ class OpenRouterClient:
                 raise error from exc
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
                 self._count(type(exc).__name__)
-                raise Transient(f"OpenRouter unreachable: {type(exc).__name__}") from exc
+                raise Transient(f"OpenRouter unreachable: {unreachable(exc)}") from exc
         self.backpressure.succeeded()
         self._count("200")
         if not completion.choices:
@@ -109,6 +110,19 @@ def translate_status_error(exc: openai.APIStatusError) -> Exception:
         headers = exc.response.headers if exc.response is not None else {}
         return Transient(f"OpenRouter answered {code}", retry_after_s=reset_in_s(headers))
     return Permanent(f"OpenRouter refused the request ({code})")
+
+
+def unreachable(exc: openai.APIError) -> str:
+    """The SDK's error and, when it differs, the first failure in its chain: the SDK's aiohttp
+    client calls a refused connection an APITimeoutError, which alone would mislead."""
+    first: BaseException = exc
+    for _ in range(MAX_CHAIN):
+        cause = first.__cause__ or first.__context__
+        if cause is None:
+            break
+        first = cause
+    name, why = type(exc).__name__, type(first).__name__
+    return name if why == name else f"{name} ({why})"
 
 
 def reset_in_s(headers: Mapping[str, str], now_s: float | None = None) -> float | None:

@@ -8,9 +8,11 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import openai
 import pytest
 
 from orchestrator.errors import SubmissionUnknown, Transient
+from orchestrator.openrouter import OpenRouterClient
 from orchestrator.runpod import RunPodClient, runpod_http
 from orchestrator.storage import supabase_storage
 from tests.integration.tlskit import certificates
@@ -70,6 +72,8 @@ async def serving(answer: Answer, tls: ssl.SSLContext | None = None) -> AsyncIte
             await answer(reader, writer)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass  # the client gave up first
+        except asyncio.CancelledError:
+            pass  # closed below, after the test: ends quietly (asyncio logs a cancelled one)
         finally:
             writer.close()
 
@@ -220,3 +224,26 @@ def test_an_upload_nobody_reads_ends_at_the_clients_timeout():
     error, elapsed_s = asyncio.run(scenario())
     assert type(error) is Transient, repr(error)
     assert elapsed_s < 5  # TIMEOUT_S without a byte moving, not outcome()'s 10 s guard
+
+
+@pytest.mark.parametrize(
+    ("answer", "first_failure"), [(None, "ConnectionRefusedError"), (say_nothing, "Timeout")]
+)
+def test_openrouter_on_the_sdks_aiohttp_client_says_what_failed(answer, first_failure):
+    """The SDK's aiohttp client calls a refused connection an APITimeoutError; the job's error
+    names the first failure too, and it is a Transient (the translation falls back)."""
+
+    async def translate(base_url: str) -> object:
+        http = openai.DefaultAioHttpClient(timeout=TIMEOUT_S)
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{base_url}/api/v1", api_key="sk-secret", max_retries=0, http_client=http
+        )
+        async with sdk:
+            client = OpenRouterClient(sdk, translate_model="t", title_model="v")
+            return await client.translate("배경을 해변으로 바꿔줘")
+
+    error = asyncio.run(outcome(answer, translate))
+    assert type(error) is Transient, repr(error)
+    assert str(error).startswith("OpenRouter unreachable: API")
+    assert first_failure in str(error)
+    assert "sk-secret" not in str(error)
