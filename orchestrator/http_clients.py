@@ -14,7 +14,6 @@ catches `httpx.HTTPError` only, so this transport names them again: `ConnectErro
 """
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import cast
@@ -22,45 +21,20 @@ from typing import cast
 import aiohttp
 import httpx
 from httpx._config import DEFAULT_LIMITS
-from httpx._types import CertTypes
+from httpx._utils import get_environment_proxies
 from httpx_aiohttp import AiohttpTransport
 
 
 def http_client(timeout_s: float, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
     """An httpx client on aiohttp's transport, with `timeout_s` for connecting and each read.
-    Like httpx's own, it honours HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE."""
-    return _Client(timeout=timeout_s, limits=limits or DEFAULT_LIMITS)
-
-
-class _Client(httpx.AsyncClient):
-    """httpx.AsyncClient making its transports, the proxies' included, on aiohttp's (an explicit
-    `transport=` would turn the environment's proxies off)."""
-
-    def _init_transport(  # noqa: PLR0917 - httpx's signature
-        self,
-        verify: ssl.SSLContext | str | bool = True,
-        cert: CertTypes | None = None,
-        trust_env: bool = True,
-        http1: bool = True,
-        http2: bool = False,
-        limits: httpx.Limits = DEFAULT_LIMITS,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> httpx.AsyncBaseTransport:
-        if transport is not None:
-            return transport
-        return _Transport(verify=verify, cert=cert, trust_env=trust_env, limits=limits)
-
-    def _init_proxy_transport(  # noqa: PLR0917 - httpx's signature
-        self,
-        proxy: httpx.Proxy,
-        verify: ssl.SSLContext | str | bool = True,
-        cert: CertTypes | None = None,
-        trust_env: bool = True,
-        http1: bool = True,
-        http2: bool = False,
-        limits: httpx.Limits = DEFAULT_LIMITS,
-    ) -> httpx.AsyncBaseTransport:
-        return _Transport(verify=verify, cert=cert, trust_env=trust_env, limits=limits, proxy=proxy)
+    Like httpx's own, it honours HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE (an explicit
+    `transport=` turns httpx's reading of the proxies off, so they are mounted here)."""
+    limits = limits or DEFAULT_LIMITS
+    proxies = {
+        pattern: None if url is None else _Transport(limits=limits, proxy=httpx.Proxy(url))
+        for pattern, url in get_environment_proxies().items()
+    }
+    return httpx.AsyncClient(transport=_Transport(limits=limits), mounts=proxies, timeout=timeout_s)
 
 
 class _Transport(AiohttpTransport):
