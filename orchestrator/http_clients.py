@@ -14,6 +14,7 @@ catches `httpx.HTTPError` only, so this transport names them again: `ConnectErro
 """
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import cast
@@ -46,20 +47,27 @@ class _Transport(AiohttpTransport):
         except TimeoutError as exc:  # ours: aiohttp's own timeouts are named again inside
             raise httpx.WriteTimeout("the request was not sent in time", request=request) from exc
         body = cast(httpx.AsyncByteStream, response.stream)  # AiohttpTransport's is async
-        response.stream = _Body(body, request)
+        response.stream = _Body(body, request, _request_deadline_s(request))
         return response
 
 
 class _Body(httpx.AsyncByteStream):
-    """The answer's body, its read errors named again too."""
+    """The answer's body, its read errors named again too. Each read is bounded by aiohttp;
+    the whole body by `deadline_s` too, so that a server trickling a byte at a time cannot
+    hold the call forever (checked after each chunk: at most one read past it)."""
 
-    def __init__(self, stream: httpx.AsyncByteStream, request: httpx.Request) -> None:
+    def __init__(
+        self, stream: httpx.AsyncByteStream, request: httpx.Request, deadline_s: float | None
+    ) -> None:
         self._stream = stream
         self._request = request
+        self._ends_at = None if deadline_s is None else time.monotonic() + deadline_s
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         with _named_again(self._request):
             async for chunk in self._stream:
+                if self._ends_at is not None and time.monotonic() > self._ends_at:
+                    raise httpx.ReadTimeout("the answer took too long", request=self._request)
                 yield chunk
 
     async def aclose(self) -> None:
@@ -69,8 +77,9 @@ class _Body(httpx.AsyncByteStream):
 
 def _request_deadline_s(request: httpx.Request) -> float | None:
     """How long connecting, sending the request and waiting for the answer's head may take in
-    all: aiohttp bounds the connecting and each read, but not the sending (httpx bounds each
-    write), so an upload nobody reads would otherwise wait forever."""
+    all, and then the answer's body: aiohttp bounds the connecting and each read, but not the
+    sending (httpx bounds each write) nor a whole answer, so an upload nobody reads or a body
+    trickling in would otherwise wait forever."""
     timeouts = request.extensions.get("timeout", {})
     parts = [timeouts.get(name) for name in ("connect", "write", "read")]
     return None if None in parts else sum(parts)

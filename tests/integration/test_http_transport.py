@@ -53,6 +53,17 @@ async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     writer.close()
 
 
+async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An answer whose body comes a byte at a time, each within the client's read timeout."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    writer.write(b"Content-Length: 900\r\n\r\n")
+    for _ in range(900):
+        writer.write(b" ")
+        await writer.drain()
+        await asyncio.sleep(TIMEOUT_S / 3)
+
+
 async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_request(reader)
     await asyncio.sleep(30)  # past the client's timeout; cancelled when the server closes
@@ -136,20 +147,20 @@ def test_a_run_that_never_connected_is_retried_as_plain_transient():
     assert "ConnectError" in str(error)
 
 
-@pytest.mark.parametrize("answer", [hang_up, garble, cut_short, say_nothing])
+@pytest.mark.parametrize("answer", [hang_up, garble, cut_short, trickle, say_nothing])
 def test_a_run_whose_request_went_out_may_have_reached_runpod(answer):
     error = asyncio.run(outcome(answer, submit))
     assert isinstance(error, SubmissionUnknown), repr(error)
 
 
-@pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, say_nothing])
+@pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, trickle, say_nothing])
 def test_a_status_read_that_fails_at_the_socket_is_transient(answer):
     error = asyncio.run(outcome(answer, poll))
     assert type(error) is Transient, repr(error)
     assert str(error).startswith("RunPod unreachable: ")
 
 
-@pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, say_nothing])
+@pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, trickle, say_nothing])
 def test_an_upload_that_fails_at_the_socket_is_transient(answer):
     error = asyncio.run(outcome(answer, upload))
     assert type(error) is Transient, repr(error)
