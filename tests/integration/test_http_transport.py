@@ -44,10 +44,15 @@ async def garble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
+def answer_head(writer: asyncio.StreamWriter, length: int) -> None:
+    """A 200 answer's head, for a JSON body of `length` bytes."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+    writer.write(b"Content-Length: %d\r\n\r\n" % length)
+
+
 async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-    writer.write(b"Content-Length: 900\r\n\r\n")
+    answer_head(writer, 900)
     writer.write(b'{"id": "j", "status": "COMP')
     await writer.drain()
     writer.close()
@@ -56,8 +61,7 @@ async def cut_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
 async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """An answer whose body comes a byte at a time, each within the client's read timeout."""
     await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-    writer.write(b"Content-Length: 900\r\n\r\n")
+    answer_head(writer, 900)
     for _ in range(900):
         writer.write(b" ")
         await writer.drain()
@@ -118,8 +122,8 @@ async def outcome(answer: Answer | None, call: Callable[[str], Awaitable[object]
 async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await read_request(reader)
     body = b'{"id": "runpod-1", "status": "IN_QUEUE"}'
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-    writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    answer_head(writer, len(body))
+    writer.write(body)
     await writer.drain()
 
 
