@@ -40,14 +40,16 @@ def http_client(timeout_s: float, limits: httpx.Limits | None = None) -> httpx.A
 
 class _Transport(AiohttpTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        deadline_s = _request_deadline_s(request)
         try:
-            async with asyncio.timeout(_request_deadline_s(request)):
+            async with asyncio.timeout(deadline_s):
                 with _named_again(request):
                     response = await super().handle_async_request(request)
         except TimeoutError as exc:  # ours: aiohttp's own timeouts are named again inside
-            raise httpx.WriteTimeout("the request was not sent in time", request=request) from exc
+            message = "the request and its answer's head took too long"
+            raise httpx.WriteTimeout(message, request=request) from exc
         body = cast(httpx.AsyncByteStream, response.stream)  # AiohttpTransport's is async
-        response.stream = _Body(body, request, _request_deadline_s(request))
+        response.stream = _Body(body, request, deadline_s)
         return response
 
 
