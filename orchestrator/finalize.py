@@ -16,7 +16,7 @@ from orchestrator.errors import NeedsOperator, Permanent, Transient, WorkCancell
 from orchestrator.jobs import ClaimedJob, JobStatus, Outcome
 from orchestrator.openrouter import OpenRouterClient
 from orchestrator.outcomes import finish_in
-from orchestrator.output_image import check_output, unpack_output
+from orchestrator.output_image import check_output, unpack_output, unpacks_on_loop
 from orchestrator.policy import clean_title
 from orchestrator.storage import output_path
 from orchestrator.timings import StageClock, record_timings
@@ -55,7 +55,10 @@ async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
     proof is removed again before the job fails, so no row ever names an unproven image."""
     stage = deps.metrics.stage_seconds
     with stage.labels("decode").time():
-        unpacked = await deps.cpu.run(unpack_output, output)
+        if unpacks_on_loop(output):
+            unpacked = unpack_output(output)
+        else:
+            unpacked = await deps.cpu.run(unpack_output, output)
     path = output_path(job.user_id or "", job.work_id)
     with stage.labels("store").time():
         upload = asyncio.create_task(deps.storage.put_png(path, unpacked.png))

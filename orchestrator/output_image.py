@@ -1,7 +1,8 @@
 """The GPU's output image, made ready off the event loop: verified, stripped of ComfyUI's text
 chunks (the whole graph, the prompt, the upload name), and thumbnailed when the title model is
-to see a thumbnail (TITLE_IMAGE). Pure CPU work, run in the CPU lane: `unpack_output` before
-the upload, `check_output` while it goes (finalize.store).
+to see a thumbnail (TITLE_IMAGE). Pure CPU work: `unpack_output` before the upload (on the event
+loop for an output of usual size, `unpacks_on_loop`), `check_output` in the CPU lane while it
+goes (finalize.store).
 
 Verified means proven decodable: ComfyUI's usual output (8-bit RGB or RGBA, one frame) by
 `ready_png` (every CRC, the image data inflated in full to exactly its size, ~5 ms for 1 MP),
@@ -28,6 +29,11 @@ INVALID_OUTPUT = "RunPod returned an invalid image"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
 THUMBNAIL_SIDE = 512
+# An output up to this much base64 (a photo-like PNG of about 6 MP) is unpacked on the event loop:
+# ~0.5 ms for 1 MP, where the CPU lane's thread hop cost 3-4 ms more, since pybase64 lets go of
+# the GIL and must win it back (bench/full_path.py, 2 jobs/s). A larger one stalls the loop too
+# long and goes to the lane.
+UNPACK_ON_LOOP_MAX_CHARS = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,12 @@ def unpack_output(output: object) -> UnpackedOutput:
         png=strip_text_chunks(data),
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
     )
+
+
+def unpacks_on_loop(output: object) -> bool:
+    """Whether `unpack_output(output)` is quick enough for the event loop."""
+    image = output.get("image") if isinstance(output, Mapping) else None
+    return not isinstance(image, str) or len(image) <= UNPACK_ON_LOOP_MAX_CHARS
 
 
 def check_output(png: bytes, *, thumbnail: bool) -> CheckedImage:

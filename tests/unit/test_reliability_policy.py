@@ -17,7 +17,13 @@ from PIL.PngImagePlugin import PngInfo
 
 from orchestrator.errors import NeedsOperator, Permanent, SubmissionUnknown, Transient
 from orchestrator.jobs import ClaimedJob, WorkStatus
-from orchestrator.output_image import INVALID_OUTPUT, prepare_output, strip_text_chunks
+from orchestrator.output_image import (
+    INVALID_OUTPUT,
+    UNPACK_ON_LOOP_MAX_CHARS,
+    prepare_output,
+    strip_text_chunks,
+    unpacks_on_loop,
+)
 from orchestrator.policy import (
     CallbackAction,
     callback_action,
@@ -177,6 +183,19 @@ def test_the_stored_output_has_no_text_chunks_and_the_same_pixels():
 def test_an_output_that_is_not_a_whole_png_is_invalid(output):
     with pytest.raises(Permanent, match=INVALID_OUTPUT):
         prepare_output(output)
+
+
+@pytest.mark.parametrize(
+    ("output", "on_loop"),
+    [
+        ({"image": "A" * UNPACK_ON_LOOP_MAX_CHARS}, True),
+        ({"image": "A" * (UNPACK_ON_LOOP_MAX_CHARS + 4)}, False),
+        ({"image": 7}, True),  # refused at once: nothing to decode
+        ("not a mapping", True),
+    ],
+)
+def test_only_an_output_of_usual_size_is_unpacked_on_the_event_loop(output, on_loop):
+    assert unpacks_on_loop(output) is on_loop
 
 
 def test_without_a_thumbnail_the_output_is_still_verified_and_measured():
