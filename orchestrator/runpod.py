@@ -24,6 +24,11 @@ from orchestrator.metrics import Metrics
 from orchestrator.policy import window_bucket
 
 JSON_ON_LOOP_MAX_BYTES = 64 * 1024
+# The most of one answer read (RUNPOD_WEBHOOK_MAX_BYTES, the completion webhook's cap too): a
+# finished job's carries its image (2.8 MB for 1 MP), and a broken or hostile endpoint's endless
+# answer would otherwise be read into memory until the request's deadline.
+ANSWER_MAX_BYTES = 32 * 1024 * 1024
+CALL_ANSWER_MAX_BYTES = 1024 * 1024  # `/run`'s and `/cancel`'s answers: about 100 bytes
 # Requests to RunPod under way at once (runpod_http's connection limit). Waiting for a turn
 # here costs no pool bookkeeping (httpx's own pool scanned every connection for every queued
 # request: a third of klein serve's CPU with 1,000 jobs in flight, bench/full_path.py), and it
@@ -115,8 +120,10 @@ class RunPodClient:
         status_per_10s: int = STATUS_PER_10S,
         metrics: Metrics | None = None,
         cpu: CpuLane | None = None,
+        max_answer_bytes: int = ANSWER_MAX_BYTES,
     ) -> None:
         self._http = http
+        self._max_answer_bytes = max_answer_bytes
         self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
         self._endpoint_id = endpoint_id
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -132,16 +139,21 @@ class RunPodClient:
     async def _call(self, method: str, path: str, limiter: AsyncLimiter, **kwargs: Any) -> Any:
         async with limiter, self._requests:
             try:
-                response = await self._http.request(
+                async with self._http.stream(
                     method, self._base + path, headers=self._headers, **kwargs
-                )
+                ) as response:
+                    self._count(str(response.status_code))
+                    raise_for_status(response, path, self._endpoint_id)
+                    body = await read_at_most(response, None, limit=CALL_ANSWER_MAX_BYTES)
             except httpx.HTTPError as exc:
                 self._count(type(exc).__name__)
                 raise transport_error(exc, path) from exc
-        self._count(str(response.status_code))
-        raise_for_status(response, path, self._endpoint_id)
+            except AnswerTooLarge as exc:
+                if path == "/run":  # it reached RunPod, which may have the job
+                    raise SubmissionUnknown(f"{exc}; RunPod may have the job") from exc
+                raise
         try:
-            return await self.parse_json(response.content)
+            return await self.parse_json(body or b"")
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
 
@@ -202,10 +214,14 @@ class RunPodClient:
                 ) as response:
                     self._count(str(response.status_code))
                     raise_for_status(response, f"/status/{job_id}", self._endpoint_id)
-                    return await read_at_most(response, max_bytes, room)
+                    return await read_at_most(
+                        response, max_bytes, room, limit=self._max_answer_bytes
+                    )
             except httpx.HTTPError as exc:
                 self._count(type(exc).__name__)
                 raise transport_error(exc, "/status") from exc
+            except AnswerTooLarge as exc:
+                raise AnswerTooLarge(f"{exc} (RUNPOD_WEBHOOK_MAX_BYTES)") from exc
 
     async def cancel(self, job_id: str) -> None:
         """Ask RunPod to cancel; a job it no longer knows needs no cancelling."""
@@ -215,12 +231,22 @@ class RunPodClient:
             return
 
 
+class AnswerTooLarge(Permanent):
+    """An answer over the client's limit: read no further, and not worth asking for again."""
+
+
 async def read_at_most(
-    response: httpx.Response, max_bytes: int | None, room: Callable[[], bool] = no_room
+    response: httpx.Response,
+    max_bytes: int | None,
+    room: Callable[[], bool] = no_room,
+    *,
+    limit: int | None = None,
 ) -> bytes | None:
     """The body, or None (the rest left unread) once it passes `max_bytes` (None: no cap)
-    unless `room()`, asked then, lifts the cap."""
+    unless `room()`, asked then, lifts the cap; past `limit` (None: none), AnswerTooLarge."""
     declared = response.headers.get("content-length", "")
+    if declared.isdigit():
+        _within(int(declared), limit)
     if max_bytes is not None and declared.isdigit() and int(declared) > max_bytes:
         if not room():
             return None
@@ -229,12 +255,18 @@ async def read_at_most(
     size = 0
     async for chunk in response.aiter_bytes():
         size += len(chunk)
+        _within(size, limit)
         if max_bytes is not None and size > max_bytes:
             if not room():
                 return None
             max_bytes = None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _within(size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise AnswerTooLarge(f"RunPod's answer is over {limit} bytes; it was not read")
 
 
 def parse_status(job_id: str, answer: object) -> RunPodJob:

@@ -155,6 +155,7 @@ async def run_server(
                 status_per_10s=status_per_10s,
                 metrics=metrics,
                 cpu=cpu,
+                max_answer_bytes=settings.runpod_webhook_max_bytes,
             ),
             openrouter=await _openrouter(settings, stack, metrics),
             storage=storage,

@@ -11,14 +11,15 @@ from contextlib import asynccontextmanager
 import openai
 import pytest
 
-from orchestrator.errors import SubmissionUnknown, Transient
+from orchestrator.errors import Permanent, SubmissionUnknown, Transient
 from orchestrator.openrouter import OpenRouterClient
-from orchestrator.runpod import RunPodClient, runpod_http
+from orchestrator.runpod import AnswerTooLarge, RunPodClient, runpod_http
 from orchestrator.storage import supabase_storage
 from tests.integration.tlskit import certificates
 
 Answer = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 TIMEOUT_S = 0.5
+MiB = 1024 * 1024
 
 
 async def read_request(reader: asyncio.StreamReader) -> None:
@@ -66,6 +67,25 @@ async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         writer.write(b" ")
         await writer.drain()
         await asyncio.sleep(TIMEOUT_S / 3)
+
+
+def endless(*, declared: bool) -> Answer:
+    """An answer that never ends, as fast as the socket takes it: its length declared (1 TB),
+    or chunked."""
+    piece = b" " * 65536
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        if declared:
+            answer_head(writer, 10**12)
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+            writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        while True:
+            writer.write(piece if declared else b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+
+    return answer
 
 
 async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -137,6 +157,19 @@ async def poll(base_url: str) -> object:
         return await RunPodClient(http, f"{base_url}/v2", "ep", "key").status("j")
 
 
+async def poll_capped(base_url: str) -> object:
+    async with runpod_http(timeout_s=TIMEOUT_S) as http:
+        runpod = RunPodClient(http, f"{base_url}/v2", "ep", "key", max_answer_bytes=MiB)
+        return await runpod.status("j")
+
+
+async def peek_capped(base_url: str) -> object:
+    """A peek with room to read on past its 64 KB: the client's cap still holds."""
+    async with runpod_http(timeout_s=TIMEOUT_S) as http:
+        runpod = RunPodClient(http, f"{base_url}/v2", "ep", "key", max_answer_bytes=MiB)
+        return await runpod.peek("j", room=lambda: True)
+
+
 async def upload(base_url: str) -> object:
     storage = supabase_storage(base_url, "service-key", "works", timeout_s=TIMEOUT_S)
     try:
@@ -155,6 +188,25 @@ def test_a_run_that_never_connected_is_retried_as_plain_transient():
 def test_a_run_whose_request_went_out_may_have_reached_runpod(answer):
     error = asyncio.run(outcome(answer, submit))
     assert isinstance(error, SubmissionUnknown), repr(error)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "chunked"])
+@pytest.mark.parametrize("call", [poll_capped, peek_capped])
+def test_a_status_answer_over_the_cap_fails_the_work_unread(call, declared):
+    """An endless answer arrives far faster than the read deadline; the cap ends it."""
+    error = asyncio.run(outcome(endless(declared=declared), call))
+    assert isinstance(error, AnswerTooLarge), repr(error)
+    assert isinstance(error, Permanent)  # the work fails: asking again gets the same answer
+    assert str(error) == (
+        "RunPod's answer is over 1048576 bytes; it was not read (RUNPOD_WEBHOOK_MAX_BYTES)"
+    )
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "chunked"])
+def test_a_run_answer_over_its_cap_may_have_reached_runpod(declared):
+    error = asyncio.run(outcome(endless(declared=declared), submit))
+    assert isinstance(error, SubmissionUnknown), repr(error)
+    assert "over 1048576 bytes" in str(error)
 
 
 @pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, trickle, say_nothing])
