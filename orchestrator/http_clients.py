@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import httpx
@@ -26,19 +26,30 @@ from httpx._utils import get_environment_proxies
 from httpx_aiohttp import AiohttpTransport
 
 
-def http_client(timeout_s: float, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
-    """An httpx client on aiohttp's transport, with `timeout_s` for connecting and each read.
+def http_client(
+    timeout_s: float, limits: httpx.Limits | None = None, max_answer_bytes: int | None = None
+) -> httpx.AsyncClient:
+    """An httpx client on aiohttp's transport, with `timeout_s` for connecting and each read,
+    and answers refused past `max_answer_bytes` (None: no cap; RemoteProtocolError).
     Like httpx's own, it honours HTTP(S)_PROXY, NO_PROXY and SSL_CERT_FILE (an explicit
     `transport=` turns httpx's reading of the proxies off, so they are mounted here)."""
     limits = limits or DEFAULT_LIMITS
+
+    def transport(proxy: httpx.Proxy | None = None) -> _Transport:
+        return _Transport(limits=limits, proxy=proxy, max_answer_bytes=max_answer_bytes)
+
     proxies = {
-        pattern: None if url is None else _Transport(limits=limits, proxy=httpx.Proxy(url))
+        pattern: None if url is None else transport(httpx.Proxy(url))
         for pattern, url in get_environment_proxies().items()
     }
-    return httpx.AsyncClient(transport=_Transport(limits=limits), mounts=proxies, timeout=timeout_s)
+    return httpx.AsyncClient(transport=transport(), mounts=proxies, timeout=timeout_s)
 
 
 class _Transport(AiohttpTransport):
+    def __init__(self, *, max_answer_bytes: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_answer_bytes = max_answer_bytes
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         deadline_s = _request_deadline_s(request)
         try:
@@ -49,7 +60,12 @@ class _Transport(AiohttpTransport):
             message = "the request and its answer's head took too long"
             raise httpx.WriteTimeout(message, request=request) from exc
         body = cast(httpx.AsyncByteStream, response.stream)  # AiohttpTransport's is async
-        response.stream = _Body(body, request, deadline_s)
+        cap = self._max_answer_bytes
+        declared = response.headers.get("content-length", "")
+        if cap is not None and declared.isdigit() and int(declared) > cap:
+            await body.aclose()
+            raise _too_large(cap, request)
+        response.stream = _Body(body, request, deadline_s, cap)
         return response
 
 
@@ -59,22 +75,35 @@ class _Body(httpx.AsyncByteStream):
     hold the call forever (checked after each chunk: at most one read past it)."""
 
     def __init__(
-        self, stream: httpx.AsyncByteStream, request: httpx.Request, deadline_s: float | None
+        self,
+        stream: httpx.AsyncByteStream,
+        request: httpx.Request,
+        deadline_s: float | None,
+        max_bytes: int | None,
     ) -> None:
         self._stream = stream
         self._request = request
         self._ends_at = None if deadline_s is None else time.monotonic() + deadline_s
+        self._max_bytes = max_bytes
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
         with _named_again(self._request):
             async for chunk in self._stream:
                 if self._ends_at is not None and time.monotonic() > self._ends_at:
                     raise httpx.ReadTimeout("the answer took too long", request=self._request)
+                size += len(chunk)
+                if self._max_bytes is not None and size > self._max_bytes:
+                    raise _too_large(self._max_bytes, self._request)
                 yield chunk
 
     async def aclose(self) -> None:
         with _named_again(self._request):
             await self._stream.aclose()
+
+
+def _too_large(cap: int, request: httpx.Request) -> httpx.RemoteProtocolError:
+    return httpx.RemoteProtocolError(f"the answer is over {cap} bytes", request=request)
 
 
 def _request_deadline_s(request: httpx.Request) -> float | None:

@@ -14,6 +14,8 @@ from orchestrator.errors import NeedsOperator, Permanent, Transient
 from orchestrator.http_clients import http_client
 
 OUTPUT_NAME = "output.png"
+# Storage's answers are a few hundred bytes of JSON; a broken or hostile one is not read past this.
+ANSWER_MAX_BYTES = 1024 * 1024
 
 
 def output_path(user_id: str, work_id: str) -> str:
@@ -124,6 +126,8 @@ def supabase_storage(
     """A SupabaseStorage for a project URL and its service-role key."""
     headers = {"apikey": service_key, "Authorization": f"Bearer {service_key}"}
     client = AsyncStorageClient(
-        f"{url.rstrip('/')}/storage/v1/", headers, http_client=http_client(timeout_s)
+        f"{url.rstrip('/')}/storage/v1/",
+        headers,
+        http_client=http_client(timeout_s, max_answer_bytes=ANSWER_MAX_BYTES),
     )
     return SupabaseStorage(client, bucket)

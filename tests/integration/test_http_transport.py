@@ -209,6 +209,16 @@ def test_a_run_answer_over_its_cap_may_have_reached_runpod(declared):
     assert "over 1048576 bytes" in str(error)
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "chunked"])
+def test_storage_answering_without_end_is_cut_off_at_its_cap(declared):
+    """Storage answers with a few hundred bytes; an endless answer is refused at 1 MiB, long
+    before the read deadline would end it (which says ReadTimeout)."""
+    error = asyncio.run(outcome(endless(declared=declared), upload))
+    assert type(error) is Transient
+    assert str(error) == "Supabase Storage unreachable: RemoteProtocolError"
+    assert "over 1048576 bytes" in str(error.__cause__)
+
+
 @pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, trickle, say_nothing])
 def test_a_status_read_that_fails_at_the_socket_is_transient(answer):
     error = asyncio.run(outcome(answer, poll))
