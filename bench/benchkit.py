@@ -7,6 +7,7 @@ Not a benchmark itself; the scripts beside it import it (run them from the repos
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import statistics
@@ -130,3 +131,15 @@ def print_table(title: str, rows: Sequence[tuple[str, str]]) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+
+
+def calls_and_rounds(
+    argv: list[str] | None, prog: str, doc: str, *, calls: int, kind: str, turns: str
+) -> argparse.Namespace:
+    """The per-call benchmarks' flags: `--calls` of each `kind` per round, and `--rounds`, in
+    which `turns` (the variants measured) alternate."""
+    description = doc.split("\n", maxsplit=1)[0]
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument("--calls", type=int, default=calls, help=f"calls of each {kind} per round")
+    parser.add_argument("--rounds", type=int, default=3, help=f"rounds, {turns} alternating")
+    return parser.parse_args(argv)

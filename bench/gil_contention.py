@@ -17,7 +17,6 @@ worst case, not klein serve's typical one.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import threading
@@ -29,11 +28,12 @@ import msgspec
 import pybase64
 from isal import isal_zlib
 
-from bench.benchkit import print_table
+from bench.benchkit import calls_and_rounds, print_table
 from bench.fakes import photo_png
 from handler.contract import ready_png
 from orchestrator.output_image import strip_text_chunks, unpack_output
 
+PROG = "bench.gil_contention"
 OUTPUT_SIZE = (1168, 880)
 
 
@@ -91,12 +91,7 @@ def _spin(stop: threading.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure and print."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.gil_contention", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--calls", type=int, default=20, help="calls of each step per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, alone and busy alternating")
-    args = parser.parse_args(argv)
+    args = calls_and_rounds(argv, PROG, __doc__, calls=20, kind="step", turns="alone and busy")
     figures: dict[tuple[str, bool], list[float]] = {}
     for round_ in range(args.rounds):
         for name, call in steps().items():

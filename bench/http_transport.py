@@ -16,7 +16,6 @@ alternate the transports, so that the machine's noise weighs on both alike.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import time
@@ -27,7 +26,7 @@ import httpx
 import openai
 from storage3 import AsyncStorageClient
 
-from bench.benchkit import print_table
+from bench.benchkit import calls_and_rounds, print_table
 from bench.fakes import RunPodServer, SlowOpenRouter, SlowStorage, photo_png
 from orchestrator.http_clients import http_client
 from orchestrator.openrouter import OpenRouterClient
@@ -36,6 +35,7 @@ from orchestrator.storage import SupabaseStorage
 from tests.fakes.openrouter import DEFAULT_API_KEY
 from tests.fakes.storage import DEFAULT_SERVICE_KEY
 
+PROG = "bench.http_transport"
 OUTPUT_SIZE = (1168, 880)
 TRANSPORTS = ("httpx", "aiohttp")
 CALLS = ("RunPod /run", "RunPod /status, finished (2.8 MB)", "Storage upload (2.1 MB)")
@@ -123,12 +123,7 @@ async def measure(times: int, rounds: int) -> dict[tuple[str, str], list[float]]
 
 def main(argv: list[str] | None = None) -> int:
     """Measure and print."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.http_transport", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--calls", type=int, default=200, help="calls of each kind per round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, transports alternating")
-    args = parser.parse_args(argv)
+    args = calls_and_rounds(argv, PROG, __doc__, calls=200, kind="kind", turns="transports")
     figures = asyncio.run(measure(args.calls, args.rounds))
     rows = []
     for name in (*CALLS, OPENROUTER):
