@@ -89,7 +89,8 @@ class WebhookGrace:
     it from /status as well: each output then crosses the network once, not twice. It waits
     WEBHOOK_GRACE_S for the webhook to come; while its webhook waits for an output slot; and,
     up to FLOWING_WAIT_S, while other jobs' webhooks keep arriving (a burst: ours is queued
-    behind them at the sender). Then it reads /status."""
+    behind them at the sender). Then it reads /status; at once if its webhook came and found
+    no slot to keep the body in (`JobWake.missed`)."""
 
     FLOWING_WAIT_S = 30.0
     PAUSE_S = 1.0  # how often a waiting job looks again (a delivery wakes it at once)
@@ -102,9 +103,14 @@ class WebhookGrace:
         self._seen_at: float | None = None
 
     def expected(self) -> bool:
-        """True while the webhook may still bring the output."""
-        if not self._enabled or self._seen_at is None or self._wake.incoming:
+        """True while the webhook may still bring the output: no longer once it came and found
+        no slot to keep its body in (in a burst it otherwise waited FLOWING_WAIT_S for nothing)."""
+        if not self._enabled or self._wake.incoming:
             return self._enabled
+        if self._wake.missed:
+            return False
+        if self._seen_at is None:
+            return True
         waited = time.monotonic() - self._seen_at
         flowing = self._outputs.last_webhook_at > self._seen_at
         return waited < self._grace_s or (flowing and waited < self.FLOWING_WAIT_S)

@@ -246,6 +246,10 @@ class JobWake(asyncio.Event):
         self.delivered = asyncio.Event()  # set while a delivery waits to be taken
         self.accepting = False  # True while the job waits for RunPod (await_result)
         self.incoming = 0  # webhooks for the job waiting for a slot to keep their body in
+        # A completion webhook came for the job and found no slot for its body: the output is
+        # to be read from /status, not waited for (await_result.WebhookGrace). Never reset: at
+        # worst a later attempt reads /status without waiting for its webhook first.
+        self.missed = False
 
     def has_delivery(self) -> bool:
         """True while a delivered body waits to be taken."""

@@ -82,8 +82,9 @@ class Orchestrator:
             delivery = await self.deps.outputs.delivery(self.settings.webhook_slot_wait_s)
         finally:
             entry.wake.incoming -= 1
-        if delivery is None:
-            entry.wake.set()  # no room: the job reads its output from /status
+        if delivery is None:  # no room: the job reads its output from /status
+            entry.wake.missed = True
+            entry.wake.set()
         return delivery
 
     async def runpod_callback(

@@ -220,6 +220,44 @@ def test_without_room_for_the_body_the_job_polls_as_before(
     assert finished["output_data_json"]["width"] == 320
 
 
+def test_a_job_whose_webhook_found_no_room_reads_its_output_once_a_slot_is_free(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """The job saw RunPod's job over (its output too large to peek at) and waits for the
+    webhook; the webhook comes but finds no slot for its body. The job then reads its output
+    from /status as soon as a slot is free, instead of waiting on for a webhook that already
+    came (up to WebhookGrace.FLOWING_WAIT_S, 30 s, while webhooks keep arriving)."""
+    endpoint = endpoint_for(ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}))
+
+    async def run():
+        async with with_webhooks(
+            migrated_url,
+            endpoint,
+            openrouter_server,
+            tmp_path,
+            poll_min_interval_s=0.1,
+            progress_write_interval_s=0.1,
+            webhook_slot_wait_s=0.2,
+            webhook_grace_s=0.1,
+            wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
+        ) as orchestrator:
+            held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
+            job_id, answer = await submit_then_post_webhook(
+                migrated_url, orchestrator, completed_body
+            )
+            await asyncio.sleep(0.3)
+            held.release()
+            with contextlib.suppress(AssertionError):
+                await until_finished(migrated_url, job_id, 5)
+            return answer, rows(migrated_url, job_id)[0]
+
+    answer, finished = asyncio.run(run())
+    assert answer.status_code == 200
+    assert finished["job_status"] == "completed"
+    # From /status (the worker's 256x256), not from the webhook's body (96x64).
+    assert finished["output_data_json"]["width"] == 256
+
+
 def noisy_png_b64(side=256) -> str:
     """An output too large to peek at (over 64 KB)."""
     pixels = random.Random(7).randbytes(side * side * 3)
