@@ -1,6 +1,6 @@
 """The CPU klein serve's HTTP clients spend on the calls one job makes, on httpx's own transport
-(httpcore, h11, anyio) and on aiohttp's (orchestrator/http_clients.py; the openai SDK's
-DefaultAioHttpClient): the figures behind that choice.
+(httpcore, h11, anyio) and on aiohttp's (orchestrator/http_clients.py, under the openai SDK too:
+orchestrator/openrouter.py, openrouter_sdk): the figures behind that choice.
 
 Each call goes through the client klein serve uses, against the bench fakes (bench/fakes.py) on
 127.0.0.1: RunPod's `/run` (RunPodClient.run); `/status` of a finished job, the 2.8 MB answer of a
@@ -29,7 +29,7 @@ from storage3 import AsyncStorageClient
 from bench.benchkit import calls_and_rounds, print_table
 from bench.fakes import RunPodServer, SlowOpenRouter, SlowStorage, photo_png
 from orchestrator.http_clients import http_client
-from orchestrator.openrouter import OpenRouterClient
+from orchestrator.openrouter import OpenRouterClient, openrouter_sdk
 from orchestrator.runpod import CONNECTIONS, RunPodClient
 from orchestrator.storage import SupabaseStorage
 from tests.fakes.openrouter import DEFAULT_API_KEY
@@ -78,16 +78,13 @@ async def calls(fakes: Fakes, transport: str) -> AsyncIterator[dict[str, Call]]:
             ),
             "works",
         )
-        llm_http = openai.DefaultAioHttpClient(timeout=60) if transport == "aiohttp" else None
-        llm = await stack.enter_async_context(
-            openai.AsyncOpenAI(
-                base_url=fakes.openrouter.base_url,
-                api_key=DEFAULT_API_KEY,
-                max_retries=0,
-                timeout=60,
-                http_client=llm_http,
+        if transport == "aiohttp":
+            sdk = openrouter_sdk(fakes.openrouter.base_url, DEFAULT_API_KEY)
+        else:
+            sdk = openai.AsyncOpenAI(
+                base_url=fakes.openrouter.base_url, api_key=DEFAULT_API_KEY, max_retries=0
             )
-        )
+        llm = await stack.enter_async_context(sdk)
         openrouter = OpenRouterClient(llm, translate_model="t", title_model="v")
         yield {
             CALLS[0]: lambda: runpod.run({"prompt": "p"}),

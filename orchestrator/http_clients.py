@@ -102,8 +102,12 @@ class _Body(httpx.AsyncByteStream):
             await self._stream.aclose()
 
 
-def _too_large(cap: int, request: httpx.Request) -> httpx.RemoteProtocolError:
-    return httpx.RemoteProtocolError(f"the answer is over {cap} bytes", request=request)
+class AnswerOverCap(httpx.RemoteProtocolError):
+    """An answer past the client's `max_answer_bytes`: not read further."""
+
+
+def _too_large(cap: int, request: httpx.Request) -> AnswerOverCap:
+    return AnswerOverCap(f"the answer is over {cap} bytes", request=request)
 
 
 def _request_deadline_s(request: httpx.Request) -> float | None:

@@ -11,7 +11,7 @@ from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 
 from orchestrator.errors import NeedsOperator, Permanent, Transient
-from orchestrator.http_clients import http_client
+from orchestrator.http_clients import AnswerOverCap, http_client
 
 OUTPUT_NAME = "output.png"
 # Storage's answers are a few hundred bytes of JSON; a broken or hostile one is not read past this.
@@ -86,7 +86,7 @@ class SupabaseStorage:
         except StorageApiError as exc:
             raise _storage_error(exc) from exc
         except httpx.HTTPError as exc:
-            raise Transient(f"Supabase Storage unreachable: {type(exc).__name__}") from exc
+            raise _unanswered(exc) from exc
         finally:
             image.close()
         return str(await bucket.get_public_url(path))
@@ -98,11 +98,19 @@ class SupabaseStorage:
         except StorageApiError as exc:
             raise _storage_error(exc) from exc
         except httpx.HTTPError as exc:
-            raise Transient(f"Supabase Storage unreachable: {type(exc).__name__}") from exc
+            raise _unanswered(exc) from exc
 
     async def aclose(self) -> None:
         """Close the HTTP client supabase_storage() opened for it."""
         await self._client.session.aclose()
+
+
+def _unanswered(exc: httpx.HTTPError) -> Transient:
+    if isinstance(exc, AnswerOverCap):
+        return Transient(
+            f"Supabase Storage's answer is over {ANSWER_MAX_BYTES} bytes; it was not read"
+        )
+    return Transient(f"Supabase Storage unreachable: {type(exc).__name__}")
 
 
 def _storage_error(exc: StorageApiError) -> Exception:

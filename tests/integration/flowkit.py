@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import psycopg
 import pytest
 from PIL import Image
@@ -24,7 +23,7 @@ from orchestrator.db import Database
 from orchestrator.deps import FlowDeps
 from orchestrator.flow import run_job
 from orchestrator.jobs import ClaimedJob, Outcome
-from orchestrator.openrouter import OpenRouterClient
+from orchestrator.openrouter import OpenRouterClient, openrouter_sdk
 from orchestrator.outputs import JobWake
 from orchestrator.runpod import RunPodClient
 from orchestrator.settings import KLEIN_TEMPLATE_ID, Settings
@@ -122,9 +121,7 @@ async def flow_deps(
     settings = flow_settings(url, endpoint, **overrides)
     db = Database(url)
     await db.open()
-    llm = openai.AsyncOpenAI(
-        base_url=openrouter_server.base_url, api_key=openrouter_server.api_key, max_retries=0
-    )
+    llm = openrouter_sdk(openrouter_server.base_url, openrouter_server.api_key)
     try:
         async with httpx.AsyncClient(timeout=10) as http, llm:
             yield FlowDeps(

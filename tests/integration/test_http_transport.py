@@ -8,11 +8,11 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import openai
 import pytest
 
 from orchestrator.errors import Permanent, SubmissionUnknown, Transient
-from orchestrator.openrouter import OpenRouterClient
+from orchestrator.openrouter import ANSWER_MAX_BYTES as OPENROUTER_ANSWER_MAX_BYTES
+from orchestrator.openrouter import OpenRouterClient, openrouter_sdk
 from orchestrator.runpod import AnswerTooLarge, RunPodClient, runpod_http
 from orchestrator.storage import supabase_storage
 from tests.integration.tlskit import certificates
@@ -215,8 +215,7 @@ def test_storage_answering_without_end_is_cut_off_at_its_cap(declared):
     before the read deadline would end it (which says ReadTimeout)."""
     error = asyncio.run(outcome(endless(declared=declared), upload))
     assert type(error) is Transient
-    assert str(error) == "Supabase Storage unreachable: RemoteProtocolError"
-    assert "over 1048576 bytes" in str(error.__cause__)
+    assert str(error) == "Supabase Storage's answer is over 1048576 bytes; it was not read"
 
 
 @pytest.mark.parametrize("answer", [None, hang_up, garble, cut_short, trickle, say_nothing])
@@ -303,24 +302,33 @@ def test_an_upload_nobody_reads_ends_at_the_clients_timeout():
     assert elapsed_s < 5  # TIMEOUT_S without a byte moving, not outcome()'s 10 s guard
 
 
+async def openrouter_translate(base_url: str) -> object:
+    sdk = openrouter_sdk(f"{base_url}/api/v1", "sk-secret", timeout_s=TIMEOUT_S)
+    async with sdk:
+        client = OpenRouterClient(sdk, translate_model="t", title_model="v")
+        return await client.translate("배경을 해변으로 바꿔줘")
+
+
 @pytest.mark.parametrize(
     ("answer", "first_failure"), [(None, "ConnectionRefusedError"), (say_nothing, "Timeout")]
 )
-def test_openrouter_on_the_sdks_aiohttp_client_says_what_failed(answer, first_failure):
-    """The SDK's aiohttp client calls a refused connection an APITimeoutError; the job's error
+def test_openrouter_says_what_failed(answer, first_failure):
+    """The SDK names every failure of the socket alike ("Connection error."); the job's error
     names the first failure too, and it is a Transient (the translation falls back)."""
-
-    async def translate(base_url: str) -> object:
-        http = openai.DefaultAioHttpClient(timeout=TIMEOUT_S)
-        sdk = openai.AsyncOpenAI(
-            base_url=f"{base_url}/api/v1", api_key="sk-secret", max_retries=0, http_client=http
-        )
-        async with sdk:
-            client = OpenRouterClient(sdk, translate_model="t", title_model="v")
-            return await client.translate("배경을 해변으로 바꿔줘")
-
-    error = asyncio.run(outcome(answer, translate))
+    error = asyncio.run(outcome(answer, openrouter_translate))
     assert type(error) is Transient, repr(error)
     assert str(error).startswith("OpenRouter unreachable: API")
     assert first_failure in str(error)
     assert "sk-secret" not in str(error)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "chunked"])
+def test_an_endless_openrouter_answer_is_cut_off_at_its_cap(declared):
+    """A chat completion is a few kilobytes: an answer that never ends is not read past
+    ANSWER_MAX_BYTES, and the job's error says so (a Transient: the translation falls back)."""
+    error = asyncio.run(outcome(endless(declared=declared), openrouter_translate))
+    assert type(error) is Transient, repr(error)
+    assert (
+        str(error)
+        == f"OpenRouter's answer is over {OPENROUTER_ANSWER_MAX_BYTES} bytes; it was not read"
+    )

@@ -6,12 +6,13 @@ import asyncio
 
 import openai
 
-from orchestrator.openrouter import OpenRouterClient
+from orchestrator.openrouter import OpenRouterClient, openrouter_sdk
 from tests.fakes.openrouter import IMAGE_TITLE
 
 
 def client_for(server, **options) -> tuple[openai.AsyncOpenAI, OpenRouterClient]:
-    llm = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0)
+    connections = options.get("max_concurrency", 64)
+    llm = openrouter_sdk(server.base_url, server.api_key, connections=connections)
     return llm, OpenRouterClient(llm, translate_model="t", title_model="v", **options)
 
 
