@@ -125,13 +125,22 @@ class OutputSlots:
     async def status(
         self, runpod: RunPodClient, job_id: str, wake: "JobWake", *, read: bool = True
     ) -> RunPodJob:
-        """The job's status. A peek first; an answer too large to peek at (an output) is read
+        """The job's status. A peek first (none once the job's webhook came and found no
+        slot: `JobWake.missed`); an answer too large to peek at (an output) is read
         on when a slot is free at once (so each output crosses the network once), else read
         again once a slot is free. The slot stays with the answer (`in_slot`) when it carries
         the output: whoever gets it must consume it inside `held`, which gives the slot back.
         Such an answer comes back `unread` (the job is over) without `read`, or when the job's
         webhook delivers its body (in a slot of its own) while it waits for a slot: a job never
         waits for a slot while holding one, so the slots cannot all wait on each other."""
+        if read and wake.missed:
+            # Its webhook came and found no slot for its body: the job is over, and a peek
+            # without a free slot would have RunPod send the whole output for nothing.
+            if not await self._acquire_unless_delivered(wake):
+                return RunPodJob(id=job_id, status="UNREAD", unread=True)
+            answer = await self._read_in_slot(runpod, job_id)
+            wake.missed = False  # read: a later attempt's webhook is waited for as usual
+            return answer
         room = _RoomNow(self._free, enabled=read and not wake.has_delivery())
         try:
             answer = await runpod.peek(job_id, room.take)
@@ -141,15 +150,23 @@ class OutputSlots:
             raise
         if room.taken:
             self.taken += 1
-        elif not answer.unread or not read or not await self._acquire_unless_delivered(wake):
+            return self._kept_if_output(answer)
+        if not answer.unread or not read or not await self._acquire_unless_delivered(wake):
             return answer
-        else:
-            self.taken += 1
-            try:
-                answer = await runpod.status(job_id)
-            except BaseException:
-                self._give_back()
-                raise
+        return await self._read_in_slot(runpod, job_id)
+
+    async def _read_in_slot(self, runpod: RunPodClient, job_id: str) -> RunPodJob:
+        """The job's whole status, read in the slot just acquired."""
+        self.taken += 1
+        try:
+            answer = await runpod.status(job_id)
+        except BaseException:
+            self._give_back()
+            raise
+        return self._kept_if_output(answer)
+
+    def _kept_if_output(self, answer: RunPodJob) -> RunPodJob:
+        """`answer`, keeping its slot when it carries the output; else the slot goes back."""
         if not carries_output(answer):
             self._give_back()
             return answer
@@ -247,8 +264,8 @@ class JobWake(asyncio.Event):
         self.accepting = False  # True while the job waits for RunPod (await_result)
         self.incoming = 0  # webhooks for the job waiting for a slot to keep their body in
         # A completion webhook came for the job and found no slot for its body: the output is
-        # to be read from /status, not waited for (await_result.WebhookGrace). Never reset: at
-        # worst a later attempt reads /status without waiting for its webhook first.
+        # to be read from /status, in a slot, without a peek first and without waiting for the
+        # webhook (await_result.WebhookGrace); reset once that read is done.
         self.missed = False
 
     def has_delivery(self) -> bool:

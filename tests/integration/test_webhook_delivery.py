@@ -11,11 +11,14 @@ import io
 import json
 import random
 import threading
+import time
 from dataclasses import replace
 
 import httpx
 from PIL import Image
 
+from devtools.endpoint.config import EndpointConfig
+from devtools.endpoint.server import EndpointServer
 from orchestrator.cpu import CpuLane
 from orchestrator.http import create_app
 from orchestrator.metrics import Metrics
@@ -46,16 +49,19 @@ async def recorded(url: str, job_id: str) -> dict:
 
 
 async def submit_then_post_webhook(
-    url, orchestrator, body_for, *, raw=False
+    url, orchestrator, body_for, *, raw=False, before_post=None
 ) -> tuple[str, httpx.Response]:
-    """Insert a job, wait until RunPod has it, and post its completion webhook
-    (`body_for(runpod_id)`: JSON, or with `raw` the body's bytes as they are to be sent) through
-    the orchestrator's HTTP app, within 10 s: (job id, the app's answer)."""
+    """Insert a job, wait until RunPod has it (and `await before_post()`, if given), and post
+    its completion webhook (`body_for(runpod_id)`: JSON, or with `raw` the body's bytes as
+    they are to be sent) through the orchestrator's HTTP app, within 10 s: (job id, the app's
+    answer)."""
     deps = orchestrator.deps
     app = create_app(deps.settings, deps.db, orchestrator, Metrics())
     job_id, _ = insert(url, PROMPT)
     orchestrator.nudge()
     row = await recorded(url, job_id)
+    if before_post is not None:
+        await before_post()
     body = body_for(row["runpod_job_id"])
     transport = httpx.ASGITransport(app)
     async with httpx.AsyncClient(transport=transport, base_url="http://klein") as client:
@@ -256,6 +262,83 @@ def test_a_job_whose_webhook_found_no_room_reads_its_output_once_a_slot_is_free(
     assert finished["job_status"] == "completed"
     # From /status (the worker's 256x256), not from the webhook's body (96x64).
     assert finished["output_data_json"]["width"] == 256
+
+
+class StatusReads:
+    """ASGI middleware for the RunPod endpoint double: the paths of the `/status` requests it
+    got, in order (what a peek or a read costs RunPod: each sends the whole answer)."""
+
+    def __init__(self, app, seen: list[str]):
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and "/status/" in scope["path"]:
+            self.seen.append(scope["path"])
+        await self.app(scope, receive, send)
+
+
+def test_a_job_whose_webhook_found_no_room_reads_its_status_once_without_a_peek(
+    migrated_url, openrouter_server, tmp_path
+):
+    """A webhook that found no slot has shown the job over: the job waits for a slot and reads
+    /status there, once. A peek first would have had RunPod send the whole output for nothing
+    (a full answer from the endpoint's side, unread on ours) while no slot was free."""
+    release = threading.Event()
+    worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}, block=release)
+    endpoint = EndpointServer(EndpointConfig(endpoint_id="local"), worker)
+    reads: list[str] = []
+    endpoint.app.add_middleware(StatusReads, seen=reads)
+    endpoint.start()
+
+    async def run():
+        async with with_webhooks(
+            migrated_url,
+            endpoint,
+            openrouter_server,
+            tmp_path,
+            webhook_slot_wait_s=0.2,
+            wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
+        ) as orchestrator:
+            held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
+            before: list[int] = []
+
+            async def finish_on_runpod():
+                release.set()
+                await asyncio.to_thread(worker_done, endpoint, worker)
+                before.append(len(reads))
+
+            job_id, answer = await submit_then_post_webhook(
+                migrated_url, orchestrator, completed_body, before_post=finish_on_runpod
+            )
+            await asyncio.sleep(0.3)  # the job now waits for the slot
+            reads_while_waiting = len(reads) - before[0]
+            held.release()
+            with contextlib.suppress(AssertionError):
+                await until_finished(migrated_url, job_id, 5)
+            return answer, rows(migrated_url, job_id)[0], reads_while_waiting, before[0]
+
+    try:
+        answer, finished, reads_while_waiting, first = asyncio.run(run())
+    finally:
+        release.set()
+        endpoint.stop()
+    assert answer.status_code == 200
+    assert finished["job_status"] == "completed"
+    assert finished["output_data_json"]["width"] == 256  # from /status, not the webhook's body
+    assert reads_while_waiting == 0
+    assert len(reads) - first == 1, reads
+
+
+def worker_done(endpoint: EndpointServer, worker: ScriptedWorker) -> None:
+    """Block until the endpoint has the worker's only job COMPLETED (asked of it directly,
+    not over HTTP: the test counts the /status requests)."""
+    for _ in range(200):
+        job = endpoint.endpoint.job(worker.job_ids[0]) if worker.job_ids else None
+        if job is not None and job.status == "COMPLETED":
+            return
+        time.sleep(0.025)
+    raise AssertionError("the endpoint never completed the job")
 
 
 def noisy_png_b64(side=256) -> str:
