@@ -13,7 +13,7 @@ from orchestrator.deps import FlowDeps
 from orchestrator.errors import Permanent, Transient
 from orchestrator.jobs import ClaimedJob
 from orchestrator.outcomes import cancel_on_runpod
-from orchestrator.outputs import JobWake, OutputSlots
+from orchestrator.outputs import JobWake
 from orchestrator.policy import backoff_s, progress_due
 from orchestrator.runpod import Progress, RunPodJob
 
@@ -35,7 +35,7 @@ async def await_result(
     failures = 0
     recorder = ProgressRecorder(job, deps)
     webhooks = settings.public_base_url is not None
-    webhook = WebhookGrace(webhooks, settings.webhook_grace_s, wake, deps.outputs)
+    webhook = WebhookGrace(webhooks, settings.webhook_grace_s, wake)
     # With the webhook on, polls are for progress (and a lost webhook): no more often than
     # progress is written. They were klein serve's largest cost (bench/full_path.py).
     poll_s = settings.poll_min_interval_s
@@ -55,7 +55,7 @@ async def await_result(
                 continue
             try:
                 status = await deps.outputs.status(
-                    deps.runpod, runpod_id, wake, read=not webhook.expected()
+                    deps.runpod, runpod_id, wake, read=not webhook.expected(), over=webhook.over()
                 )
                 failures = 0
             except Transient as exc:
@@ -87,37 +87,35 @@ class WebhookGrace:
     """When RunPod's completion webhook is on, a poll that finds the job over (an `unread`
     answer) makes the job wait for the webhook, which brings the output, instead of reading
     it from /status as well: each output then crosses the network once, not twice. It waits
-    WEBHOOK_GRACE_S for the webhook to come; while its webhook waits for an output slot; and,
-    up to FLOWING_WAIT_S, while other jobs' webhooks keep arriving (a burst: ours is queued
-    behind them at the sender). Then it reads /status; at once if its webhook came and found
-    no slot to keep the body in (`JobWake.missed`)."""
+    WEBHOOK_GRACE_S for the webhook to come, and while its webhook waits for an output slot.
+    Then it waits for a slot to read /status in, behind every webhook waiting for one
+    (OutputSlots.status, `over`), and takes its webhook's body instead if that comes first; at
+    once when its webhook came and found no slot to keep the body in (`JobWake.missed`)."""
 
-    FLOWING_WAIT_S = 30.0
     PAUSE_S = 1.0  # how often a waiting job looks again (a delivery wakes it at once)
 
-    def __init__(self, enabled: bool, grace_s: float, wake: JobWake, outputs: OutputSlots) -> None:
+    def __init__(self, enabled: bool, grace_s: float, wake: JobWake) -> None:
         self._enabled = enabled
         self._grace_s = grace_s
         self._wake = wake
-        self._outputs = outputs
         self._seen_at: float | None = None
 
     def expected(self) -> bool:
-        """True while the webhook may still bring the output: no longer once it came and found
-        no slot to keep its body in (in a burst it otherwise waited FLOWING_WAIT_S for nothing)."""
+        """True while the webhook is waited for, without a request: within the grace, or while
+        it waits for a slot; no longer once it came and found none."""
         if not self._enabled or self._wake.incoming:
             return self._enabled
         if self._wake.missed:
             return False
-        if self._seen_at is None:
-            return True
-        waited = time.monotonic() - self._seen_at
-        flowing = self._outputs.last_webhook_at > self._seen_at
-        return waited < self._grace_s or (flowing and waited < self.FLOWING_WAIT_S)
+        return self._seen_at is None or time.monotonic() - self._seen_at < self._grace_s
 
     def awaited(self) -> bool:
         """True while the job is known to be over and its webhook is expected."""
         return self._seen_at is not None and self.expected() and not self._wake.has_delivery()
+
+    def over(self) -> bool:
+        """True once the job is known to be over: a poll found it so, or its webhook came."""
+        return self._seen_at is not None or self._wake.missed
 
     def finished_seen(self) -> None:
         """A poll found the job over."""

@@ -20,7 +20,6 @@ three times (the webhook, the peek, the read in the slot).
 
 import asyncio
 import dataclasses
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -85,15 +84,11 @@ class OutputSlots:
         self.slots = slots
         self._free = Places(slots)
         self.taken = 0
-        # When a completion webhook last arrived for a job driven here (time.monotonic()):
-        # webhooks are flowing, so a job that is over waits for its own (WebhookGrace).
-        self.last_webhook_at = float("-inf")
 
     async def delivery(self, wait_s: float) -> "Delivery | None":
         """A slot for a completion webhook's body, waited for at most `wait_s`, ahead of the
         jobs waiting to read theirs from `/status`. Meanwhile the body stays unread in the
         socket, so waiting costs no memory; past `wait_s` the webhook is scanned, not kept."""
-        self.last_webhook_at = time.monotonic()
         try:
             async with asyncio.timeout(wait_s):
                 await self._free.acquire(Places.FIRST)
@@ -123,19 +118,25 @@ class OutputSlots:
         return dataclasses.replace(answer, in_slot=True)
 
     async def status(
-        self, runpod: RunPodClient, job_id: str, wake: "JobWake", *, read: bool = True
+        self,
+        runpod: RunPodClient,
+        job_id: str,
+        wake: "JobWake",
+        *,
+        read: bool = True,
+        over: bool = False,
     ) -> RunPodJob:
-        """The job's status. A peek first (none once the job's webhook came and found no
-        slot: `JobWake.missed`); an answer too large to peek at (an output) is read
-        on when a slot is free at once (so each output crosses the network once), else read
-        again once a slot is free. The slot stays with the answer (`in_slot`) when it carries
-        the output: whoever gets it must consume it inside `held`, which gives the slot back.
-        Such an answer comes back `unread` (the job is over) without `read`, or when the job's
-        webhook delivers its body (in a slot of its own) while it waits for a slot: a job never
-        waits for a slot while holding one, so the slots cannot all wait on each other."""
-        if read and wake.missed:
-            # Its webhook came and found no slot for its body: the job is over, and a peek
-            # without a free slot would have RunPod send the whole output for nothing.
+        """The job's status. A peek first, unless the job is known to be `over` (a peek found
+        it so, or its webhook came): then, to `read`, it waits for a slot and reads there, as a
+        peek without a free slot would have had RunPod send the whole output for nothing. An
+        answer too large to peek at (an output) is read on when a slot is free at once (so
+        each output crosses the network once), else read again once a slot is free. The slot
+        stays with the answer (`in_slot`) when it carries the output: whoever gets it must
+        consume it inside `held`, which gives the slot back. Such an answer comes back
+        `unread` (the job is over) without `read`, or when the job's webhook delivers its body
+        (in a slot of its own) while it waits for a slot: a job never waits for a slot while
+        holding one, so the slots cannot all wait on each other."""
+        if read and over:
             if not await self._acquire_unless_delivered(wake):
                 return RunPodJob(id=job_id, status="UNREAD", unread=True)
             answer = await self._read_in_slot(runpod, job_id)

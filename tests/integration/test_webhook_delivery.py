@@ -232,7 +232,7 @@ def test_a_job_whose_webhook_found_no_room_reads_its_output_once_a_slot_is_free(
     """The job saw RunPod's job over (its output too large to peek at) and waits for the
     webhook; the webhook comes but finds no slot for its body. The job then reads its output
     from /status as soon as a slot is free, instead of waiting on for a webhook that already
-    came (up to WebhookGrace.FLOWING_WAIT_S, 30 s, while webhooks keep arriving)."""
+    came (up to 30 s while other webhooks kept arriving, before 2026-12-04)."""
     endpoint = endpoint_for(ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}))
 
     async def run():
@@ -286,10 +286,7 @@ def test_a_job_whose_webhook_found_no_room_reads_its_status_once_without_a_peek(
     (a full answer from the endpoint's side, unread on ours) while no slot was free."""
     release = threading.Event()
     worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}, block=release)
-    endpoint = EndpointServer(EndpointConfig(endpoint_id="local"), worker)
-    reads: list[str] = []
-    endpoint.app.add_middleware(StatusReads, seen=reads)
-    endpoint.start()
+    endpoint, reads = counting_endpoint(worker)
 
     async def run():
         async with with_webhooks(
@@ -328,6 +325,105 @@ def test_a_job_whose_webhook_found_no_room_reads_its_status_once_without_a_peek(
     assert finished["output_data_json"]["width"] == 256  # from /status, not the webhook's body
     assert reads_while_waiting == 0
     assert len(reads) - first == 1, reads
+
+
+def counting_endpoint(worker: ScriptedWorker) -> tuple[EndpointServer, list[str]]:
+    """A started RunPod endpoint double and the paths of the `/status` requests it gets."""
+    endpoint = EndpointServer(EndpointConfig(endpoint_id="local"), worker)
+    reads: list[str] = []
+    endpoint.app.add_middleware(StatusReads, seen=reads)
+    endpoint.start()
+    return endpoint, reads
+
+
+def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
+    migrated_url, openrouter_server, tmp_path
+):
+    """A poll found the job over (its output too large to peek at, no slot free); its webhook
+    does not come within the grace. The job then waits for a slot and reads /status there:
+    no request while every slot is taken (a peek then had RunPod send the whole output for
+    nothing), one once a slot is free."""
+    release = threading.Event()
+    worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}, block=release)
+    endpoint, reads = counting_endpoint(worker)
+
+    async def run():
+        async with with_webhooks(
+            migrated_url,
+            endpoint,
+            openrouter_server,
+            tmp_path,
+            poll_min_interval_s=0.05,
+            progress_write_interval_s=0.05,
+            webhook_grace_s=0.1,
+            wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
+        ) as orchestrator:
+            held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
+            job_id, _ = insert(migrated_url, PROMPT)
+            orchestrator.nudge()
+            await recorded(migrated_url, job_id)
+            release.set()
+            await asyncio.to_thread(worker_done, endpoint, worker)
+            done_at = len(reads)
+            await asyncio.sleep(1.0)  # the grace passes ten times over
+            while_held = len(reads) - done_at
+            held.release()
+            await until_finished(migrated_url, job_id, 5)
+            return rows(migrated_url, job_id)[0], while_held, len(reads) - done_at
+
+    try:
+        finished, while_held, after_done = asyncio.run(run())
+    finally:
+        release.set()
+        endpoint.stop()
+    assert finished["job_status"] == "completed"
+    assert while_held <= 1  # at most the poll that found the job over
+    assert after_done == while_held + 1  # then the read in the slot
+
+
+def test_a_job_seen_over_does_not_wait_out_other_jobs_webhooks(
+    migrated_url, openrouter_server, tmp_path
+):
+    """Other jobs' webhooks keep arriving (and taking slots briefly); this job's never
+    comes. Once its grace is over it reads /status when a slot is free, instead of waiting
+    (up to 30 s before 2026-12-04) for as long as the others flow."""
+    worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"})
+    endpoint, _ = counting_endpoint(worker)
+
+    async def others_flowing(outputs: OutputSlots, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            delivery = await outputs.delivery(1)
+            await asyncio.sleep(0.01)
+            if delivery is not None:
+                delivery.release()
+            await asyncio.sleep(0.04)
+
+    async def run():
+        async with with_webhooks(
+            migrated_url,
+            endpoint,
+            openrouter_server,
+            tmp_path,
+            poll_min_interval_s=0.05,
+            progress_write_interval_s=0.05,
+            webhook_grace_s=0.2,
+        ) as orchestrator:
+            stop = asyncio.Event()
+            flowing = asyncio.create_task(others_flowing(orchestrator.deps.outputs, stop))
+            try:
+                job_id, _ = insert(migrated_url, PROMPT)
+                orchestrator.nudge()
+                return await until_finished(migrated_url, job_id, 10)
+            finally:
+                stop.set()
+                await flowing
+
+    try:
+        finished, took_s = asyncio.run(run())
+    finally:
+        endpoint.stop()
+    assert finished["status"] == "completed"
+    assert took_s < 5
 
 
 def worker_done(endpoint: EndpointServer, worker: ScriptedWorker) -> None:
