@@ -12,6 +12,7 @@ import json
 import random
 import threading
 import time
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import httpx
@@ -85,6 +86,21 @@ def with_webhooks(url, endpoint, openrouter_server, tmp_path, **settings):
         tmp_path,
         **({"public_base_url": "http://127.0.0.1:9", "poll_min_interval_s": 60} | settings),
     )
+
+
+@asynccontextmanager
+async def one_slot_taken(url, endpoint, openrouter_server, tmp_path, **settings):
+    """`with_webhooks` with a single output slot, already taken: (the Orchestrator, the
+    slot's Delivery, to release when the test lets the job have it)."""
+    async with with_webhooks(
+        url,
+        endpoint,
+        openrouter_server,
+        tmp_path,
+        wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
+        **settings,
+    ) as orchestrator:
+        yield orchestrator, await orchestrator.deps.outputs.delivery(1)
 
 
 def scenario(
@@ -195,7 +211,7 @@ def test_without_room_for_the_body_the_job_polls_as_before(
     try:
 
         async def run():
-            async with with_webhooks(
+            async with one_slot_taken(
                 migrated_url,
                 endpoint,
                 openrouter_server,
@@ -203,9 +219,7 @@ def test_without_room_for_the_body_the_job_polls_as_before(
                 poll_min_interval_s=0.1,
                 webhook_slot_wait_s=0.2,
                 webhook_grace_s=0.1,
-                wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
-            ) as orchestrator:
-                held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
+            ) as (orchestrator, held):
                 job_id, answer = await submit_then_post_webhook(
                     migrated_url, orchestrator, completed_body
                 )
@@ -236,7 +250,7 @@ def test_a_job_whose_webhook_found_no_room_reads_its_output_once_a_slot_is_free(
     endpoint = endpoint_for(ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}))
 
     async def run():
-        async with with_webhooks(
+        async with one_slot_taken(
             migrated_url,
             endpoint,
             openrouter_server,
@@ -245,9 +259,7 @@ def test_a_job_whose_webhook_found_no_room_reads_its_output_once_a_slot_is_free(
             progress_write_interval_s=0.1,
             webhook_slot_wait_s=0.2,
             webhook_grace_s=0.1,
-            wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
-        ) as orchestrator:
-            held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
+        ) as (orchestrator, held):
             job_id, answer = await submit_then_post_webhook(
                 migrated_url, orchestrator, completed_body
             )
@@ -289,15 +301,13 @@ def test_a_job_whose_webhook_found_no_room_reads_its_status_once_without_a_peek(
     endpoint, reads = counting_endpoint(worker)
 
     async def run():
-        async with with_webhooks(
+        async with one_slot_taken(
             migrated_url,
             endpoint,
             openrouter_server,
             tmp_path,
             webhook_slot_wait_s=0.2,
-            wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
-        ) as orchestrator:
-            held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
+        ) as (orchestrator, held):
             before: list[int] = []
 
             async def finish_on_runpod():
@@ -348,7 +358,7 @@ def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
     endpoint, reads = counting_endpoint(worker)
 
     async def run():
-        async with with_webhooks(
+        async with one_slot_taken(
             migrated_url,
             endpoint,
             openrouter_server,
@@ -356,9 +366,7 @@ def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
             poll_min_interval_s=0.05,
             progress_write_interval_s=0.05,
             webhook_grace_s=0.1,
-            wrap=lambda deps: replace(deps, outputs=OutputSlots(1)),
-        ) as orchestrator:
-            held = await orchestrator.deps.outputs.delivery(1)  # the only slot, taken
+        ) as (orchestrator, held):
             job_id, _ = insert(migrated_url, PROMPT)
             orchestrator.nudge()
             await recorded(migrated_url, job_id)
