@@ -7,7 +7,9 @@ from typing import Any, cast
 import httpx
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat.chat_completion import Choice
 
+from handler.contract import PROMPT_MAX_CHARS
 from orchestrator.backpressure import Backpressure
 from orchestrator.errors import NeedsOperator, Permanent, Transient
 from orchestrator.http_clients import AnswerOverCap, http_client
@@ -69,10 +71,18 @@ class OpenRouterClient:
             {"role": "system", "content": TRANSLATE_SYSTEM_PROMPT},
             {"role": "user", "content": text},
         ]
-        answer = await self._complete(self._translate_model, messages, max_tokens=600)
-        if not answer.strip():
+        choice = await self._complete(self._translate_model, messages, max_tokens=600)
+        answer = (choice.message.content or "").strip()
+        if not answer:
             raise Transient("OpenRouter returned an empty translation")
-        return answer.strip()
+        # What the worker would refuse, or half an instruction: not worth asking again.
+        if choice.finish_reason == "length":
+            raise Permanent("OpenRouter's translation was cut off at its max_tokens")
+        if len(answer) > PROMPT_MAX_CHARS:
+            raise Permanent(
+                f"OpenRouter's translation is over the worker's {PROMPT_MAX_CHARS} characters"
+            )
+        return answer
 
     async def title(self, image_url: str) -> str:
         """The model's raw answer to the title prompt for an image (cleaned by the caller)."""
@@ -80,7 +90,8 @@ class OpenRouterClient:
             {"role": "system", "content": TITLE_SYSTEM_PROMPT},
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}}]},
         ]
-        return await self._complete(self._title_model, messages, max_tokens=40)
+        choice = await self._complete(self._title_model, messages, max_tokens=40)
+        return choice.message.content or ""
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
@@ -88,7 +99,7 @@ class OpenRouterClient:
 
     async def _complete(
         self, model: str, messages: list[ChatCompletionMessageParam], max_tokens: int
-    ) -> str:
+    ) -> Choice:
         async with self.backpressure.slot():
             try:
                 # The SDK's way to send a body as it is (`post`, "undocumented endpoints" in
@@ -118,7 +129,7 @@ class OpenRouterClient:
         self._count("200")
         if not completion.choices:
             raise Transient("OpenRouter returned no choices")
-        return completion.choices[0].message.content or ""
+        return completion.choices[0]
 
 
 def translate_status_error(exc: openai.APIStatusError) -> Exception:

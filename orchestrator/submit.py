@@ -66,7 +66,10 @@ async def _translate(prompt: str, openrouter: OpenRouterClient) -> str | None:
             return await openrouter.translate(prompt)
         except NeedsOperator:
             raise
-        except Exception as exc:  # any failure: try again, then send the prompt as it is
+        except Permanent as exc:  # asking again would not help: send the prompt as it is
+            log.warning("translation failed: %s", _describe(exc))
+            return None
+        except Exception as exc:  # any other failure: try again, then send the prompt as it is
             log.warning("translation attempt %d failed: %s", attempt, _describe(exc))
             if attempt < TRANSLATE_TRIES:
                 await asyncio.sleep(backoff_s(attempt, base_s=0.5, cap_s=5.0))

@@ -104,6 +104,10 @@ def _tokens(text: str) -> int:
 def completion(body: dict[str, Any], content: str, *, completion_id: str) -> dict[str, Any]:
     """A non-streaming `chat.completion` object as OpenRouter returns it."""
     prompt_tokens = sum(_tokens(json.dumps(m, ensure_ascii=False)) for m in body["messages"])
+    finish_reason = "stop"
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and 0 < max_tokens < _tokens(content):
+        content, finish_reason = content[: max_tokens * 4], "length"  # cut off, as models are
     completion_tokens = _tokens(content)
     return {
         "id": completion_id,
@@ -115,8 +119,8 @@ def completion(body: dict[str, Any], content: str, *, completion_id: str) -> dic
             {
                 "index": 0,
                 "logprobs": None,
-                "finish_reason": "stop",
-                "native_finish_reason": "stop",
+                "finish_reason": finish_reason,
+                "native_finish_reason": finish_reason,
                 "message": {
                     "role": "assistant",
                     "content": content,

@@ -115,6 +115,47 @@ def test_translation_failing_three_times_sends_the_korean_prompt_as_it_is(
     assert len(translations) == 3
 
 
+@pytest.mark.parametrize(
+    "english",
+    ["an instruction " * 140, "an endless instruction " * 400],
+    ids=["over-the-prompt-cap", "cut-off-at-max-tokens"],
+)
+def test_a_translation_the_worker_would_refuse_sends_the_korean_prompt_as_it_is(
+    migrated_url, endpoint_for, openrouter_server, tmp_path, english
+):
+    """A translation longer than the worker takes (PROMPT_MAX_CHARS: English often runs two or
+    three times the Korean's characters), or cut off at its max_tokens, would fail the job on
+    the worker, or edit with half an instruction: the Korean prompt goes as it is (the text
+    encoder reads Korean), as after a failed translation, without asking again."""
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    openrouter_server.reply = lambda body: "제목" if is_image_request(body) else english
+    job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is Outcome.COMPLETED
+    job, _ = rows(migrated_url, job_id)
+    assert worker.inputs[0]["prompt"] == KOREAN
+    assert job["generation_metadata"]["translation"] == "fallback"
+    translations = [r for r in openrouter_server.requests if not is_image_request(r)]
+    assert len(translations) == 1
+
+
+def test_a_translation_refused_for_good_is_not_asked_again(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """OpenRouter refuses the request itself (403: the moderation flagged the input): asking
+    again would be refused too, so the Korean prompt goes as it is after one call."""
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    openrouter_server.fail_next(403)
+    job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
+    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    assert status is Outcome.COMPLETED
+    assert worker.inputs[0]["prompt"] == KOREAN
+    translations = [r for r in openrouter_server.requests if not is_image_request(r)]
+    assert len(translations) == 1
+
+
 def test_a_failing_title_model_gives_the_fallback_title(
     migrated_url, endpoint_for, openrouter_server, tmp_path
 ):
