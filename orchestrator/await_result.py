@@ -53,11 +53,23 @@ async def await_result(
                 # Over, and its webhook (the output) still expected: no request meanwhile.
                 await _sleep_or_wake(wake, min(webhook.pause_s(), remaining))
                 continue
+            # A job that is over may wait long for a slot (behind every webhook): not past its
+            # deadline.
+            bound = asyncio.timeout(remaining)
             try:
-                status = await deps.outputs.status(
-                    deps.runpod, runpod_id, wake, read=not webhook.expected(), over=webhook.over()
-                )
+                async with bound:
+                    status = await deps.outputs.status(
+                        deps.runpod,
+                        runpod_id,
+                        wake,
+                        read=not webhook.expected(),
+                        over=webhook.over(),
+                    )
                 failures = 0
+            except TimeoutError:
+                if not bound.expired():
+                    raise
+                break
             except Transient as exc:
                 failures += 1
                 status = None

@@ -389,6 +389,38 @@ def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
     assert after_done == while_held + 1  # then the read in the slot
 
 
+def test_a_job_waiting_for_a_slot_still_ends_at_its_deadline(
+    migrated_url, openrouter_server, tmp_path
+):
+    """Over, its webhook never coming, and no slot ever free: the job ends at JOB_TIMEOUT_S
+    ("Timed out", its RunPod job cancelled) instead of waiting for a slot for ever."""
+    worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"})
+    endpoint, _ = counting_endpoint(worker)
+
+    async def run():
+        async with one_slot_taken(
+            migrated_url,
+            endpoint,
+            openrouter_server,
+            tmp_path,
+            poll_min_interval_s=0.05,
+            progress_write_interval_s=0.05,
+            webhook_grace_s=0.1,
+            job_timeout_s=1.5,
+        ) as (orchestrator, _held):
+            job_id, _ = insert(migrated_url, PROMPT)
+            orchestrator.nudge()
+            return await until_finished(migrated_url, job_id, 10)
+
+    try:
+        finished, took_s = asyncio.run(run())
+    finally:
+        endpoint.stop()
+    assert finished["status"] == "failed"
+    assert finished["error_message"].startswith("Timed out after 1.5 s")
+    assert took_s < 5
+
+
 def test_a_job_seen_over_does_not_wait_out_other_jobs_webhooks(
     migrated_url, openrouter_server, tmp_path
 ):
