@@ -37,6 +37,15 @@ from tests.integration.flowkit import (
 KOREAN = "배경을 해변으로 바꿔줘"
 
 
+def korean_job(url, endpoint_for, openrouter_server, tmp_path):
+    """A job with the Korean prompt, driven once through the flow on a scripted worker: (the
+    worker, the job's id, the outcome)."""
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    job_id, _ = insert(url, {"prompt": KOREAN, "image_base64": png_b64()})
+    return worker, job_id, asyncio.run(drive(url, endpoint, openrouter_server, tmp_path, job_id))
+
+
 def runpod_jobs(endpoint) -> int:
     """How many jobs the local endpoint was ever given."""
     return sum(endpoint.endpoint.health()["jobs"].values())
@@ -97,11 +106,8 @@ def test_openrouter_out_of_credits_releases_the_job_before_any_gpu_spend(
 def test_translation_failing_three_times_sends_the_korean_prompt_as_it_is(
     migrated_url, endpoint_for, openrouter_server, tmp_path
 ):
-    worker = ScriptedWorker()
-    endpoint = endpoint_for(worker)
     openrouter_server.fail_next(500, times=3)
-    job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
-    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    worker, job_id, status = korean_job(migrated_url, endpoint_for, openrouter_server, tmp_path)
     assert status is Outcome.COMPLETED
     job, _ = rows(migrated_url, job_id)
     assert worker.inputs[0]["prompt"] == KOREAN
@@ -127,11 +133,8 @@ def test_a_translation_the_worker_would_refuse_sends_the_korean_prompt_as_it_is(
     three times the Korean's characters), or cut off at its max_tokens, would fail the job on
     the worker, or edit with half an instruction: the Korean prompt goes as it is (the text
     encoder reads Korean), as after a failed translation, without asking again."""
-    worker = ScriptedWorker()
-    endpoint = endpoint_for(worker)
     openrouter_server.reply = lambda body: "제목" if is_image_request(body) else english
-    job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
-    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    worker, job_id, status = korean_job(migrated_url, endpoint_for, openrouter_server, tmp_path)
     assert status is Outcome.COMPLETED
     job, _ = rows(migrated_url, job_id)
     assert worker.inputs[0]["prompt"] == KOREAN
@@ -145,11 +148,8 @@ def test_a_translation_refused_for_good_is_not_asked_again(
 ):
     """OpenRouter refuses the request itself (403: the moderation flagged the input): asking
     again would be refused too, so the Korean prompt goes as it is after one call."""
-    worker = ScriptedWorker()
-    endpoint = endpoint_for(worker)
     openrouter_server.fail_next(403)
-    job_id, _ = insert(migrated_url, {"prompt": KOREAN, "image_base64": png_b64()})
-    status = asyncio.run(drive(migrated_url, endpoint, openrouter_server, tmp_path, job_id))
+    worker, _, status = korean_job(migrated_url, endpoint_for, openrouter_server, tmp_path)
     assert status is Outcome.COMPLETED
     assert worker.inputs[0]["prompt"] == KOREAN
     translations = [r for r in openrouter_server.requests if not is_image_request(r)]

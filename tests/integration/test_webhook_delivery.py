@@ -240,42 +240,6 @@ def test_without_room_for_the_body_the_job_polls_as_before(
     assert finished["output_data_json"]["width"] == 320
 
 
-def test_a_job_whose_webhook_found_no_room_reads_its_output_once_a_slot_is_free(
-    migrated_url, endpoint_for, openrouter_server, tmp_path
-):
-    """The job saw RunPod's job over (its output too large to peek at) and waits for the
-    webhook; the webhook comes but finds no slot for its body. The job then reads its output
-    from /status as soon as a slot is free, instead of waiting on for a webhook that already
-    came (up to 30 s while other webhooks kept arriving, before 2026-12-04)."""
-    endpoint = endpoint_for(ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}))
-
-    async def run():
-        async with one_slot_taken(
-            migrated_url,
-            endpoint,
-            openrouter_server,
-            tmp_path,
-            poll_min_interval_s=0.1,
-            progress_write_interval_s=0.1,
-            webhook_slot_wait_s=0.2,
-            webhook_grace_s=0.1,
-        ) as (orchestrator, held):
-            job_id, answer = await submit_then_post_webhook(
-                migrated_url, orchestrator, completed_body
-            )
-            await asyncio.sleep(0.3)
-            held.release()
-            with contextlib.suppress(AssertionError):
-                await until_finished(migrated_url, job_id, 5)
-            return answer, rows(migrated_url, job_id)[0]
-
-    answer, finished = asyncio.run(run())
-    assert answer.status_code == 200
-    assert finished["job_status"] == "completed"
-    # From /status (the worker's 256x256), not from the webhook's body (96x64).
-    assert finished["output_data_json"]["width"] == 256
-
-
 class StatusReads:
     """ASGI middleware for the RunPod endpoint double: the paths of the `/status` requests it
     got, in order (what a peek or a read costs RunPod: each sends the whole answer)."""
@@ -294,11 +258,11 @@ def test_a_job_whose_webhook_found_no_room_reads_its_status_once_without_a_peek(
     migrated_url, openrouter_server, tmp_path
 ):
     """A webhook that found no slot has shown the job over: the job waits for a slot and reads
-    /status there, once. A peek first would have had RunPod send the whole output for nothing
-    (a full answer from the endpoint's side, unread on ours) while no slot was free."""
-    release = threading.Event()
-    worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}, block=release)
-    endpoint, reads = counting_endpoint(worker)
+    /status there, once, as soon as the slot is free (before 2026-12-03 it waited up to 30 s
+    more for the webhook that had come, while others kept arriving). A peek first would have
+    had RunPod send the whole output for nothing (a full answer from the endpoint's side,
+    unread on ours) while no slot was free."""
+    release, worker, endpoint, reads = held_back_endpoint()
 
     async def run():
         async with one_slot_taken(
@@ -337,6 +301,24 @@ def test_a_job_whose_webhook_found_no_room_reads_its_status_once_without_a_peek(
     assert len(reads) - first == 1, reads
 
 
+def held_back_endpoint() -> tuple[threading.Event, ScriptedWorker, EndpointServer, list[str]]:
+    """A counting endpoint (`counting_endpoint`) whose worker answers with an output too large
+    to peek at once `release` is set: (release, the worker, the endpoint, its /status paths)."""
+    release = threading.Event()
+    worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}, block=release)
+    return release, worker, *counting_endpoint(worker)
+
+
+FAST_POLLS = {"poll_min_interval_s": 0.05, "progress_write_interval_s": 0.05}
+
+
+def start(url, orchestrator) -> str:
+    """Insert a job and wake the orchestrator's claim loop: the job's id."""
+    job_id, _ = insert(url, PROMPT)
+    orchestrator.nudge()
+    return job_id
+
+
 def counting_endpoint(worker: ScriptedWorker) -> tuple[EndpointServer, list[str]]:
     """A started RunPod endpoint double and the paths of the `/status` requests it gets."""
     endpoint = EndpointServer(EndpointConfig(endpoint_id="local"), worker)
@@ -353,9 +335,7 @@ def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
     does not come within the grace. The job then waits for a slot and reads /status there:
     no request while every slot is taken (a peek then had RunPod send the whole output for
     nothing), one once a slot is free."""
-    release = threading.Event()
-    worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"}, block=release)
-    endpoint, reads = counting_endpoint(worker)
+    release, worker, endpoint, reads = held_back_endpoint()
 
     async def run():
         async with one_slot_taken(
@@ -363,12 +343,10 @@ def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
             endpoint,
             openrouter_server,
             tmp_path,
-            poll_min_interval_s=0.05,
-            progress_write_interval_s=0.05,
+            **FAST_POLLS,
             webhook_grace_s=0.1,
         ) as (orchestrator, held):
-            job_id, _ = insert(migrated_url, PROMPT)
-            orchestrator.nudge()
+            job_id = start(migrated_url, orchestrator)
             await recorded(migrated_url, job_id)
             release.set()
             await asyncio.to_thread(worker_done, endpoint, worker)
@@ -403,13 +381,11 @@ def test_a_job_waiting_for_a_slot_still_ends_at_its_deadline(
             endpoint,
             openrouter_server,
             tmp_path,
-            poll_min_interval_s=0.05,
-            progress_write_interval_s=0.05,
+            **FAST_POLLS,
             webhook_grace_s=0.1,
             job_timeout_s=1.5,
         ) as (orchestrator, _held):
-            job_id, _ = insert(migrated_url, PROMPT)
-            orchestrator.nudge()
+            job_id = start(migrated_url, orchestrator)
             return await until_finished(migrated_url, job_id, 10)
 
     try:
@@ -444,15 +420,13 @@ def test_a_job_seen_over_does_not_wait_out_other_jobs_webhooks(
             endpoint,
             openrouter_server,
             tmp_path,
-            poll_min_interval_s=0.05,
-            progress_write_interval_s=0.05,
+            **FAST_POLLS,
             webhook_grace_s=0.2,
         ) as orchestrator:
             stop = asyncio.Event()
             flowing = asyncio.create_task(others_flowing(orchestrator.deps.outputs, stop))
             try:
-                job_id, _ = insert(migrated_url, PROMPT)
-                orchestrator.nudge()
+                job_id = start(migrated_url, orchestrator)
                 return await until_finished(migrated_url, job_id, 10)
             finally:
                 stop.set()
