@@ -125,11 +125,27 @@ class OpenRouterClient:
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
                 self._count(type(exc).__name__)
                 raise Transient(unreachable(exc)) from exc
+            # Not JSON, absurdly nested (RecursionError), or not what the SDK can build.
+            except (ValueError, RecursionError, openai.APIResponseValidationError) as exc:
+                self._count("malformed")
+                raise Transient("OpenRouter sent a malformed answer") from exc
         self.backpressure.succeeded()
         self._count("200")
-        if not completion.choices:
-            raise Transient("OpenRouter returned no choices")
-        return completion.choices[0]
+        return first_choice(completion)
+
+
+def first_choice(completion: ChatCompletion) -> Choice:
+    """The answer's first choice, when it has the shape of one (the SDK builds its models
+    without validating them: a string where the choices belong stays a string)."""
+    choices: object = completion.choices
+    if not isinstance(choices, list) or not choices:
+        raise Transient("OpenRouter returned no choices")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    if not isinstance(choice, Choice) or not isinstance(content, str | None):
+        raise Transient("OpenRouter sent a malformed answer")
+    return choice
 
 
 def translate_status_error(exc: openai.APIStatusError) -> Exception:

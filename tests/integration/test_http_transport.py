@@ -322,6 +322,50 @@ def test_openrouter_says_what_failed(answer, first_failure):
     assert "sk-secret" not in str(error)
 
 
+def answering(body: bytes) -> Answer:
+    """A server that answers every request with a 200 JSON `body`."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        answer_head(writer, len(body))
+        writer.write(body)
+        await writer.drain()
+
+    return answer
+
+
+MALFORMED = "OpenRouter sent a malformed answer"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"not json at all", MALFORMED),
+        (b"[" * 500_000 + b"]" * 500_000, MALFORMED),
+        (b'{"choices": "not a list"}', "OpenRouter returned no choices"),
+        (b'{"choices": [{"message": {"content": {"text": "nested"}}}]}', MALFORMED),
+        (b'{"choices": []}', "OpenRouter returned no choices"),
+    ],
+    ids=["not-json", "deeply-nested", "choices-not-a-list", "content-not-text", "no-choices"],
+)
+@pytest.mark.parametrize("call", ["translate", "title"])
+def test_a_malformed_openrouter_answer_is_a_transient_saying_so(body, says, call):
+    """Whatever the body, the call ends at once in a Transient (translation and title fall
+    back), never in a RecursionError or an AttributeError from deep inside."""
+
+    async def ask(base_url: str) -> object:
+        sdk = openrouter_sdk(f"{base_url}/api/v1", "sk-secret", timeout_s=TIMEOUT_S)
+        async with sdk:
+            client = OpenRouterClient(sdk, translate_model="t", title_model="v")
+            if call == "translate":
+                return await client.translate("배경을 해변으로 바꿔줘")
+            return await client.title("https://storage.example/w.png")
+
+    error = asyncio.run(outcome(answering(body), ask))
+    assert type(error) is Transient, repr(error)
+    assert str(error) == says
+
+
 @pytest.mark.parametrize("declared", [True, False], ids=["declared", "chunked"])
 def test_an_endless_openrouter_answer_is_cut_off_at_its_cap(declared):
     """A chat completion is a few kilobytes: an answer that never ends is not read past
