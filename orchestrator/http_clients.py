@@ -106,6 +106,11 @@ class AnswerOverCap(httpx.RemoteProtocolError):
     """An answer past the client's `max_answer_bytes`: not read further."""
 
 
+def over_cap(service: str, cap: int) -> str:
+    """The sentence for an answer refused at its cap, the same for every service."""
+    return f"{service}'s answer is over {cap} bytes; it was not read"
+
+
 def _too_large(cap: int, request: httpx.Request) -> AnswerOverCap:
     return AnswerOverCap(f"the answer is over {cap} bytes", request=request)
 

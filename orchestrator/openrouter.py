@@ -12,7 +12,7 @@ from openai.types.chat.chat_completion import Choice
 from handler.contract import PROMPT_MAX_CHARS
 from orchestrator.backpressure import Backpressure
 from orchestrator.errors import NeedsOperator, Permanent, Transient
-from orchestrator.http_clients import AnswerOverCap, http_client
+from orchestrator.http_clients import AnswerOverCap, http_client, over_cap
 from orchestrator.metrics import Metrics
 
 TRANSLATE_SYSTEM_PROMPT = (
@@ -124,7 +124,7 @@ class OpenRouterClient:
                 raise error from exc
             except (openai.APIConnectionError, openai.APITimeoutError) as exc:
                 self._count(type(exc).__name__)
-                raise Transient(unreachable(exc)) from exc
+                raise Transient(unanswered(exc)) from exc
             # Not JSON, absurdly nested (RecursionError), or not what the SDK can build.
             except (ValueError, RecursionError, openai.APIResponseValidationError) as exc:
                 self._count("malformed")
@@ -163,7 +163,7 @@ def translate_status_error(exc: openai.APIStatusError) -> Exception:
     return Permanent(f"OpenRouter refused the request ({code})")
 
 
-def unreachable(exc: openai.APIError) -> str:
+def unanswered(exc: openai.APIError) -> str:
     """What became of a call that got no answer: the SDK's error and, when it differs, the
     first failure in its chain (the SDK's own aiohttp client called a refused connection an
     APITimeoutError, which alone would mislead), or that the answer was over its cap."""
@@ -174,7 +174,7 @@ def unreachable(exc: openai.APIError) -> str:
             break
         first = cause
     if isinstance(first, AnswerOverCap):
-        return f"OpenRouter's answer is over {ANSWER_MAX_BYTES} bytes; it was not read"
+        return over_cap("OpenRouter", ANSWER_MAX_BYTES)
     name, why = type(exc).__name__, type(first).__name__
     return f"OpenRouter unreachable: {name if why == name else f'{name} ({why})'}"
 

@@ -19,7 +19,7 @@ from orchestrator.errors import (
     SubmissionUnknown,
     Transient,
 )
-from orchestrator.http_clients import http_client
+from orchestrator.http_clients import http_client, over_cap
 from orchestrator.metrics import Metrics
 from orchestrator.policy import window_bucket
 
@@ -266,7 +266,7 @@ async def read_at_most(
 
 def _within(size: int, limit: int | None) -> None:
     if limit is not None and size > limit:
-        raise AnswerTooLarge(f"RunPod's answer is over {limit} bytes; it was not read")
+        raise AnswerTooLarge(over_cap("RunPod", limit))
 
 
 def parse_status(job_id: str, answer: object) -> RunPodJob:

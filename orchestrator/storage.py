@@ -11,7 +11,7 @@ from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 
 from orchestrator.errors import NeedsOperator, Permanent, Transient
-from orchestrator.http_clients import AnswerOverCap, http_client
+from orchestrator.http_clients import AnswerOverCap, http_client, over_cap
 
 OUTPUT_NAME = "output.png"
 # Storage's answers are a few hundred bytes of JSON; a broken or hostile one is not read past this.
@@ -107,9 +107,7 @@ class SupabaseStorage:
 
 def _unanswered(exc: httpx.HTTPError) -> Transient:
     if isinstance(exc, AnswerOverCap):
-        return Transient(
-            f"Supabase Storage's answer is over {ANSWER_MAX_BYTES} bytes; it was not read"
-        )
+        return Transient(over_cap("Supabase Storage", ANSWER_MAX_BYTES))
     return Transient(f"Supabase Storage unreachable: {type(exc).__name__}")
 
 

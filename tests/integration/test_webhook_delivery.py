@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import httpx
+import pytest
 from PIL import Image
 
 from devtools.endpoint.config import EndpointConfig
@@ -101,6 +102,17 @@ async def one_slot_taken(url, endpoint, openrouter_server, tmp_path, **settings)
         **settings,
     ) as orchestrator:
         yield orchestrator, await orchestrator.deps.outputs.delivery(1)
+
+
+@pytest.fixture
+def slot_taken(migrated_url, openrouter_server, tmp_path):
+    """`slot_taken(endpoint, **settings)`: `one_slot_taken` on the test's database, OpenRouter
+    double and folder."""
+
+    def start(endpoint, **settings):
+        return one_slot_taken(migrated_url, endpoint, openrouter_server, tmp_path, **settings)
+
+    return start
 
 
 def scenario(
@@ -202,23 +214,15 @@ def test_a_kept_body_that_cannot_be_parsed_is_answered_and_its_slot_given_back(
         assert taken == 0
 
 
-def test_without_room_for_the_body_the_job_polls_as_before(
-    migrated_url, endpoint_for, openrouter_server, tmp_path
-):
+def test_without_room_for_the_body_the_job_polls_as_before(migrated_url, endpoint_for, slot_taken):
     release = threading.Event()
     endpoint = endpoint_for(ScriptedWorker(block=release))
 
     try:
 
         async def run():
-            async with one_slot_taken(
-                migrated_url,
-                endpoint,
-                openrouter_server,
-                tmp_path,
-                poll_min_interval_s=0.1,
-                webhook_slot_wait_s=0.2,
-                webhook_grace_s=0.1,
+            async with slot_taken(
+                endpoint, poll_min_interval_s=0.1, webhook_slot_wait_s=0.2, webhook_grace_s=0.1
             ) as (orchestrator, held):
                 job_id, answer = await submit_then_post_webhook(
                     migrated_url, orchestrator, completed_body
@@ -255,7 +259,7 @@ class StatusReads:
 
 
 def test_a_job_whose_webhook_found_no_room_reads_its_status_once_without_a_peek(
-    migrated_url, openrouter_server, tmp_path
+    migrated_url, slot_taken
 ):
     """A webhook that found no slot has shown the job over: the job waits for a slot and reads
     /status there, once, as soon as the slot is free (before 2026-12-03 it waited up to 30 s
@@ -265,13 +269,7 @@ def test_a_job_whose_webhook_found_no_room_reads_its_status_once_without_a_peek(
     release, worker, endpoint, reads = held_back_endpoint()
 
     async def run():
-        async with one_slot_taken(
-            migrated_url,
-            endpoint,
-            openrouter_server,
-            tmp_path,
-            webhook_slot_wait_s=0.2,
-        ) as (orchestrator, held):
+        async with slot_taken(endpoint, webhook_slot_wait_s=0.2) as (orchestrator, held):
             before: list[int] = []
 
             async def finish_on_runpod():
@@ -328,9 +326,7 @@ def counting_endpoint(worker: ScriptedWorker) -> tuple[EndpointServer, list[str]
     return endpoint, reads
 
 
-def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
-    migrated_url, openrouter_server, tmp_path
-):
+def test_a_job_seen_over_waits_for_a_slot_without_asking_again(migrated_url, slot_taken):
     """A poll found the job over (its output too large to peek at, no slot free); its webhook
     does not come within the grace. The job then waits for a slot and reads /status there:
     no request while every slot is taken (a peek then had RunPod send the whole output for
@@ -338,14 +334,7 @@ def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
     release, worker, endpoint, reads = held_back_endpoint()
 
     async def run():
-        async with one_slot_taken(
-            migrated_url,
-            endpoint,
-            openrouter_server,
-            tmp_path,
-            **FAST_POLLS,
-            webhook_grace_s=0.1,
-        ) as (orchestrator, held):
+        async with slot_taken(endpoint, **FAST_POLLS, webhook_grace_s=0.1) as (orchestrator, held):
             job_id = start(migrated_url, orchestrator)
             await recorded(migrated_url, job_id)
             release.set()
@@ -367,24 +356,17 @@ def test_a_job_seen_over_waits_for_a_slot_without_asking_again(
     assert after_done == while_held + 1  # then the read in the slot
 
 
-def test_a_job_waiting_for_a_slot_still_ends_at_its_deadline(
-    migrated_url, openrouter_server, tmp_path
-):
+def test_a_job_waiting_for_a_slot_still_ends_at_its_deadline(migrated_url, slot_taken):
     """Over, its webhook never coming, and no slot ever free: the job ends at JOB_TIMEOUT_S
     ("Timed out", its RunPod job cancelled) instead of waiting for a slot for ever."""
     worker = ScriptedWorker(output={"image": noisy_png_b64(), "prompt_id": "p"})
     endpoint, _ = counting_endpoint(worker)
 
     async def run():
-        async with one_slot_taken(
-            migrated_url,
-            endpoint,
-            openrouter_server,
-            tmp_path,
-            **FAST_POLLS,
-            webhook_grace_s=0.1,
-            job_timeout_s=1.5,
-        ) as (orchestrator, _held):
+        async with slot_taken(endpoint, **FAST_POLLS, webhook_grace_s=0.1, job_timeout_s=1.5) as (
+            orchestrator,
+            _held,
+        ):
             job_id = start(migrated_url, orchestrator)
             return await until_finished(migrated_url, job_id, 10)
 
