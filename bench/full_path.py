@@ -16,10 +16,10 @@ the overhead a steady load below capacity sees, not a burst's queue.
 
 Reported: completed count; jobs/s from the insert's commit to the last completion; orchestrator
 overhead p50/p95/p99 (the insert's commit -> the finalize's start, `completed_at`, less the
-fakes' own time: 0.55 s and the job's GPU run); the jobs' own time p50/p95/p99 (the same
-span, less every stretch the
-fakes themselves saw: each request from its arrival to its answer, the GPU run, and the RunPod
-fake's delay before sending the webhook; the fakes' CPU work is theirs here) and where it went
+fakes' own time: 0.5 s, the upload overlapping the title, and the job's GPU run); the jobs' own
+time p50/p95/p99 (the same span, less every stretch the fakes themselves saw: each request
+from its arrival to its answer, the GPU run, and the RunPod fake's delay before sending the
+webhook; the fakes' CPU work is theirs here) and where it went
 (the uncovered time before each step: the translation, `/run`, the upload, the title, the end);
 completion detection delay p50/p95 (a RunPod job finished -> the first `/status` answer
 that says so, or the webhook's answer, both on the fake's clock); peak RSS (the kernel's VmHWM

@@ -1,8 +1,9 @@
 """A completed RunPod job becomes a stored, titled image: store, title, finalize.
 
 The image is decoded and verified once, in the CPU lane (off the event loop), while it uploads;
-after the upload only its thumbnail is kept, so a job waiting for its title holds a few KB, not
-the output.
+its title is asked for as soon as it is proven, from its thumbnail, so the vision model's answer
+and the upload overlap. After the upload no image bytes are kept: a job waiting for its title
+holds a few KB, not the output.
 """
 
 import asyncio
@@ -36,7 +37,9 @@ class Stored:
     width: int
     height: int
     seed: int | None
-    thumbnail_data_url: str | None  # None: the title model is shown `url` (TITLE_IMAGE)
+    # Asked for while the image uploaded, from its thumbnail; None: the title model is shown
+    # `url` once it is stored (TITLE_IMAGE=url).
+    title: "asyncio.Task[str] | None" = None
 
 
 async def complete(
@@ -45,14 +48,17 @@ async def complete(
     """Store the image, title it, and finalize everything in one transaction."""
     clock = clock or StageClock()
     with clock.stage("store"):
-        stored = await store(job, output, deps)
+        stored = await store(job, output, deps, clock)
     return await title_and_finalize(job, stored, deps, clock)
 
 
-async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
+async def store(
+    job: ClaimedJob, output: object, deps: FlowDeps, clock: StageClock | None = None
+) -> Stored:
     """Unpack RunPod's output, then upload it while the CPU lane proves it decodable: the proof
-    (~10 ms for 1 MP) overlaps the upload instead of preceding it. An output that fails the
-    proof is removed again before the job fails, so no row ever names an unproven image."""
+    (~10 ms for 1 MP) overlaps the upload instead of preceding it, and the title, asked for once
+    the proof is done, overlaps the rest of it. An output that fails the proof is removed again
+    before the job fails, so no row ever names an unproven image."""
     stage = deps.metrics.stage_seconds
     with stage.labels("decode").time():
         if unpacks_on_loop(output):
@@ -76,11 +82,19 @@ async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
             upload.add_done_callback(_outcome_ignored)
             upload.cancel()
             raise
-        url = await upload
+        seed = unpacked.seed
+        del unpacked  # the upload holds the bytes until it ends, and nothing after it
+        title = None
+        if checked.thumbnail_data_url is not None:
+            title = asyncio.create_task(_title(checked.thumbnail_data_url, deps, clock))
+        try:
+            url = await upload
+        except BaseException:  # the job ends or retries without this image: no title for it
+            if title is not None:
+                title.cancel()
+            raise
     deps.alerts.resolve("storage")
-    return Stored(
-        path, url, checked.width, checked.height, unpacked.seed, checked.thumbnail_data_url
-    )
+    return Stored(path, url, checked.width, checked.height, seed, title)
 
 
 def _outcome_ignored(task: "asyncio.Task[str]") -> None:
@@ -101,16 +115,20 @@ async def _remove_unproven(path: str, deps: FlowDeps) -> None:
 async def title_and_finalize(
     job: ClaimedJob, stored: Stored, deps: FlowDeps, clock: StageClock | None = None
 ) -> Outcome:
-    """Title the stored image, then finalize everything (and the job's timings) in one
-    transaction."""
-    stage = deps.metrics.stage_seconds
+    """Title the stored image (or await the title asked for while it uploaded), then finalize
+    everything (and the job's timings) in one transaction."""
     clock = clock or StageClock()
-    with stage.labels("title").time(), clock.stage("title"):
-        title = await make_title(stored.thumbnail_data_url or stored.url, deps)
-    with stage.labels("finalize").time():
+    title = await (stored.title or _title(stored.url, deps, clock))
+    with deps.metrics.stage_seconds.labels("finalize").time():
         await finalize(job, deps, stored=stored, title=title, clock=clock)
     log.info("job %s: completed (%dx%d, %r)", job.id, stored.width, stored.height, title)
     return Outcome.COMPLETED
+
+
+async def _title(image_url: str, deps: FlowDeps, clock: StageClock | None) -> str:
+    """make_title, timed as the `title` stage (the model's answer, whatever it overlapped)."""
+    with deps.metrics.stage_seconds.labels("title").time(), (clock or StageClock()).stage("title"):
+        return await make_title(image_url, deps)
 
 
 async def make_title(image_url: str, deps: FlowDeps) -> str:

@@ -21,7 +21,7 @@ from orchestrator.flow import run_job
 from orchestrator.jobs import Outcome
 from orchestrator.outputs import JobWake
 from orchestrator.storage import output_path, supabase_storage
-from tests.fakes.openrouter import is_image_request
+from tests.fakes.openrouter import default_reply, is_image_request
 from tests.fakes.storage import DEFAULT_SERVICE_KEY, StoredObject
 from tests.integration.flowkit import (
     ScriptedWorker,
@@ -255,6 +255,61 @@ def test_the_title_model_is_shown_the_public_url_or_a_thumbnail(
         assert shown.startswith("data:image/jpeg;base64,")
 
 
+def test_the_title_is_asked_for_while_the_image_uploads(
+    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
+):
+    """The vision model's answer and the upload overlap: the title request reaches OpenRouter
+    while Storage still holds the upload, not after it answered."""
+    endpoint = endpoint_for(ScriptedWorker())
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    storage_server.stall_next(1.0)
+    uploads_seen_by_title = []
+
+    def reply(body):
+        if is_image_request(body):
+            uploads_seen_by_title.append(len(storage_server.uploads))
+        return default_reply(body)
+
+    openrouter_server.reply = reply
+    status = drive_with_supabase(
+        migrated_url, endpoint, openrouter_server, tmp_path, job_id, storage_server=storage_server
+    )
+    assert status is Outcome.COMPLETED
+    assert uploads_seen_by_title == [0]
+    assert len(storage_server.uploads) == 1
+    job, _ = rows(migrated_url, job_id)
+    assert (job["title"], job["job_status"]) == ("해변의 노을 풍경", "completed")
+
+
+def test_a_failed_upload_ends_the_title_asked_for_beside_it(
+    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
+):
+    """Storage fails while the title is being made: the job goes back to pending and its title
+    request ends with it, not left running for an image that was not stored."""
+    endpoint = endpoint_for(ScriptedWorker())
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    openrouter_server.stall_next(10.0)  # the title: still unanswered when Storage fails
+    storage_server.fail_next(500, delay_s=0.5)
+
+    async def run():
+        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
+        try:
+            async with flow_deps(
+                migrated_url, endpoint, openrouter_server, tmp_path, storage=storage
+            ) as deps:
+                outcome = await run_job(await claim(deps, job_id), deps, JobWake())
+                titles = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_title"]
+                return outcome, [t for t in titles if not t.done()]
+        finally:
+            await storage.aclose()
+
+    status, titles_running = asyncio.run(run())
+    assert (status, titles_running) == (Outcome.RETRY_LATER, [])
+    assert sum(map(is_image_request, openrouter_server.requests)) == 1
+    job, file = rows(migrated_url, job_id)
+    assert (job["job_status"], job["title"], file) == ("pending", None, None)
+
+
 def test_a_storage_outage_sends_the_job_back_to_pending_without_failing_the_work(
     migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
 ):
@@ -311,7 +366,7 @@ def test_finalizing_a_work_twice_leaves_one_files_row(
         async with flow_deps(migrated_url, endpoint, openrouter_server, tmp_path) as deps:
             job = await claim(deps, job_id)
             path = output_path(job.user_id, work_id)
-            first = Stored(path, "http://x/1.png", 8, 6, None, "data:,")
+            first = Stored(path, "http://x/1.png", 8, 6, None)
             await finalize(job, deps, stored=first, title="첫 제목")
             again = replace(first, url="http://x/2.png")
             with pytest.raises(Permanent, match="no longer in progress"):
