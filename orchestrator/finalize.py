@@ -48,13 +48,11 @@ async def complete(
     """Store the image, title it, and finalize everything in one transaction."""
     clock = clock or StageClock()
     with clock.stage("store"):
-        stored = await store(job, output, deps, clock)
+        stored = await store(job, output, deps)
     return await title_and_finalize(job, stored, deps, clock)
 
 
-async def store(
-    job: ClaimedJob, output: object, deps: FlowDeps, clock: StageClock | None = None
-) -> Stored:
+async def store(job: ClaimedJob, output: object, deps: FlowDeps) -> Stored:
     """Unpack RunPod's output, then upload it while the CPU lane proves it decodable: the proof
     (~10 ms for 1 MP) overlaps the upload instead of preceding it, and the title, asked for once
     the proof is done, overlaps the rest of it. An output that fails the proof is removed again
@@ -86,7 +84,7 @@ async def store(
         del unpacked  # the upload holds the bytes until it ends, and nothing after it
         title = None
         if checked.thumbnail_data_url is not None:
-            title = asyncio.create_task(_title(checked.thumbnail_data_url, deps, clock))
+            title = asyncio.create_task(_title(checked.thumbnail_data_url, deps))
         try:
             url = await upload
         except BaseException:  # the job ends or retries without this image: no title for it
@@ -118,16 +116,17 @@ async def title_and_finalize(
     """Title the stored image (or await the title asked for while it uploaded), then finalize
     everything (and the job's timings) in one transaction."""
     clock = clock or StageClock()
-    title = await (stored.title or _title(stored.url, deps, clock))
+    with clock.stage("title"):  # what the title added after the store (the job's timeline)
+        title = await (stored.title or _title(stored.url, deps))
     with deps.metrics.stage_seconds.labels("finalize").time():
         await finalize(job, deps, stored=stored, title=title, clock=clock)
     log.info("job %s: completed (%dx%d, %r)", job.id, stored.width, stored.height, title)
     return Outcome.COMPLETED
 
 
-async def _title(image_url: str, deps: FlowDeps, clock: StageClock | None) -> str:
-    """make_title, timed as the `title` stage (the model's answer, whatever it overlapped)."""
-    with deps.metrics.stage_seconds.labels("title").time(), (clock or StageClock()).stage("title"):
+async def _title(image_url: str, deps: FlowDeps) -> str:
+    """make_title, its whole time in the `title` stage metric (whatever it overlapped)."""
+    with deps.metrics.stage_seconds.labels("title").time():
         return await make_title(image_url, deps)
 
 

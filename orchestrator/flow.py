@@ -141,7 +141,7 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: JobWake, clock: StageClo
             if result.status == "COMPLETED":
                 async with deps.outputs.held(result):  # the output slot, until it is stored
                     with clock.stage("store"):
-                        stored = await store(job, result.output, deps, clock)
+                        stored = await store(job, result.output, deps)
                 del result  # the output (megabytes) is not kept while the title comes
                 return await title_and_finalize(job, stored, deps, clock)
             if not is_worker_fault(result.status, result.error):

@@ -27,14 +27,20 @@ def test_the_busiest_window_counts_events_in_a_half_open_span():
 
 def test_overhead_is_end_to_end_less_the_services_own_time():
     services = Latencies(translate_s=0.2, gpu_s=2.0, storage_s=0.05, title_s=0.3)
-    assert services.total_s == 2.5  # the upload and the title overlap
-    got = overheads([2.5, 2.55, 3.5], services)
+    assert services.total_s == 2.55
+    got = overheads([2.55, 2.6, 3.55], services)
     assert [round(v, 6) for v in got] == [0.0, 0.05, 1.0]
-    # Each job's own GPU time, when runs vary: 2.5 with a 1.5 s run is 0.5 s of overhead.
-    got = overheads([2.5, 2.55, 3.5], services, gpu_s=[1.5, 2.6, 2.0])
+    # Each job's own GPU time, when runs vary: 2.55 with a 1.5 s run is 0.5 s of overhead.
+    got = overheads([2.55, 2.6, 3.55], services, gpu_s=[1.5, 2.6, 2.0])
     assert [round(v, 6) for v in got] == [0.5, -0.55, 1.0]
-    longer_upload = Latencies(translate_s=0.2, gpu_s=2.0, storage_s=0.5, title_s=0.3)
-    assert longer_upload.total_s == 2.7
+
+
+def test_an_upload_and_a_title_that_overlap_count_once_the_longer():
+    overlapping = Latencies(0.2, 2.0, storage_s=0.05, title_s=0.3, title_overlaps_upload=True)
+    assert overlapping.total_s == 2.5
+    assert [round(v, 6) for v in overheads([2.5, 2.55], overlapping)] == [0.0, 0.05]
+    slow_upload = Latencies(0.2, 2.0, storage_s=0.5, title_s=0.3, title_overlaps_upload=True)
+    assert slow_upload.total_s == 2.7
 
 
 def test_detection_counts_only_jobs_seen_finished_and_takes_the_first_sign():
