@@ -7,20 +7,22 @@ the way `orchestrator/service.py` does: a claim loop calling `orchestrator.claim
 the free room, and one task per claimed job running the named queries `orchestrator/flow.py`
 runs for it, in the same transactions, with no network call in between:
 
-    submit    (submit.submit): begin_submission                          before /run
+    claim     (service): claim_jobs                                       one statement
+    submit    (submit.submit): begin_submission                          one statement, before /run
                                record_submission, mark_work_processing    one transaction
-    timings   (flow, after submit): record_timings                        one transaction
-    finalize  (finalize.finalize): upsert_file, complete_work, finish_job,
-                                   record_timings                         one transaction
+    timings   (flow, after submit): record_timings                        one statement
+    finalize  (finalize.finalize): complete_job                           one statement
 
 The RunPod id is made up, and the await, store and title steps (network only) are skipped. The
 heartbeat (one renew_leases per process every 10 s, not per job) is left out too.
 
 Reported: jobs/s from the first claim to the last finish, named statements per job (counted
-here, claim_jobs included), round trips per job (those plus each transaction's BEGIN and COMMIT,
-which psycopg sends as statements of their own), and the transactions the server committed per
-job (pg_stat_database, a check on the count). At the end every job must be claimed once,
-submitted once (`attempts = 1`), completed once, with one files row; otherwise the exit status is 1.
+here, claim_jobs included), round trips per job (those plus the BEGIN and COMMIT of each
+transaction of several statements, which psycopg sends as statements of their own; a statement
+alone runs in autocommit, as orchestrator.db's `one` and `all` do), and the transactions the
+server committed per job (pg_stat_database, a check on the count). At the end every job must be
+claimed once, submitted once (`attempts = 1`), completed once, with one files row; otherwise the
+exit status is 1.
 
 Run from the repository root (PostgreSQL at 127.0.0.1:5432, trust auth):
 
@@ -101,7 +103,8 @@ class ReplicaResult:
     worker_id: str
     claimed: list[str] = field(default_factory=list)
     statements: Counter[str] = field(default_factory=Counter)
-    transactions: int = 0
+    transactions: int = 0  # every one, a statement alone in autocommit included
+    begun: int = 0  # those of several statements: a BEGIN and a COMMIT each
     completed: int = 0
     errors: list[str] = field(default_factory=list)
     started_at: float = 0.0
@@ -134,7 +137,8 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
         "translation": "skipped",
     }
     result.transactions += 2
-    async with db.transaction() as conn:
+    result.begun += 1
+    async with db.connection() as conn:
         begun = await named(
             conn,
             result,
@@ -169,35 +173,40 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
 
 
 async def record_timings(
-    db: Database, job: ClaimedJob, result: ReplicaResult, timings: dict[str, int], conn: Any = None
+    db: Database, job: ClaimedJob, result: ReplicaResult, timings: dict[str, int]
 ) -> None:
-    """flow's timings write (generation_jobs.timings): its own transaction after the submission,
-    or inside finalize's."""
-    if conn is None:
-        result.transactions += 1
-        async with db.transaction() as own:
-            await record_timings(db, job, result, timings, own)
-        return
-    row = await named(
-        conn, result, "record_timings", job_id=job.id, worker_id=result.worker_id, timings=timings
-    )
+    """flow's timings write after the submission (generation_jobs.timings): one statement."""
+    result.transactions += 1
+    async with db.connection() as conn:
+        row = await named(
+            conn,
+            result,
+            "record_timings",
+            job_id=job.id,
+            worker_id=result.worker_id,
+            timings=timings,
+        )
     if row is None:
         raise BenchError(f"job {job.id}: record_timings fenced out")
 
 
 async def finalize(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
-    """flow.finalize's writes: files row, completed work, completed job, one transaction."""
+    """flow.finalize's write: files row, completed work, completed job and its timings, one
+    statement."""
     path = output_path(job.user_id or "", job.work_id)
     file_id = uuid.uuid5(FILES_NAMESPACE, f"{BUCKET}/{path}")
     url = f"https://storage.example/storage/v1/object/public/{BUCKET}/{path}"
     width, height = OUTPUT_SIZE
     output_data = {"image_url": url, "filename": "output.png", "width": width, "height": height}
     result.transactions += 1
-    async with db.transaction() as conn:
-        await named(
+    async with db.connection() as conn:
+        row = await named(
             conn,
             result,
-            "upsert_file",
+            "complete_job",
+            job_id=job.id,
+            worker_id=result.worker_id,
+            work_id=job.work_id,
             file_id=file_id,
             user_id=job.user_id,
             bucket_id=BUCKET,
@@ -205,32 +214,14 @@ async def finalize(db: Database, job: ClaimedJob, result: ReplicaResult) -> None
             width=width,
             height=height,
             file_url=url,
-        )
-        work = await named(
-            conn,
-            result,
-            "complete_work",
-            work_id=job.work_id,
-            file_id=file_id,
             title="I2I 작품",
             output_data=output_data,
             tags=TAGS,
             metadata_patch={"width": width, "height": height},
+            timings={"store": 30, "title": 0, "finalize": 0},
         )
-        if work is None:
-            raise BenchError(f"job {job.id}: complete_work found the work not in progress")
-        finished = await named(
-            conn,
-            result,
-            "finish_job",
-            job_id=job.id,
-            worker_id=result.worker_id,
-            status="completed",
-            error=None,
-        )
-        if finished is None:
-            raise BenchError(f"job {job.id}: finish_job fenced out")
-        await record_timings(db, job, result, {"store": 30, "title": 0, "finalize": 5}, conn)
+    if row is None or not row["completed"]:
+        raise BenchError(f"job {job.id}: complete_job wrote nothing")
     result.completed += 1
 
 
@@ -251,7 +242,7 @@ async def claim(db: Database, result: ReplicaResult, room: int) -> list[ClaimedJ
     if room <= 0:
         return []
     result.statements["claim_jobs"] += 1
-    result.transactions += 1
+    result.transactions += 1  # one statement in autocommit
     jobs = await claim_jobs(
         db, template_id=KLEIN_TEMPLATE_ID, worker_id=result.worker_id, lease_s=LEASE_S, limit=room
     )
@@ -521,7 +512,7 @@ def figures(config: Config, results: list[ReplicaResult], server_commits: int) -
         elapsed_s=elapsed,
         jobs_per_s=n / elapsed,
         statements_per_job=statements.total() / n,
-        round_trips_per_job=(statements.total() + 2 * transactions) / n,
+        round_trips_per_job=(statements.total() + 2 * sum(r.begun for r in results)) / n,
         transactions_per_job=transactions / n,
         server_transactions_per_job=server_commits / n,
         mean_claim_batch=n / max(1, statements["claim_jobs"]),
@@ -539,7 +530,7 @@ def report(config: Config, runs: list[RunFigures], version: str) -> None:
         ("jobs/s", spread([r.jobs_per_s for r in runs])),
         ("elapsed s", spread([r.elapsed_s for r in runs])),
         ("named statements / job", spread([r.statements_per_job for r in runs])),
-        ("round trips / job (+BEGIN, COMMIT)", spread([r.round_trips_per_job for r in runs])),
+        ("round trips / job", spread([r.round_trips_per_job for r in runs])),
         ("transactions / job", spread([r.transactions_per_job for r in runs])),
         ("  the server's count", spread([r.server_transactions_per_job for r in runs])),
         ("jobs per claim_jobs", spread([r.mean_claim_batch for r in runs])),

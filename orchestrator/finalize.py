@@ -11,16 +11,14 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from orchestrator.db import fetch_one
 from orchestrator.deps import FlowDeps
-from orchestrator.errors import NeedsOperator, Permanent, Transient, WorkCancelled
-from orchestrator.jobs import ClaimedJob, JobStatus, Outcome
+from orchestrator.errors import FencedOut, NeedsOperator, Permanent, Transient, WorkCancelled
+from orchestrator.jobs import ClaimedJob, Outcome
 from orchestrator.openrouter import OpenRouterClient
-from orchestrator.outcomes import finish_in
 from orchestrator.output_image import check_output, unpack_output, unpacks_on_loop
 from orchestrator.policy import clean_title
 from orchestrator.storage import output_path
-from orchestrator.timings import StageClock, record_timings
+from orchestrator.timings import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +157,8 @@ async def finalize(
     title: str,
     clock: StageClock | None = None,
 ) -> None:
-    """files row, completed work and completed job (and its timings), all or nothing."""
+    """files row, completed work and completed job (and its timings), all or nothing, in one
+    statement (`complete_job`)."""
     clock = clock or StageClock()
     started = clock.now()
     path, url = stored.path, stored.url
@@ -167,34 +166,35 @@ async def finalize(
     size = {"width": stored.width, "height": stored.height}
     output_data = {"image_url": url, "filename": path.rsplit("/", 1)[-1]} | size
     used_seed = {"seed": stored.seed} if stored.seed is not None else {}
-    async with deps.db.transaction() as conn:
-        await fetch_one(
-            conn,
-            "upsert_file",
-            file_id=file_id,
-            user_id=job.user_id,
-            bucket_id=deps.storage.bucket,
-            path=path,
-            file_url=url,
-            **size,
-        )
-        work = await fetch_one(
-            conn,
-            "complete_work",
-            work_id=job.work_id,
-            file_id=file_id,
-            title=title,
-            output_data=output_data,
-            tags=TAGS,
-            metadata_patch=size | used_seed,
-        )
-        if work is None:
-            if await fetch_one(conn, "work_is_cancelled", work_id=job.work_id):
-                raise WorkCancelled(job.work_id)  # rolls the files row back too
-            raise Permanent("the work was no longer in progress when its image arrived")
-        await finish_in(conn, job, deps, JobStatus.COMPLETED, None)
-        clock.since("finalize", started)  # all but the commit: the write must be inside it
-        timings = clock.take()
-        await record_timings(
-            conn, job_id=job.id, worker_id=deps.settings.worker_id, timings=timings
-        )
+    clock.since("finalize", started)  # what it took before its one statement
+    row = await deps.db.one(
+        "complete_job",
+        job_id=job.id,
+        worker_id=deps.settings.worker_id,
+        work_id=job.work_id,
+        file_id=file_id,
+        user_id=job.user_id,
+        bucket_id=deps.storage.bucket,
+        path=path,
+        file_url=url,
+        title=title,
+        output_data=output_data,
+        tags=TAGS,
+        metadata_patch=size | used_seed,
+        timings=clock.take(),
+        **size,
+    )
+    if row is None or not row["completed"]:
+        raise await _not_completed(job, deps)
+
+
+async def _not_completed(job: ClaimedJob, deps: FlowDeps) -> Exception:
+    """Why `complete_job` wrote nothing, as finalizing reports it: the work was cancelled (the
+    job is then cancelled too), or is no longer in progress, or the job is no longer ours."""
+    work = await deps.db.one("work_status", work_id=job.work_id)
+    status = work["status"] if work is not None else None
+    if status == "cancelled":
+        return WorkCancelled(job.work_id)
+    if status not in ("taken", "processing"):
+        return Permanent("the work was no longer in progress when its image arrived")
+    return FencedOut(job.id)

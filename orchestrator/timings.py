@@ -79,8 +79,9 @@ async def record_timings(
 
 
 async def save_timings(deps: FlowDeps, job_id: str, clock: StageClock) -> None:
-    """Write what the clock measured since its last write; FencedOut if the job is not ours."""
-    async with deps.db.transaction() as conn:
+    """Write what the clock measured since its last write (one statement, no BEGIN or COMMIT);
+    FencedOut if the job is not ours."""
+    async with deps.db.connection() as conn:
         held = await record_timings(
             conn, job_id=job_id, worker_id=deps.settings.worker_id, timings=clock.take()
         )

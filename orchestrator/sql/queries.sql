@@ -163,25 +163,53 @@ SET runpod_job_id = NULL, submitted_at = NULL, last_error = %(error)s, updated_a
 WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
 RETURNING id;
 
--- name: upsert_file
--- The output's files row; its id is derived from the work, so finalizing twice writes one row.
-INSERT INTO files (id, user_id, bucket_id, path, width, height, file_url)
-VALUES (%(file_id)s, %(user_id)s, %(bucket_id)s, %(path)s, %(width)s, %(height)s, %(file_url)s)
-ON CONFLICT (id) DO UPDATE
-SET width = EXCLUDED.width, height = EXCLUDED.height, file_url = EXCLUDED.file_url
-RETURNING id;
+-- name: complete_job
+-- Finalize, one statement and so one transaction and one round trip (BEGIN, four statements and
+-- COMMIT made six, each a network latency away from a remote database): the output's files row
+-- (its id derived from the work, so finalizing twice writes one row), the completed work, and the
+-- completed job with its timings merged (as record_timings does). All or nothing, and nothing
+-- unless the job is still this worker's and its work still in progress; `completed` says whether
+-- it was written.
+WITH mine AS (
+    SELECT id FROM generation_jobs
+    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status IN ('taken', 'cancelled')
+    FOR UPDATE
+),
+work AS (
+    UPDATE works
+    SET status = 'completed', output_file_id = %(file_id)s, thumbnail_file_id = %(file_id)s,
+        title = %(title)s, output_data_json = %(output_data)s, tags = %(tags)s,
+        generation_metadata = coalesce(generation_metadata, '{}'::jsonb) || %(metadata_patch)s,
+        error_message = NULL, progress = NULL, completed_at = now(), updated_at = now()
+    WHERE id = %(work_id)s AND status IN ('taken', 'processing') AND EXISTS (SELECT 1 FROM mine)
+    RETURNING id
+),
+file AS (
+    INSERT INTO files (id, user_id, bucket_id, path, width, height, file_url)
+    SELECT %(file_id)s, %(user_id)s, %(bucket_id)s, %(path)s, %(width)s, %(height)s,
+           %(file_url)s
+    FROM work
+    ON CONFLICT (id) DO UPDATE
+    SET width = EXCLUDED.width, height = EXCLUDED.height, file_url = EXCLUDED.file_url
+    RETURNING id
+),
+job AS (
+    UPDATE generation_jobs j
+    SET status = 'completed', finished_at = now(), last_error = NULL, lease_expires_at = NULL,
+        updated_at = now(),
+        timings = coalesce(j.timings, '{}'::jsonb) || %(timings)s || CASE
+            WHEN j.taken_at IS NULL THEN '{}'::jsonb
+            ELSE jsonb_build_object('claim', greatest(0, round(
+                extract(epoch FROM j.taken_at - greatest(j.created_at, j.not_before)) * 1000))::bigint)
+        END
+    FROM mine, work
+    WHERE j.id = mine.id
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM job) = 1 AND (SELECT count(*) FROM file) = 1 AS completed;
 
--- name: complete_work
-UPDATE works
-SET status = 'completed', output_file_id = %(file_id)s, thumbnail_file_id = %(file_id)s,
-    title = %(title)s, output_data_json = %(output_data)s, tags = %(tags)s,
-    generation_metadata = coalesce(generation_metadata, '{}'::jsonb) || %(metadata_patch)s,
-    error_message = NULL, progress = NULL, completed_at = now(), updated_at = now()
-WHERE id = %(work_id)s AND status IN ('taken', 'processing')
-RETURNING id;
-
--- name: work_is_cancelled
-SELECT id FROM works WHERE id = %(work_id)s AND status = 'cancelled';
+-- name: work_status
+SELECT status FROM works WHERE id = %(work_id)s;
 
 -- name: fail_work
 UPDATE works

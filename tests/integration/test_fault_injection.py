@@ -34,7 +34,7 @@ STEPS = {
     "decode": ("pillow", "open"),
     "store": ("storage", "put_png"),
     "title": ("openrouter", "title"),
-    "finalize": ("db", "complete_work"),
+    "finalize": ("db", "complete_job"),
 }
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from handler.contract import ready_png
 from orchestrator import finalize as flow_finalize
-from orchestrator.errors import Permanent, WorkCancelled
+from orchestrator.errors import FencedOut, Permanent, WorkCancelled
 from orchestrator.finalize import Stored, finalize
 from orchestrator.flow import run_job
 from orchestrator.jobs import Outcome
@@ -381,6 +381,31 @@ def test_finalizing_a_work_twice_leaves_one_files_row(
         "http://x/1.png",
     )
     assert job["job_status"] == "completed"
+
+
+def test_finalizing_a_job_another_worker_holds_writes_nothing(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """Finalize is all or nothing, and nothing unless the job is still ours: with the job taken
+    over meanwhile, no files row is written and the work is not completed."""
+    endpoint = endpoint_for(ScriptedWorker())
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+
+    async def finalize_after_takeover():
+        async with flow_deps(migrated_url, endpoint, openrouter_server, tmp_path) as deps:
+            job = await claim(deps, job_id)
+            execute(
+                migrated_url, "UPDATE generation_jobs SET locked_by = 'w2' WHERE id = %s", (job_id,)
+            )
+            stored = Stored(output_path(job.user_id, work_id), "http://x/1.png", 8, 6, None)
+            with pytest.raises(FencedOut):
+                await finalize(job, deps, stored=stored, title="제목")
+
+    asyncio.run(finalize_after_takeover())
+    job, file = rows(migrated_url, job_id)
+    assert files_count(migrated_url, work_id) == 0
+    assert (job["status"], job["job_status"], job["locked_by"]) == ("taken", "taken", "w2")
+    assert (job["title"], job["completed_at"], job["finished_at"], file) == (None, None, None, None)
 
 
 def test_a_stale_holder_finishing_after_another_completed_the_work_changes_nothing(
