@@ -120,6 +120,17 @@ async def named(conn: Any, result: ReplicaResult, name: str, **params: Any) -> A
     return await fetch_one(conn, name, **params)
 
 
+async def fenced(
+    conn: Any, result: ReplicaResult, name: str, job: ClaimedJob, **params: Any
+) -> Any:
+    """A named query fenced on the job's holder (`job_id`, `worker_id`); BenchError when it found
+    the job no longer this replica's."""
+    row = await named(conn, result, name, job_id=job.id, worker_id=result.worker_id, **params)
+    if row is None:
+        raise BenchError(f"job {job.id}: {name} fenced out")
+    return row
+
+
 async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
     """submit.submit's writes: the token and metadata before /run; then the RunPod id and the
     work to processing, one transaction."""
@@ -139,29 +150,17 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
     result.transactions += 2
     result.begun += 1
     async with db.connection() as conn:
-        begun = await named(
+        await fenced(
             conn,
             result,
             "begin_submission",
-            job_id=job.id,
+            job,
             work_id=job.work_id,
-            worker_id=result.worker_id,
             webhook_token=secrets.token_urlsafe(24),
             metadata=metadata,
         )
-        if begun is None:
-            raise BenchError(f"job {job.id}: begin_submission fenced out")
     async with db.transaction() as conn:
-        row = await named(
-            conn,
-            result,
-            "record_submission",
-            job_id=job.id,
-            worker_id=result.worker_id,
-            runpod_job_id=runpod_id,
-        )
-        if row is None:
-            raise BenchError(f"job {job.id}: record_submission fenced out")
+        await fenced(conn, result, "record_submission", job, runpod_job_id=runpod_id)
         await named(
             conn,
             result,
@@ -178,16 +177,7 @@ async def record_timings(
     """flow's timings write after the submission (generation_jobs.timings): one statement."""
     result.transactions += 1
     async with db.connection() as conn:
-        row = await named(
-            conn,
-            result,
-            "record_timings",
-            job_id=job.id,
-            worker_id=result.worker_id,
-            timings=timings,
-        )
-    if row is None:
-        raise BenchError(f"job {job.id}: record_timings fenced out")
+        await fenced(conn, result, "record_timings", job, timings=timings)
 
 
 async def finalize(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
