@@ -9,7 +9,7 @@ runs for it, in the same transactions, with no network call in between:
 
     claim     (service): claim_jobs                                       one statement
     submit    (submit.submit): begin_submission                          one statement, before /run
-                               record_submission, mark_work_processing    one transaction
+                               record_submission                          one statement
     timings   (flow, after submit): record_timings                        one statement
     finalize  (finalize.finalize): complete_job                           one statement
 
@@ -17,12 +17,11 @@ The RunPod id is made up, and the await, store and title steps (network only) ar
 heartbeat (one renew_leases per process every 10 s, not per job) is left out too.
 
 Reported: jobs/s from the first claim to the last finish, named statements per job (counted
-here, claim_jobs included), round trips per job (those plus the BEGIN and COMMIT of each
-transaction of several statements, which psycopg sends as statements of their own; a statement
-alone runs in autocommit, as orchestrator.db's `one` and `all` do), and the transactions the
-server committed per job (pg_stat_database, a check on the count). At the end every job must be
-claimed once, submitted once (`attempts = 1`), completed once, with one files row; otherwise the
-exit status is 1.
+here, claim_jobs included), round trips per job (one per statement: each runs alone in
+autocommit, as orchestrator.db's `one` and `all` do, with no BEGIN or COMMIT, which psycopg would
+send as statements of their own), and the transactions the server committed per job
+(pg_stat_database, a check on the count). At the end every job must be claimed once, submitted
+once (`attempts = 1`), completed once, with one files row; otherwise the exit status is 1.
 
 Run from the repository root (PostgreSQL at 127.0.0.1:5432, trust auth):
 
@@ -103,8 +102,7 @@ class ReplicaResult:
     worker_id: str
     claimed: list[str] = field(default_factory=list)
     statements: Counter[str] = field(default_factory=Counter)
-    transactions: int = 0  # every one, a statement alone in autocommit included
-    begun: int = 0  # those of several statements: a BEGIN and a COMMIT each
+    transactions: int = 0  # each statement runs alone, in autocommit
     completed: int = 0
     errors: list[str] = field(default_factory=list)
     started_at: float = 0.0
@@ -148,7 +146,6 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
         "translation": "skipped",
     }
     result.transactions += 2
-    result.begun += 1
     async with db.connection() as conn:
         await fenced(
             conn,
@@ -159,15 +156,11 @@ async def submit(db: Database, job: ClaimedJob, result: ReplicaResult) -> None:
             webhook_token=secrets.token_urlsafe(24),
             metadata=metadata,
         )
-    async with db.transaction() as conn:
-        await fenced(conn, result, "record_submission", job, runpod_job_id=runpod_id)
-        await named(
-            conn,
-            result,
-            "mark_work_processing",
-            work_id=job.work_id,
-            runpod_job_id=runpod_id,
+        recorded = await fenced(
+            conn, result, "record_submission", job, work_id=job.work_id, runpod_job_id=runpod_id
         )
+    if recorded["submitted_at"] is None:
+        raise BenchError(f"job {job.id}: record_submission wrote nothing")
     await record_timings(db, job, result, {"translate": 0, "submit": 40})
 
 
@@ -502,7 +495,7 @@ def figures(config: Config, results: list[ReplicaResult], server_commits: int) -
         elapsed_s=elapsed,
         jobs_per_s=n / elapsed,
         statements_per_job=statements.total() / n,
-        round_trips_per_job=(statements.total() + 2 * sum(r.begun for r in results)) / n,
+        round_trips_per_job=statements.total() / n,  # no BEGIN or COMMIT: all autocommit
         transactions_per_job=transactions / n,
         server_transactions_per_job=server_commits / n,
         mean_claim_batch=n / max(1, statements["claim_jobs"]),

@@ -14,7 +14,6 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from orchestrator.db import fetch_one
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import FencedOut, NeedsOperator, Permanent, Transient, WorkCancelled
 from orchestrator.jobs import ClaimedJob
@@ -124,21 +123,19 @@ async def _run_and_record(
 
 
 async def _record(job: ClaimedJob, deps: FlowDeps, runpod_id: str) -> datetime | None:
-    async with deps.db.transaction() as conn:
-        row = await fetch_one(
-            conn,
-            "record_submission",
-            job_id=job.id,
-            worker_id=deps.settings.worker_id,
-            runpod_job_id=runpod_id,
-        )
-        if row is None:
-            return None
-        work = await fetch_one(
-            conn, "mark_work_processing", work_id=job.work_id, runpod_job_id=runpod_id
-        )
-        if work is None:
-            raise WorkCancelled(job.work_id)  # rolls the record back; the RunPod job is cancelled
+    """The RunPod id on the job and the work `processing`, in one statement; None when the job
+    is no longer ours to record (fenced out, or an earlier submission was adopted)."""
+    row = await deps.db.one(
+        "record_submission",
+        job_id=job.id,
+        worker_id=deps.settings.worker_id,
+        work_id=job.work_id,
+        runpod_job_id=runpod_id,
+    )
+    if row is None or not row["mine"]:
+        return None
+    if row["submitted_at"] is None:
+        raise WorkCancelled(job.work_id)  # nothing was recorded; the RunPod job is cancelled
     submitted_at: datetime = row["submitted_at"]
     return submitted_at
 

@@ -102,14 +102,33 @@ work AS (
 SELECT job.webhook_token, (SELECT count(*) FROM work) AS works FROM job;
 
 -- name: record_submission
--- Right after RunPod accepted the job: its id, so a restart resumes instead of resubmitting.
--- Zero rows: fenced out, or a completion webhook already adopted another submission.
-UPDATE generation_jobs
-SET runpod_job_id = %(runpod_job_id)s, submitted_at = now(), attempts = attempts + 1,
-    submit_started_at = NULL, last_error = NULL, updated_at = now()
-WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
-  AND runpod_job_id IS NULL
-RETURNING id, submitted_at;
+-- Right after RunPod accepted the job, one statement (one round trip): its id on the job, so a
+-- restart resumes instead of resubmitting, and the work `processing` with it. The job row is
+-- locked and checked first; nothing is written unless the job is still this worker's, unrecorded,
+-- and its work still in progress. `mine` 0: fenced out, or a completion webhook already adopted
+-- another submission; `submitted_at` NULL with `mine` 1: the work is no longer in progress.
+WITH mine AS (
+    SELECT id FROM generation_jobs
+    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
+      AND runpod_job_id IS NULL
+    FOR UPDATE
+),
+work AS (
+    UPDATE works
+    SET status = 'processing', runpod_job_id = %(runpod_job_id)s, updated_at = now()
+    WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
+      AND EXISTS (SELECT 1 FROM mine)
+    RETURNING id
+),
+job AS (
+    UPDATE generation_jobs j
+    SET runpod_job_id = %(runpod_job_id)s, submitted_at = now(), attempts = j.attempts + 1,
+        submit_started_at = NULL, last_error = NULL, updated_at = now()
+    FROM mine, work
+    WHERE j.id = mine.id
+    RETURNING j.submitted_at
+)
+SELECT (SELECT count(*) FROM mine) AS mine, (SELECT submitted_at FROM job) AS submitted_at;
 
 -- name: held_submission
 -- The RunPod job recorded for a job this process holds (one a webhook adopted meanwhile).
@@ -138,12 +157,6 @@ RETURNING job.id;
 -- name: job_submission
 -- Current RunPod job of a job (for a cancellation that must reach RunPod).
 SELECT runpod_job_id FROM generation_jobs WHERE id = %(job_id)s;
-
--- name: mark_work_processing
-UPDATE works
-SET status = 'processing', runpod_job_id = %(runpod_job_id)s, updated_at = now()
-WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
-RETURNING id;
 
 -- name: record_progress
 -- What the job's RunPod worker is doing now, on its work for the web app and `klein submit

@@ -161,6 +161,8 @@ def test_a_cancel_during_run_still_records_the_runpod_job_and_cancels_it(
     finally:
         release.set()
     assert (row["status"], row["work_status"]) == ("cancelled", "cancelled")
+    # Recording the submission wrote nothing for a cancelled work: no half of it on the job.
+    assert (row["runpod_job_id"], row["attempts"]) == (None, 0)
     [runpod_id] = worker.job_ids
     status = httpx.get(f"{endpoint.url}/status/{runpod_id}").json()["status"]
     assert status == "CANCELLED"
