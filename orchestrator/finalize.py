@@ -167,10 +167,9 @@ async def finalize(
     output_data = {"image_url": url, "filename": path.rsplit("/", 1)[-1]} | size
     used_seed = {"seed": stored.seed} if stored.seed is not None else {}
     clock.since("finalize", started)  # what it took before its one statement
-    row = await deps.db.one(
+    row = await deps.held(
         "complete_job",
-        job_id=job.id,
-        worker_id=deps.settings.worker_id,
+        job.id,
         work_id=job.work_id,
         file_id=file_id,
         user_id=job.user_id,

@@ -93,10 +93,9 @@ async def retry_later(
     """Back to pending, due after a delay; a submitted job keeps its RunPod id, and one whose
     `/run` answer was lost keeps the mark that a RunPod job may exist."""
     log.warning("job %s: will retry in %.0f s: %s", job.id, delay_s, error)
-    row = await deps.db.one(
+    row = await deps.held(
         "retry_later",
-        job_id=job.id,
-        worker_id=deps.settings.worker_id,
+        job.id,
         delay_s=delay_s,
         error=error,
         spend=spend,
@@ -109,8 +108,6 @@ async def retry_later(
 
 async def forget_submission(job: ClaimedJob, deps: FlowDeps, error: str) -> None:
     """Clear a RunPod id that must be submitted again (RunPod forgot it, or its worker broke)."""
-    row = await deps.db.one(
-        "forget_submission", job_id=job.id, worker_id=deps.settings.worker_id, error=error
-    )
+    row = await deps.held("forget_submission", job.id, error=error)
     if row is None:
         raise FencedOut(job.id)

@@ -76,11 +76,10 @@ async def _translate(prompt: str, openrouter: OpenRouterClient) -> str | None:
 
 
 async def _begin(job: ClaimedJob, deps: FlowDeps, submission: Submission) -> str:
-    row = await deps.db.one(
+    row = await deps.held(
         "begin_submission",
-        job_id=job.id,
+        job.id,
         work_id=job.work_id,
-        worker_id=deps.settings.worker_id,
         webhook_token=secrets.token_urlsafe(24),
         metadata=submission.metadata,
     )
@@ -115,7 +114,7 @@ async def _run_and_record(
         return runpod_id, recorded
     # Not recordable: fenced out, or a webhook adopted an earlier submission of this job.
     await cancel_on_runpod(deps, runpod_id)
-    adopted = await deps.db.one("held_submission", job_id=job.id, worker_id=deps.settings.worker_id)
+    adopted = await deps.held("held_submission", job.id)
     if adopted is None:
         raise FencedOut(job.id)
     log.warning("job %s: an earlier submission was adopted; awaiting it instead", job.id)
@@ -125,13 +124,7 @@ async def _run_and_record(
 async def _record(job: ClaimedJob, deps: FlowDeps, runpod_id: str) -> datetime | None:
     """The RunPod id on the job and the work `processing`, in one statement; None when the job
     is no longer ours to record (fenced out, or an earlier submission was adopted)."""
-    row = await deps.db.one(
-        "record_submission",
-        job_id=job.id,
-        worker_id=deps.settings.worker_id,
-        work_id=job.work_id,
-        runpod_job_id=runpod_id,
-    )
+    row = await deps.held("record_submission", job.id, work_id=job.work_id, runpod_job_id=runpod_id)
     if row is None or not row["mine"]:
         return None
     if row["submitted_at"] is None:
