@@ -6,9 +6,6 @@ Every write is fenced on this process holding the job (`locked_by`); zero rows i
 import logging
 from typing import Any
 
-from psycopg import AsyncConnection
-
-from orchestrator.db import fetch_one
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import FencedOut
 from orchestrator.jobs import ClaimedJob, JobStatus, Outcome
@@ -22,39 +19,23 @@ FINAL_OUTCOMES = {
 }
 
 
-async def finish_in(
-    conn: AsyncConnection[Any],
-    job: ClaimedJob,
-    deps: FlowDeps,
-    status: JobStatus,
-    error: str | None,
-) -> None:
-    """The job row's terminal status, inside the caller's transaction."""
-    row = await fetch_one(
-        conn,
-        "finish_job",
-        job_id=job.id,
-        worker_id=deps.settings.worker_id,
-        status=status.value,
-        error=error,
-    )
-    if row is None:
+async def ended(job: ClaimedJob, deps: FlowDeps, name: str, /, **params: Any) -> None:
+    """Run `name`, a statement that ends the job (and maybe its work), fenced on this worker's
+    hold of it; FencedOut when it is no longer ours."""
+    if await deps.held(name, job.id, **params) is None:
         raise FencedOut(job.id)
 
 
 async def finish(job: ClaimedJob, deps: FlowDeps, status: JobStatus) -> Outcome:
     """End the job row alone (its work is already final)."""
-    async with deps.db.transaction() as conn:
-        await finish_in(conn, job, deps, status, None)
+    await ended(job, deps, "finish_job", status=status.value, error=None)
     return FINAL_OUTCOMES[status]
 
 
 async def fail(job: ClaimedJob, deps: FlowDeps, message: str) -> Outcome:
-    """Failed work (with the message) and failed job, together."""
+    """Failed work (with the message) and failed job, together, in one statement."""
     log.warning("job %s: failed: %s", job.id, message)
-    async with deps.db.transaction() as conn:
-        await fetch_one(conn, "fail_work", work_id=job.work_id, error=message)
-        await finish_in(conn, job, deps, JobStatus.FAILED, message)
+    await ended(job, deps, "fail_job", work_id=job.work_id, error=message)
     return Outcome.FAILED
 
 
@@ -64,9 +45,7 @@ async def cancel(job: ClaimedJob, deps: FlowDeps) -> Outcome:
     runpod_id = (row or {}).get("runpod_job_id") or job.runpod_job_id
     if runpod_id:
         await cancel_on_runpod(deps, runpod_id)
-    async with deps.db.transaction() as conn:
-        await fetch_one(conn, "cancel_work", work_id=job.work_id)
-        await finish_in(conn, job, deps, JobStatus.CANCELLED, None)
+    await ended(job, deps, "cancel_job", work_id=job.work_id)
     log.info("job %s: cancelled", job.id)
     return Outcome.CANCELLED
 

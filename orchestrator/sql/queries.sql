@@ -224,20 +224,54 @@ SELECT (SELECT count(*) FROM job) = 1 AND (SELECT count(*) FROM file) = 1 AS com
 -- name: work_status
 SELECT status FROM works WHERE id = %(work_id)s;
 
--- name: fail_work
-UPDATE works
-SET status = 'failed', error_message = %(error)s, progress = NULL, failed_at = now(),
+-- name: fail_job
+-- The work failed with the message and the job failed, one statement: nothing unless the job is
+-- still this worker's. Its row is locked first, as by every statement that writes a job and its
+-- work, so that two of them never wait on each other in opposite order (a deadlock). A work that
+-- already ended (the user cancelled it) keeps its status. No row: fenced out.
+WITH mine AS (
+    SELECT id FROM generation_jobs
+    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status IN ('taken', 'cancelled')
+    FOR UPDATE
+),
+work AS (
+    UPDATE works
+    SET status = 'failed', error_message = %(error)s, progress = NULL, failed_at = now(),
+        updated_at = now()
+    WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
+      AND EXISTS (SELECT 1 FROM mine)
+    RETURNING id
+)
+UPDATE generation_jobs j
+SET status = 'failed', finished_at = now(), last_error = %(error)s, lease_expires_at = NULL,
     updated_at = now()
-WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
-RETURNING id;
+FROM mine
+WHERE j.id = mine.id
+RETURNING j.id;
 
--- name: cancel_work
--- The user's cancellation: the status may already be cancelled (the web app set it).
-UPDATE works
-SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), progress = NULL,
+-- name: cancel_job
+-- The user's cancellation, one statement as fail_job: the work cancelled (the web app may have
+-- set it already) and the job cancelled, nothing unless the job is still this worker's, its row
+-- locked first. No row: fenced out.
+WITH mine AS (
+    SELECT id FROM generation_jobs
+    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status IN ('taken', 'cancelled')
+    FOR UPDATE
+),
+work AS (
+    UPDATE works
+    SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), progress = NULL,
+        updated_at = now()
+    WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing', 'cancelled')
+      AND EXISTS (SELECT 1 FROM mine)
+    RETURNING id
+)
+UPDATE generation_jobs j
+SET status = 'cancelled', finished_at = now(), last_error = NULL, lease_expires_at = NULL,
     updated_at = now()
-WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing', 'cancelled')
-RETURNING id;
+FROM mine
+WHERE j.id = mine.id
+RETURNING j.id;
 
 -- name: finish_job
 -- The job's terminal status, fenced: only the holder may end it.
@@ -323,12 +357,17 @@ LIMIT 50;
 -- name: operator_cancel
 -- Cancel a work that has not ended. Its job ends here too when nobody alive holds it (pending,
 -- or taken with no lease or an expired one); a job a live process holds is left to that process,
--- which sees the cancellation, cancels the RunPod job and ends the job itself.
-WITH work AS (
+-- which sees the cancellation, cancels the RunPod job and ends the job itself. The job's row is
+-- locked first, before the work's, in the order of every other statement that writes both.
+WITH held AS (
+    SELECT id FROM generation_jobs WHERE id = %(job_id)s FOR UPDATE
+),
+work AS (
     UPDATE works
     SET status = 'cancelled', cancelled_at = coalesce(cancelled_at, now()), progress = NULL,
         updated_at = now()
     WHERE id = %(work_id)s AND status IN ('pending', 'taken', 'processing')
+      AND EXISTS (SELECT 1 FROM held)
     RETURNING id
 ),
 job AS (

@@ -3,6 +3,7 @@ subprocesses against a real database, and RunPod's `/cancel` answered by a local
 
 import json
 import re
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from psycopg.rows import dict_row
 from orchestrator import console
 from orchestrator.settings import KLEIN_TEMPLATE_ID
 from tests.integration.clikit import klein
+from tests.integration.lockkit import await_a_lock_waiter, job_row_locked, work_row_free
 
 
 def new_job(url: str, job_id: str | None = None, work_id: str | None = None) -> tuple[str, str]:
@@ -156,6 +158,26 @@ def test_cancel_leaves_a_job_a_live_process_holds_to_that_process(migrated_url, 
     )
     assert statuses(migrated_url, work_id) == ("cancelled", ["taken"])
     assert runpod.calls == [("/v2/ep1/cancel/rp-3", "Bearer rp-key")]
+
+
+def test_cancel_locks_the_job_row_before_the_work_row(migrated_url):
+    """`klein cancel` takes the job's row before the work's, in the order of the claim and of
+    every write of the flow, so that it never deadlocks with the job's holder ending the job:
+    while the job's row is held, it waits without holding the work's row, then cancels both."""
+    job_id, work_id = new_job(migrated_url)
+    done: list[subprocess.CompletedProcess] = []
+    with job_row_locked(migrated_url, job_id):
+        cancelling = threading.Thread(
+            target=lambda: done.append(klein("cancel", job_id, database_url=migrated_url))
+        )
+        cancelling.start()
+        await_a_lock_waiter(migrated_url)
+        free = work_row_free(migrated_url, work_id)
+    cancelling.join(timeout=60)
+    assert free is True
+    assert done[0].returncode == 0, done[0].stderr
+    assert done[0].stdout == f"cancelled work {work_id} and its job {job_id}\n"
+    assert statuses(migrated_url, work_id) == ("cancelled", ["cancelled"])
 
 
 def test_cancel_of_a_completed_work_changes_nothing_and_fails(migrated_url):

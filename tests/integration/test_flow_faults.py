@@ -19,6 +19,7 @@ from orchestrator.errors import FencedOut, Permanent, WorkCancelled
 from orchestrator.finalize import Stored, finalize
 from orchestrator.flow import run_job
 from orchestrator.jobs import Outcome
+from orchestrator.outcomes import cancel, fail
 from orchestrator.outputs import JobWake
 from orchestrator.storage import output_path, supabase_storage
 from tests.fakes.openrouter import default_reply, is_image_request
@@ -33,6 +34,7 @@ from tests.integration.flowkit import (
     png_b64,
     rows,
 )
+from tests.integration.lockkit import await_a_lock_waiter, job_row_locked, work_row_free
 
 KOREAN = "배경을 해변으로 바꿔줘"
 
@@ -406,6 +408,44 @@ def test_finalizing_a_job_another_worker_holds_writes_nothing(
     assert files_count(migrated_url, work_id) == 0
     assert (job["status"], job["job_status"], job["locked_by"]) == ("taken", "taken", "w2")
     assert (job["title"], job["completed_at"], job["finished_at"], file) == (None, None, None, None)
+
+
+ENDINGS = {
+    "failed": lambda job, deps: fail(job, deps, "it broke"),
+    "cancelled": cancel,
+    "completed": lambda job, deps: finalize(
+        job,
+        deps,
+        stored=Stored(output_path(job.user_id, job.work_id), "http://x/1.png", 8, 6, None),
+        title="제목",
+    ),
+}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+def test_ending_a_job_locks_its_row_before_its_work_row(
+    ending, migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """Failing, cancelling and finalizing each write the job and its work in one statement that
+    locks the job's row first, as the claim and `klein cancel` do: while another transaction
+    holds the job's row, the statement waits for it without holding the work's row, so no two
+    writers can wait on each other in opposite order (a deadlock). Then it ends both rows."""
+    endpoint = endpoint_for(ScriptedWorker())
+    job_id, work_id = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+
+    async def end_while_the_job_row_is_held() -> bool:
+        async with flow_deps(migrated_url, endpoint, openrouter_server, tmp_path) as deps:
+            job = await claim(deps, job_id)
+            with job_row_locked(migrated_url, job_id):
+                waiting = asyncio.create_task(ENDINGS[ending](job, deps))
+                await asyncio.to_thread(await_a_lock_waiter, migrated_url)
+                free = await asyncio.to_thread(work_row_free, migrated_url, work_id)
+            await waiting
+            return free
+
+    assert asyncio.run(end_while_the_job_row_is_held()) is True
+    job, _ = rows(migrated_url, job_id)
+    assert (job["status"], job["job_status"]) == (ending, ending)
 
 
 def test_a_stale_holder_finishing_after_another_completed_the_work_changes_nothing(
