@@ -71,7 +71,8 @@ class StageClock:
 async def record_timings(
     conn: AsyncConnection[Any], *, job_id: str, worker_id: str, timings: Mapping[str, int]
 ) -> bool:
-    """Merge timings (and the claim wait) into the job's row; False when it is no longer ours."""
+    """Merge timings into the job's row (the claim wrote its own); False when it is no longer
+    ours."""
     row = await fetch_one(
         conn, "record_timings", job_id=job_id, worker_id=worker_id, timings=dict(timings)
     )

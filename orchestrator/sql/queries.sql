@@ -23,6 +23,12 @@ claimed AS (
     UPDATE generation_jobs j
     SET status = 'taken',
         taken_at = CASE WHEN j.status = 'pending' THEN now() ELSE j.taken_at END,
+        -- the claim wait, from when the job was due to now (its dashboard timing); a lease taken
+        -- over keeps the first holder's
+        timings = CASE WHEN j.status = 'pending' THEN coalesce(j.timings, '{}'::jsonb)
+            || jsonb_build_object('claim', greatest(0, round(
+                extract(epoch FROM now() - greatest(j.created_at, j.not_before)) * 1000))::bigint)
+            ELSE j.timings END,
         abandoned = j.abandoned + CASE WHEN j.status = 'taken' THEN 1 ELSE 0 END,
         locked_by = %(worker_id)s,
         lease_expires_at = now() + make_interval(secs => %(lease_s)s),
@@ -210,11 +216,7 @@ job AS (
     UPDATE generation_jobs j
     SET status = 'completed', finished_at = now(), last_error = NULL, lease_expires_at = NULL,
         updated_at = now(),
-        timings = coalesce(j.timings, '{}'::jsonb) || %(timings)s || CASE
-            WHEN j.taken_at IS NULL THEN '{}'::jsonb
-            ELSE jsonb_build_object('claim', greatest(0, round(
-                extract(epoch FROM j.taken_at - greatest(j.created_at, j.not_before)) * 1000))::bigint)
-        END
+        timings = coalesce(j.timings, '{}'::jsonb) || %(timings)s
     FROM mine, work
     WHERE j.id = mine.id
     RETURNING j.id
@@ -441,16 +443,11 @@ ORDER BY j.created_at DESC
 LIMIT 50;
 
 -- name: record_timings
--- Stage durations in ms (orchestrator/timings.py), merged into what earlier writes recorded, with
--- the claim wait from the row's own clock: from when the job was due to when it was last claimed.
--- Fenced by the lease; a finished job keeps its holder, so finalize's own time can still be added.
--- A row without taken_at (set taken by hand, say) gets no claim time, but its other timings.
+-- Stage durations in ms (orchestrator/timings.py), merged into what earlier writes recorded (the
+-- claim wait, written by the claim). Fenced by the lease; a finished job keeps its holder, so
+-- finalize's own time can still be added.
 UPDATE generation_jobs
-SET timings = coalesce(timings, '{}'::jsonb) || %(timings)s || CASE
-        WHEN taken_at IS NULL THEN '{}'::jsonb
-        ELSE jsonb_build_object('claim', greatest(0, round(
-            extract(epoch FROM taken_at - greatest(created_at, not_before)) * 1000))::bigint)
-    END
+SET timings = coalesce(timings, '{}'::jsonb) || %(timings)s
 WHERE id = %(job_id)s AND locked_by = %(worker_id)s
 RETURNING id;
 

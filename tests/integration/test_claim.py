@@ -131,6 +131,34 @@ def test_an_expired_lease_hands_the_job_to_another_process_at_its_stage(migrated
     assert job.runpod_job_id == "rp-1"
 
 
+def claim_ms(url: str, job_id: str) -> int | None:
+    with psycopg.connect(url) as conn:
+        [(ms,)] = conn.execute(
+            "SELECT (timings->>'claim')::int FROM generation_jobs WHERE id = %s", (job_id,)
+        ).fetchall()
+    return ms
+
+
+def test_the_claim_records_how_long_the_job_waited_since_it_was_due(migrated_url):
+    """The dashboard's claim timing: from when the job was due (its insert, or the end of a
+    retry's delay) to its claim; a lease taken over later keeps it."""
+    waited = insert_job(migrated_url, age_s=5)
+    deferred = insert_job(migrated_url, age_s=60)
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE generation_jobs SET not_before = now() - interval '2 seconds' WHERE id = %s",
+            (deferred,),
+        )
+    claim(migrated_url, worker="dead", lease_s=0.01)
+    first = claim_ms(migrated_url, waited), claim_ms(migrated_url, deferred)
+    run(asyncio.sleep(0.05))
+    assert len(claim(migrated_url, worker="alive")) == 2
+
+    assert 5000 <= first[0] < 6000
+    assert 2000 <= first[1] < 3000
+    assert (claim_ms(migrated_url, waited), claim_ms(migrated_url, deferred)) == first
+
+
 def test_renewal_reports_what_this_process_still_holds(migrated_url):
     mine = insert_job(migrated_url)
     claim(migrated_url, worker="w1", lease_s=0.01)
