@@ -3,8 +3,9 @@
 The window between `/run` and recording its id is where a GPU run can be orphaned, so:
 the job's webhook token and metadata are written first; `/run` and the record run to the end
 even when the job's task is cancelled meanwhile; an id that cannot be recorded is cancelled on
-RunPod at once; and a RunPod job whose id was lost to a crash still calls back with the token,
-where `adopt` makes it the job's result.
+RunPod at once (one whose record's answer was lost only once the row shows it is not there);
+and a RunPod job whose id was lost to a crash still calls back with the token, where `adopt`
+makes it the job's result.
 """
 
 import asyncio
@@ -107,8 +108,14 @@ async def _run_and_record(
     deps.alerts.resolve("runpod")
     try:
         recorded = await _record(job, deps, runpod_id)
+    except WorkCancelled:
+        await cancel_on_runpod(deps, runpod_id)  # nothing was recorded
+        raise
     except BaseException:
-        await cancel_on_runpod(deps, runpod_id)
+        # The record's answer was lost (a dropped connection, a bug): it may have committed. A
+        # RunPod job the row holds is this job's run, resumed by whoever moves the job next.
+        if await _recorded(job, deps, runpod_id) is False:
+            await cancel_on_runpod(deps, runpod_id)
         raise
     if recorded is not None:
         return runpod_id, recorded
@@ -131,6 +138,22 @@ async def _record(job: ClaimedJob, deps: FlowDeps, runpod_id: str) -> datetime |
         raise WorkCancelled(job.work_id)  # nothing was recorded; the RunPod job is cancelled
     submitted_at: datetime = row["submitted_at"]
     return submitted_at
+
+
+async def _recorded(job: ClaimedJob, deps: FlowDeps, runpod_id: str) -> bool | None:
+    """Whether the job's row holds this RunPod job; None when the database cannot say (then,
+    as after a crash, its webhook adopts it or the job waits for one before submitting again)."""
+    try:
+        row = await deps.db.one("job_submission", job_id=job.id)
+    except Exception as exc:
+        log.warning(
+            "job %s: cannot tell whether RunPod %s was recorded (%s)",
+            job.id,
+            runpod_id,
+            type(exc).__name__,
+        )
+        return None
+    return row is not None and row["runpod_job_id"] == runpod_id
 
 
 def _describe(exc: Exception) -> str:

@@ -40,12 +40,14 @@ class Fault:
 
 
 class FaultyDatabase(Database):
-    """The real pool, with faults on named queries (`before`) and stalls after them (`after`)."""
+    """The real pool, with faults on named queries (`before`), stalls after them (`after`), and
+    answers lost after they committed (`lost`)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.before: dict[str, Fault] = {}
         self.after: dict[str, float] = {}
+        self.lost: dict[str, Fault] = {}
         self._names = {text: name for name, text in queries().items()}
 
     @asynccontextmanager
@@ -84,6 +86,8 @@ class _Cursor:
         result = await self._cursor.execute(statement, params)
         if name in self._db.after:
             await asyncio.sleep(self._db.after[name])
+        if (lost := self._db.lost.get(name or "")) is not None:
+            lost.trip()
         return result
 
     def __getattr__(self, name: str) -> Any:

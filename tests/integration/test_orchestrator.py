@@ -7,6 +7,7 @@ import threading
 from dataclasses import replace
 
 import httpx
+import psycopg
 import pytest
 
 from orchestrator.jobs import Outcome
@@ -166,6 +167,39 @@ def test_a_cancel_during_run_still_records_the_runpod_job_and_cancels_it(
     [runpod_id] = worker.job_ids
     status = httpx.get(f"{endpoint.url}/status/{runpod_id}").json()["status"]
     assert status == "CANCELLED"
+
+
+def test_a_lost_answer_to_the_submission_record_keeps_the_recorded_runpod_job(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """The record of the RunPod id committed but its answer was lost (the connection dropped):
+    the run it recorded is not cancelled; the job resumes awaiting it, one GPU run in all."""
+    release = threading.Event()
+    worker = ScriptedWorker(block=release)  # still running when the answer is lost
+    endpoint = endpoint_for(worker)
+    db = FaultyDatabase(migrated_url)
+    db.lost["record_submission"] = Fault(
+        lambda: psycopg.OperationalError("injected: the connection dropped"), times=1
+    )
+
+    async def scenario():
+        async with running(
+            migrated_url, endpoint, openrouter_server, tmp_path, db=db
+        ) as orchestrator:
+            job_id, _ = insert(migrated_url, PROMPT)
+            orchestrator.nudge()
+            await asyncio.sleep(1.0)
+            release.set()
+            return await until_finished(migrated_url, job_id, 15)
+
+    try:
+        row, _ = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert db.lost["record_submission"].visits >= 1
+    assert (row["status"], row["work_status"]) == ("completed", "completed")
+    assert len(worker.job_ids) == 1
+    assert httpx.get(f"{endpoint.url}/status/{worker.job_ids[0]}").json()["status"] == "COMPLETED"
 
 
 def test_a_lost_run_answer_waits_for_the_webhook_which_adopts_the_runpod_job(
