@@ -80,15 +80,16 @@ class Cancelled:
 def cancel(conn: psycopg.Connection[Any], target: Resolved) -> Cancelled:
     """Cancel the work; end its job unless a live process holds it (that process ends it)."""
     with conn.transaction():
-        [row] = _rows(conn, "operator_cancel", work_id=target.work_id, job_id=target.job_id)
+        [done] = _rows(conn, "operator_cancel", work_id=target.work_id, job_id=target.job_id)
+        [seen] = _rows(conn, "operator_cancel_seen", job_id=target.job_id)
     return Cancelled(
         work_id=target.work_id,
         job_id=target.job_id,
-        work_cancelled=row["works"] > 0,
-        job_ended=row["jobs"] > 0,
-        runpod_job_id=row["runpod_job_id"],
-        holder=row["locked_by"],
-        work_status=row["work_status"],
+        work_cancelled=done["works"] > 0,
+        job_ended=done["jobs"] > 0,
+        runpod_job_id=seen["runpod_job_id"],
+        holder=seen["locked_by"],
+        work_status=seen["work_status"],
     )
 
 

@@ -3,6 +3,7 @@ finalize. Every exception ends in a written-down outcome; every write is fenced 
 holding the job."""
 
 import logging
+from contextlib import suppress
 
 import psycopg
 
@@ -54,11 +55,25 @@ async def run_job(job: ClaimedJob, deps: FlowDeps, wake: JobWake) -> Outcome:
     try:
         outcome = await _settle(job, deps, wake, StageClock())
     except FencedOut:
-        log.warning("job %s: no longer ours to move (taken over or adopted); stopping", job.id)
-        await release_job(deps.db, job_id=job.id, worker_id=deps.settings.worker_id)
-        outcome = Outcome.HANDED_OVER
+        outcome = await _fenced_out(job, deps)
     deps.metrics.jobs.labels(outcome.value).inc()
     return outcome
+
+
+async def _fenced_out(job: ClaimedJob, deps: FlowDeps) -> Outcome:
+    """A write found the job no longer `taken` by this process. The user may have cancelled its
+    row (the web app's other way to cancel): still ours, so this process cancels it, RunPod job
+    included. Otherwise another process took it over, or a webhook adopted a submission: hand
+    it over."""
+    cancelled = await deps.db.one(
+        "cancelled_jobs", job_ids=[job.id], worker_id=deps.settings.worker_id
+    )
+    if cancelled is not None:
+        with suppress(FencedOut):
+            return await cancel(job, deps)
+    log.warning("job %s: no longer ours to move (taken over or adopted); stopping", job.id)
+    await release_job(deps.db, job_id=job.id, worker_id=deps.settings.worker_id)
+    return Outcome.HANDED_OVER
 
 
 async def _settle(job: ClaimedJob, deps: FlowDeps, wake: JobWake, clock: StageClock) -> Outcome:

@@ -224,18 +224,22 @@ class Orchestrator:
             worker_id=self.settings.worker_id,
             lease_s=self.settings.lease_s,
         )
-        # Only the jobs asked about can be lost: one claimed during the renewal is not.
-        for job_id in set(driving) - held:
+        rows = await self.deps.db.all(
+            "cancelled_jobs", job_ids=driving, worker_id=self.settings.worker_id
+        )
+        cancelled = {str(row["id"]) for row in rows}
+        for job_id in cancelled:
+            entry = self.in_flight.get(job_id)
+            if entry is not None and not entry.cancelled_by_user:
+                entry.cancelled_by_user = True
+                entry.task.cancel()
+        # Only the jobs asked about can be lost: one claimed during the renewal is not. A job
+        # whose row the user cancelled is no longer renewed, yet still ours to cancel.
+        for job_id in set(driving) - held - cancelled:
             entry = self.in_flight.get(job_id)
             if entry is not None and not entry.task.done():
                 log.warning("job %s: lease lost; stopping here", job_id)
                 entry.task.cancel()
-        rows = await self.deps.db.all("cancelled_jobs", job_ids=driving)
-        for row in rows:
-            cancelled = self.in_flight.get(str(row["id"]))
-            if cancelled is not None and not cancelled.cancelled_by_user:
-                cancelled.cancelled_by_user = True
-                cancelled.task.cancel()
 
     async def _listen_loop(self) -> None:
         failures = 0
@@ -257,7 +261,12 @@ class Orchestrator:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
-            await self.deps.db.one("settle_unclaimed_cancellations")
+            settled = await self.deps.db.all("settle_unclaimed_cancellations")
+            for row in settled:
+                log.info("job %s: cancelled (nobody held it)", row["job_id"])
+            # Each job's RunPod run (a job resumed later, or one whose holder died) is stopped.
+            runpod_ids = {row["runpod_job_id"] for row in settled} - {None}
+            await asyncio.gather(*(cancel_on_runpod(self.deps, i) for i in runpod_ids))
             self.nudge("sweep")
 
     async def _hand_over(self) -> None:

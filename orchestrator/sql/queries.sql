@@ -80,11 +80,13 @@ WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
 RETURNING id;
 
 -- name: cancelled_jobs
--- Which of the given in-flight jobs the user cancelled (the work or the job row set cancelled).
+-- Which of the given in-flight jobs, still this worker's, the user cancelled (the work or the job
+-- row set cancelled).
 SELECT j.id, j.runpod_job_id
 FROM generation_jobs j
 JOIN works w ON w.id = j.work_id
-WHERE j.id = ANY(%(job_ids)s::uuid[]) AND (w.status = 'cancelled' OR j.status = 'cancelled');
+WHERE j.id = ANY(%(job_ids)s::uuid[]) AND j.locked_by = %(worker_id)s
+  AND (w.status = 'cancelled' OR j.status = 'cancelled');
 
 -- name: begin_submission
 -- Before `/run`: the job's webhook token (kept across submissions) and the metadata of what is
@@ -191,7 +193,7 @@ RETURNING id;
 -- it was written.
 WITH mine AS (
     SELECT id FROM generation_jobs
-    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status IN ('taken', 'cancelled')
+    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
     FOR UPDATE
 ),
 work AS (
@@ -230,10 +232,11 @@ SELECT status FROM works WHERE id = %(work_id)s;
 -- The work failed with the message and the job failed, one statement: nothing unless the job is
 -- still this worker's. Its row is locked first, as by every statement that writes a job and its
 -- work, so that two of them never wait on each other in opposite order (a deadlock). A work that
--- already ended (the user cancelled it) keeps its status. No row: fenced out.
+-- already ended (the user cancelled it) keeps its status. No row: fenced out, or the user
+-- cancelled the job row (the flow then cancels instead).
 WITH mine AS (
     SELECT id FROM generation_jobs
-    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status IN ('taken', 'cancelled')
+    WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
     FOR UPDATE
 ),
 work AS (
@@ -253,8 +256,8 @@ RETURNING j.id;
 
 -- name: cancel_job
 -- The user's cancellation, one statement as fail_job: the work cancelled (the web app may have
--- set it already) and the job cancelled, nothing unless the job is still this worker's, its row
--- locked first. No row: fenced out.
+-- set it already, or the job row instead) and the job cancelled, nothing unless the job is still
+-- this worker's, its row locked first. No row: fenced out.
 WITH mine AS (
     SELECT id FROM generation_jobs
     WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status IN ('taken', 'cancelled')
@@ -276,33 +279,52 @@ WHERE j.id = mine.id
 RETURNING j.id;
 
 -- name: finish_job
--- The job's terminal status, fenced: only the holder may end it.
+-- The job's terminal status, fenced: only the holder may end it, and not over the user's
+-- cancellation of the job row.
 UPDATE generation_jobs
 SET status = %(status)s, finished_at = now(), last_error = %(error)s,
     lease_expires_at = NULL, updated_at = now()
-WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status IN ('taken', 'cancelled')
+WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
 RETURNING id;
 
 -- name: settle_unclaimed_cancellations
--- Cancellations of jobs nobody holds: a pending job whose work was cancelled, or a work whose
--- pending job was cancelled. Both rows end cancelled, with cancelled_at set once.
-WITH jobs AS (
+-- Cancellations that no live process will see: a pending job whose work was cancelled, and a
+-- work still in progress whose latest job the user cancelled (the job row) while nobody alive
+-- held it (never claimed, or its holder's lease ran out). Both rows end cancelled, cancelled_at
+-- set once; a job a live process holds is left to it. The job rows are locked first, skipping
+-- any a writer holds (the next sweep sees them), as every statement writing both locks them.
+-- One row per job settled, with the RunPod job it had, for the caller to cancel there too.
+WITH due AS (
+    SELECT j.id, j.work_id, j.runpod_job_id
+    FROM generation_jobs j
+    JOIN works w ON w.id = j.work_id
+    WHERE (j.status = 'pending' AND w.status = 'cancelled')
+       OR (j.status = 'cancelled'
+           AND w.status IN ('pending', 'taken', 'processing')
+           AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now())
+           AND NOT EXISTS (SELECT 1 FROM generation_jobs later
+                           WHERE later.work_id = j.work_id AND later.created_at > j.created_at))
+    FOR UPDATE OF j SKIP LOCKED
+),
+jobs AS (
     UPDATE generation_jobs j
-    SET status = 'cancelled', finished_at = now(), updated_at = now()
-    FROM works w
-    WHERE w.id = j.work_id AND j.status = 'pending' AND w.status = 'cancelled'
+    SET status = 'cancelled', finished_at = coalesce(j.finished_at, now()), lease_expires_at = NULL,
+        updated_at = now()
+    FROM due
+    WHERE j.id = due.id
     RETURNING j.id
 ),
 works_done AS (
     UPDATE works w
     SET status = 'cancelled', cancelled_at = coalesce(w.cancelled_at, now()), progress = NULL,
         updated_at = now()
-    FROM generation_jobs j
-    WHERE j.work_id = w.id AND j.status = 'cancelled' AND j.locked_by IS NULL
-      AND w.status IN ('pending', 'taken', 'processing')
+    FROM due
+    WHERE w.id = due.work_id AND w.status IN ('pending', 'taken', 'processing', 'cancelled')
     RETURNING w.id
 )
-SELECT (SELECT count(*) FROM jobs) AS jobs, (SELECT count(*) FROM works_done) AS works;
+SELECT due.id::text AS job_id, due.runpod_job_id,
+       (SELECT count(*) FROM works_done) AS works
+FROM due;
 
 -- name: job_by_webhook_token
 SELECT id, runpod_job_id, status FROM generation_jobs WHERE webhook_token = %(token)s;
@@ -380,8 +402,13 @@ job AS (
            OR (status = 'taken' AND (lease_expires_at IS NULL OR lease_expires_at < now())))
     RETURNING id
 )
-SELECT (SELECT count(*) FROM work) AS works, (SELECT count(*) FROM job) AS jobs,
-       j.runpod_job_id, j.locked_by, w.status AS work_status
+SELECT (SELECT count(*) FROM work) AS works, (SELECT count(*) FROM job) AS jobs;
+
+-- name: operator_cancel_seen
+-- After operator_cancel, in its transaction (the job's row still locked): the job and work as
+-- they are now, read afresh, since the statement's own snapshot predates whatever the job's
+-- holder committed while the statement waited for the row (a RunPod id it recorded, say).
+SELECT j.runpod_job_id, j.locked_by, w.status AS work_status
 FROM generation_jobs j
 JOIN works w ON w.id = j.work_id
 WHERE j.id = %(job_id)s;

@@ -180,6 +180,35 @@ def test_cancel_locks_the_job_row_before_the_work_row(migrated_url):
     assert statuses(migrated_url, work_id) == ("cancelled", ["cancelled"])
 
 
+def test_cancel_sees_a_runpod_job_recorded_while_it_waited_for_the_row(migrated_url, runpod):
+    """The job's holder records its RunPod id, then dies, while `klein cancel` waits for the
+    job's row: the cancel ends the job and cancels that RunPod job, not one it read before."""
+    job_id, work_id = new_job(migrated_url)
+    done: list[subprocess.CompletedProcess] = []
+    with psycopg.connect(migrated_url) as holder:
+        holder.execute(
+            "UPDATE generation_jobs SET status = 'taken', locked_by = 'dead-host',"
+            " runpod_job_id = 'rp-late', lease_expires_at = now() - interval '1 s' WHERE id = %s",
+            (job_id,),
+        )
+        cancelling = threading.Thread(
+            target=lambda: done.append(
+                klein("cancel", job_id, database_url=migrated_url, env=runpod_env(runpod))
+            )
+        )
+        cancelling.start()
+        await_a_lock_waiter(migrated_url)
+        holder.execute("UPDATE works SET status = 'processing' WHERE id = %s", (work_id,))
+        holder.commit()
+    cancelling.join(timeout=60)
+    assert done[0].returncode == 0, done[0].stderr
+    assert done[0].stdout == (
+        f"cancelled work {work_id} and its job {job_id}; RunPod job rp-late cancelled\n"
+    )
+    assert runpod.calls == [("/v2/ep1/cancel/rp-late", "Bearer rp-key")]
+    assert statuses(migrated_url, work_id) == ("cancelled", ["cancelled"])
+
+
 def test_cancel_of_a_completed_work_changes_nothing_and_fails(migrated_url):
     job_id, work_id = new_job(migrated_url)
     execute(migrated_url, "UPDATE works SET status = 'completed' WHERE id = %s", work_id)
