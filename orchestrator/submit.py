@@ -98,6 +98,9 @@ async def run_to_the_end(coroutine: Coroutine[Any, Any, T]) -> T:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait({task})
+        if not task.cancelled() and (failure := task.exception()) is not None:
+            # Retrieved, so not reported as never retrieved; the cancellation goes on.
+            log.warning("a step finished after its task was cancelled: %s", _describe(failure))
         raise
 
 
@@ -156,7 +159,7 @@ async def _recorded(job: ClaimedJob, deps: FlowDeps, runpod_id: str) -> bool | N
     return row is not None and row["runpod_job_id"] == runpod_id
 
 
-def _describe(exc: Exception) -> str:
+def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, Transient | Permanent) else type(exc).__name__
 
 
