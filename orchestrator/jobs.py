@@ -53,7 +53,6 @@ class ClaimedJob:
     attempts: int
     retries: int
     abandoned: int
-    webhook_token: str | None
     generation_metadata: Mapping[str, Any] | None
 
     @classmethod
@@ -71,6 +70,5 @@ class ClaimedJob:
             attempts=row["attempts"],
             retries=row["retries"],
             abandoned=row["abandoned"],
-            webhook_token=row["webhook_token"],
             generation_metadata=row["generation_metadata"],
         )

@@ -36,7 +36,7 @@ claimed AS (
     FROM picked
     WHERE j.id = picked.id
     RETURNING j.id, j.work_id, j.runpod_job_id, j.submitted_at, j.submit_started_at,
-              j.attempts, j.retries, j.abandoned, j.webhook_token
+              j.attempts, j.retries, j.abandoned
 ),
 marked AS (
     UPDATE works w
@@ -46,7 +46,7 @@ marked AS (
     RETURNING w.id
 )
 SELECT c.id, c.work_id, c.runpod_job_id, c.submitted_at, c.submit_started_at, c.attempts,
-       c.retries, c.abandoned, c.webhook_token,
+       c.retries, c.abandoned,
        w.user_id, w.input_data, w.status AS work_status, w.generation_metadata
 FROM claimed c
 JOIN works w ON w.id = c.work_id;
@@ -89,16 +89,22 @@ WHERE j.id = ANY(%(job_ids)s::uuid[]) AND j.locked_by = %(worker_id)s
   AND (w.status = 'cancelled' OR j.status = 'cancelled');
 
 -- name: begin_submission
--- Before `/run`: the job's webhook token (kept across submissions) and the metadata of what is
--- about to be sent. A RunPod job whose id never got recorded (a crash during `/run`) still
--- calls back with this token, so its result can be adopted or cancelled.
+-- Before `/run`: the job's webhook token (kept across submissions, in generation_job_tokens where
+-- users cannot read it) and the metadata of what is about to be sent. A RunPod job whose id never
+-- got recorded (a crash during `/run`) still calls back with this token, so its result can be
+-- adopted or cancelled.
 WITH job AS (
     UPDATE generation_jobs
-    SET webhook_token = coalesce(webhook_token, %(webhook_token)s), submit_started_at = now(),
-        updated_at = now()
+    SET submit_started_at = now(), updated_at = now()
     WHERE id = %(job_id)s AND locked_by = %(worker_id)s AND status = 'taken'
       AND runpod_job_id IS NULL
-    RETURNING id, webhook_token
+    RETURNING id
+),
+token AS (
+    INSERT INTO generation_job_tokens (job_id, webhook_token)
+    SELECT id, %(webhook_token)s FROM job
+    ON CONFLICT (job_id) DO UPDATE SET webhook_token = generation_job_tokens.webhook_token
+    RETURNING webhook_token
 ),
 work AS (
     UPDATE works
@@ -107,7 +113,7 @@ work AS (
       AND EXISTS (SELECT 1 FROM job)
     RETURNING id
 )
-SELECT job.webhook_token, (SELECT count(*) FROM work) AS works FROM job;
+SELECT token.webhook_token, (SELECT count(*) FROM work) AS works FROM token;
 
 -- name: record_submission
 -- Right after RunPod accepted the job, one statement (one round trip): its id on the job, so a
@@ -152,8 +158,8 @@ WITH job AS (
     UPDATE generation_jobs
     SET runpod_job_id = %(runpod_job_id)s, submitted_at = now(), attempts = attempts + 1,
         submit_started_at = NULL, not_before = NULL, last_error = NULL, updated_at = now()
-    WHERE webhook_token = %(token)s AND runpod_job_id IS NULL
-      AND status IN ('pending', 'taken')
+    WHERE id = (SELECT job_id FROM generation_job_tokens WHERE webhook_token = %(token)s)
+      AND runpod_job_id IS NULL AND status IN ('pending', 'taken')
     RETURNING id, work_id
 )
 UPDATE works w
@@ -327,7 +333,10 @@ SELECT due.id::text AS job_id, due.runpod_job_id,
 FROM due;
 
 -- name: job_by_webhook_token
-SELECT id, runpod_job_id, status FROM generation_jobs WHERE webhook_token = %(token)s;
+SELECT j.id, j.runpod_job_id, j.status
+FROM generation_job_tokens t
+JOIN generation_jobs j ON j.id = t.job_id
+WHERE t.webhook_token = %(token)s;
 
 -- name: job_for_intake
 -- What a webhook may say about a job id: whether it is ours and still waiting.

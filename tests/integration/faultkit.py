@@ -175,11 +175,12 @@ async def until_finished(url: str, job_id: str, timeout_s: float) -> tuple[dict[
 
 
 def job_state(url: str, job_id: str) -> dict[str, Any]:
-    """The job row with its work's status and message."""
+    """The job row with its work's status and message, and its webhook `token`."""
     with psycopg.connect(url) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         cur.execute(
-            "SELECT j.*, w.status AS work_status, w.error_message, w.title "
-            "FROM generation_jobs j JOIN works w ON w.id = j.work_id WHERE j.id = %s",
+            "SELECT j.*, w.status AS work_status, w.error_message, w.title, "
+            "t.webhook_token AS token FROM generation_jobs j JOIN works w ON w.id = j.work_id "
+            "LEFT JOIN generation_job_tokens t ON t.job_id = j.id WHERE j.id = %s",
             (job_id,),
         )
         row = cur.fetchone()
@@ -190,7 +191,11 @@ def job_state(url: str, job_id: str) -> dict[str, Any]:
 def set_token(url: str, job_id: str) -> str:
     """Give a job a webhook token, as begin_submission does."""
     token = uuid.uuid4().hex
-    execute(url, "UPDATE generation_jobs SET webhook_token = %s WHERE id = %s", (token, job_id))
+    execute(
+        url,
+        "INSERT INTO generation_job_tokens (job_id, webhook_token) VALUES (%s, %s)",
+        (job_id, token),
+    )
     return token
 
 

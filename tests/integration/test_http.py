@@ -98,10 +98,14 @@ def insert_job(url, *, template_id=KLEIN_TEMPLATE_ID, status="pending", token=No
             (work_id, uuid.uuid4(), template_id),
         )
         conn.execute(
-            "INSERT INTO generation_jobs (id, work_id, status, webhook_token) "
-            "VALUES (%s, %s, %s, %s)",
-            (job_id, work_id, status, token),
+            "INSERT INTO generation_jobs (id, work_id, status) VALUES (%s, %s, %s)",
+            (job_id, work_id, status),
         )
+        if token is not None:
+            conn.execute(
+                "INSERT INTO generation_job_tokens (job_id, webhook_token) VALUES (%s, %s)",
+                (job_id, token),
+            )
     return str(job_id)
 
 

@@ -233,7 +233,7 @@ def test_a_lost_run_answer_waits_for_the_webhook_which_adopts_the_runpod_job(
                 if waiting["status"] == "pending" and waiting["retries"] == 1:
                     break
             [runpod_id] = worker.job_ids
-            assert await webhook(orchestrator, waiting["webhook_token"], runpod_id)
+            assert await webhook(orchestrator, waiting["token"], runpod_id)
             row, _ = await until_finished(migrated_url, job_id, 10)
             return waiting, row
 

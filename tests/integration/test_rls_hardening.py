@@ -4,15 +4,19 @@ request: SET ROLE anon/authenticated and the JWT claims, with the auth.uid() shi
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from orchestrator.db import queries
+from orchestrator.migrate import migrations_dir
 from tests.integration.test_migrations import (
     SEED_DDL,
     SEED_ROWS,
@@ -243,3 +247,68 @@ def test_legacy_rows_that_break_a_rule_do_not_fail_the_migration(
                 "INSERT INTO generation_jobs (work_id, status) "
                 "SELECT id, 'bogus' FROM works LIMIT 1"
             )
+
+
+# ------------------------------------------------------------------------ webhook tokens
+
+
+def test_a_user_cannot_read_the_webhook_token_of_their_own_submitted_job(
+    migrated_url: str, alice_and_bob: tuple[Owned, Owned]
+) -> None:
+    """The token is all that authenticates RunPod's completion webhook, which carries the
+    result: the owner of a job sees the job's row but no token, neither in it nor anywhere."""
+    alice, _ = alice_and_bob
+    token = "tok-" + uuid.uuid4().hex
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE generation_jobs SET status = 'taken', locked_by = 'w1' WHERE id = %s",
+            (alice.job_id,),
+        )
+        [(given, _works)] = conn.execute(
+            queries()["begin_submission"],
+            {
+                "job_id": alice.job_id,
+                "worker_id": "w1",
+                "work_id": alice.work_id,
+                "webhook_token": token,
+                "metadata": psycopg.types.json.Jsonb({}),
+            },
+        ).fetchall()
+    assert given == token
+    for role in ("authenticated", "anon"):
+        with acting_as(migrated_url, role, alice.user_id) as conn:
+            seen = conn.execute(
+                "SELECT to_jsonb(j)::text FROM generation_jobs j WHERE id = %s", (alice.job_id,)
+            ).fetchall()
+            if role == "authenticated":
+                assert len(seen) == 1  # her own job, as before
+            assert token not in str(seen)
+        with (
+            acting_as(migrated_url, role, alice.user_id) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege),
+        ):
+            conn.execute("SELECT webhook_token FROM generation_job_tokens")
+
+
+def test_a_token_a_user_could_read_before_the_migration_is_moved_out_of_sight(
+    pg_url: str, run_migrations: Migrate, tmp_path: Path
+) -> None:
+    """A job in flight during the upgrade keeps its webhook (the token is moved, not lost), and
+    the copy users could read is emptied."""
+    for earlier in sorted(migrations_dir().glob("*.sql")):
+        if earlier.name < "20260215000000":
+            shutil.copy(earlier, tmp_path / earlier.name)
+    run_migrations(pg_url, tmp_path)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        owned = insert_owned(conn, "processing")
+        conn.execute(
+            "UPDATE generation_jobs SET webhook_token = 'tok-old' WHERE id = %s", (owned.job_id,)
+        )
+    run_migrations(pg_url)
+    with psycopg.connect(pg_url) as conn:
+        [(column,)] = conn.execute(
+            "SELECT webhook_token FROM generation_jobs WHERE id = %s", (owned.job_id,)
+        ).fetchall()
+        moved = conn.execute(queries()["job_by_webhook_token"], {"token": "tok-old"}).fetchall()
+    assert column is None
+    assert [str(row[0]) for row in moved] == [str(owned.job_id)]

@@ -69,7 +69,7 @@ async def submit_then_post_webhook(
     async with httpx.AsyncClient(transport=transport, base_url="http://klein") as client:
         answer = await asyncio.wait_for(
             client.post(
-                f"/runpod/webhook/{row['webhook_token']}",
+                f"/runpod/webhook/{row['token']}",
                 **({"content": body} if raw else {"json": body}),
             ),
             10,

@@ -84,7 +84,6 @@ def claimed(**fields) -> ClaimedJob:
         "attempts": 0,
         "retries": 0,
         "abandoned": 0,
-        "webhook_token": "t",
         "generation_metadata": None,
     }
     return ClaimedJob(**(values | fields))
