@@ -14,6 +14,12 @@ from handler.contract.errors import InvalidInput
 MAX_PIXELS = 40_000_000  # the one pixel cap: reference images, outputs, `klein submit`
 EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
 NOT_AN_IMAGE = "Invalid parameter: image is not a readable image"
+# A progressive JPEG's every scan walks every block of the image, however few bytes it has: a
+# file of a few kB can hold thousands of scans and take minutes to decode (measured here: 10 ms a
+# scan at 12 MP). Encoders write about 10 (libjpeg, Pillow, mozjpeg); 100 bounds the decode to a
+# few seconds at the pixel cap.
+MAX_JPEG_SCANS = 100
+START_OF_SCAN = b"\xff\xda"  # never inside entropy-coded data, where 0xFF is followed by 0x00
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,14 @@ def _opened(data: bytes, max_pixels: int, formats: tuple[str, ...] | None) -> It
     with image:
         if image.width * image.height > max_pixels:
             raise InvalidInput(too_many)
+        if (
+            image.format in ("JPEG", "MPO")
+            and (scans := data.count(START_OF_SCAN)) > MAX_JPEG_SCANS
+        ):
+            raise InvalidInput(
+                f"Invalid parameter: image is a JPEG of {scans:,} scans; at most "
+                f"{MAX_JPEG_SCANS} are accepted (save it again as a baseline JPEG or a PNG)"
+            )
         yield image
 
 

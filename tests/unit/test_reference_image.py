@@ -144,3 +144,23 @@ def test_a_decompression_bomb_is_refused_without_decoding():
     Image.new("1", (20000, 20000)).save(buffer, format="PNG")
     with pytest.raises(InvalidInput, match="pixels"):
         verify_image(buffer.getvalue(), max_pixels=40_000_000)
+
+
+def progressive_jpeg(extra_scans: int, size=(1200, 900)) -> bytes:
+    """A progressive JPEG (Pillow writes 10 scans) with its last scan repeated `extra_scans`
+    times: a few bytes each, every one a walk over every block of the image."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (40, 90, 200)).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    last_scan = data[data.rfind(b"\xff\xda") : -2]
+    return data[:-2] + last_scan * extra_scans + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_of_ordinary_scans_is_decoded():
+    found = verify_image(progressive_jpeg(extra_scans=80))
+    assert (found.format, found.width, found.height) == ("JPEG", 1200, 900)
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding():
+    with pytest.raises(InvalidInput, match=r"JPEG of 1,010 scans; at most 100 are accepted"):
+        verify_image(progressive_jpeg(extra_scans=1000))
