@@ -300,17 +300,28 @@ RETURNING id;
 -- set once; a job a live process holds is left to it. The job rows are locked first, skipping
 -- any a writer holds (the next sweep sees them), as every statement writing both locks them.
 -- One row per job settled, with the RunPod job it had, for the caller to cancel there too.
-WITH due AS (
+WITH pending_of_cancelled AS (
     SELECT j.id, j.work_id, j.runpod_job_id
     FROM generation_jobs j
     JOIN works w ON w.id = j.work_id
-    WHERE (j.status = 'pending' AND w.status = 'cancelled')
-       OR (j.status = 'cancelled'
-           AND w.status IN ('pending', 'taken', 'processing')
-           AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now())
-           AND NOT EXISTS (SELECT 1 FROM generation_jobs later
-                           WHERE later.work_id = j.work_id AND later.created_at > j.created_at))
+    WHERE j.status = 'pending' AND w.status = 'cancelled'
     FOR UPDATE OF j SKIP LOCKED
+),
+cancelled_of_unfinished AS (
+    -- from the unfinished works (their partial index), not from every job ever cancelled
+    SELECT j.id, j.work_id, j.runpod_job_id
+    FROM works w
+    JOIN generation_jobs j ON j.work_id = w.id
+    WHERE w.status IN ('pending', 'taken', 'processing') AND j.status = 'cancelled'
+      AND (j.lease_expires_at IS NULL OR j.lease_expires_at < now())
+      AND NOT EXISTS (SELECT 1 FROM generation_jobs later
+                      WHERE later.work_id = j.work_id AND later.created_at > j.created_at)
+    FOR UPDATE OF j SKIP LOCKED
+),
+due AS (
+    SELECT * FROM pending_of_cancelled
+    UNION ALL
+    SELECT * FROM cancelled_of_unfinished
 ),
 jobs AS (
     UPDATE generation_jobs j
