@@ -6,7 +6,7 @@ job) and `--queue` pending ones; nothing is due, so the statement only looks. It
 times; the report is each run's time and the plan of the last, so a sequential scan over the
 history shows.
 
-    PYTHONPATH=. .venv/bin/python -m bench.sweep_cost [--history 1000000] [--queue 1000]
+    .venv/bin/python -m bench.sweep_cost [--history 1000000] [--queue 1000]
 """
 
 from __future__ import annotations
