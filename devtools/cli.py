@@ -7,6 +7,7 @@ from typing import Any
 
 from devtools import comfy_standin
 from orchestrator.errors import ConfigError
+from orchestrator.plugins import INSTALL
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,9 +54,18 @@ def _add_endpoint(
 
 def run_endpoint(args: argparse.Namespace, settings: Any) -> int:
     """Serve the local RunPod-compatible endpoint until interrupted (`settings`: klein's)."""
-    from devtools.endpoint import EndpointConfig, serve  # noqa: PLC0415
-    from devtools.endpoint.local import check_handler, probe_comfy_in_background  # noqa: PLC0415
-    from handler.config import HandlerSettings  # noqa: PLC0415 - needs the handler extra
+    try:
+        from devtools.endpoint import EndpointConfig, serve  # noqa: PLC0415
+        from devtools.endpoint.local import (  # noqa: PLC0415
+            check_handler,
+            probe_comfy_in_background,
+        )
+        from handler.config import HandlerSettings  # noqa: PLC0415 - needs the handler extra
+    except ImportError as exc:  # installed without the extras the endpoint runs the handler with
+        raise ConfigError(
+            f"the local RunPod endpoint is a development tool that needs {exc.name or 'a module'}, "
+            f"which is not installed: {INSTALL}"
+        ) from exc
 
     api_key = settings.runpod_api_key.get_secret_value() if settings.runpod_api_key else None
     config = EndpointConfig(

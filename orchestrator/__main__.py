@@ -2,38 +2,76 @@
 with the dev tools, endpoint and comfy-standin. The options are in console_args.py, what the
 console commands do in console_commands.py."""
 
-import argparse
-import asyncio
-import logging
 import sys
-from collections.abc import Callable
-from contextlib import ExitStack
 
-import psycopg
-import uvloop
-from pydantic import ValidationError
+try:  # Ctrl-C while the modules load (a second or so): exit 130 quietly, as after they have
+    import argparse
+    import asyncio
+    import logging
+    import signal
+    from collections.abc import Callable
+    from contextlib import ExitStack
+    from types import FrameType
 
-from handler.contract.errors import InvalidInput
-from orchestrator import embedded, logs, plugins
-from orchestrator.console_args import parser
-from orchestrator.console_commands import (
-    INTERRUPTED,
-    Failed,
-    cmd_cancel,
-    cmd_jobs,
-    cmd_retry,
-    cmd_status,
-    cmd_submit,
-)
-from orchestrator.console_ops import NotFound
-from orchestrator.console_output import ResultError
-from orchestrator.embedded import database_url, migrate
-from orchestrator.errors import ConfigError
-from orchestrator.migrate import MigrationError
-from orchestrator.settings import Settings
+    import psycopg
+    import uvloop
+    from pydantic import ValidationError
+
+    from handler.contract.errors import InvalidInput
+    from orchestrator import embedded, logs, plugins
+    from orchestrator.console_args import parser
+    from orchestrator.console_commands import (
+        INTERRUPTED,
+        Failed,
+        cmd_cancel,
+        cmd_jobs,
+        cmd_retry,
+        cmd_status,
+        cmd_submit,
+    )
+    from orchestrator.console_ops import NotFound
+    from orchestrator.console_output import ResultError
+    from orchestrator.db import DatabaseUnreachable
+    from orchestrator.embedded import database_url, migrate
+    from orchestrator.errors import ConfigError
+    from orchestrator.migrate import MigrationError
+    from orchestrator.settings import Settings
+except KeyboardInterrupt:
+    sys.exit(130)
 
 __all__ = ["main", "migrate", "parser"]
 SERVICES = ("serve", "endpoint", "comfy-standin")  # long-running: their log is their output
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # `kill`, a closed terminal
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: unwinds as Ctrl-C does, so what this process started (the embedded
+    PostgreSQL above all) is stopped on the way out; the exit code is 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM and SIGHUP raise Terminated (once) instead of ending the process at once."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _terminate)
+
+
+def shutting_down() -> None:
+    """From here on the process is leaving anyway: SIGTERM and SIGHUP must not cut that short."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _ignore)  # a Python handler, reset in child processes, not SIG_IGN
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    shutting_down()
+    raise Terminated(signum)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """Nothing: the process is already stopping."""
 
 
 def log_level(command: str, verbose: int, quiet: bool) -> int:
@@ -48,9 +86,21 @@ def log_level(command: str, verbose: int, quiet: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command; exit codes: 0 done, 1 failed, 2 bad usage or configuration, 130 Ctrl-C."""
-    args = parser(plugins.commands()).parse_args(argv)
+    """Run a command; exit codes: 0 done, 1 failed, 2 bad usage or configuration, 130 Ctrl-C,
+    143 SIGTERM, 129 SIGHUP."""
+    stop_on_signals()
+    try:
+        args = parser(plugins.commands()).parse_args(argv)
+    except Terminated as exc:
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        return INTERRUPTED
     logs.configure(log_level(args.command, args.verbose, args.quiet))
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, with every failure as one line on stderr and its exit code."""
     try:
         settings = Settings()
         run = COMMANDS.get(args.command) or args.run  # the dev tools set `run`
@@ -60,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args, f"bad configuration: {error['loc']}: {error['msg']}", 2)
     except (ConfigError, InvalidInput) as exc:
         return _fail(args, str(exc), 2)
-    except (Failed, NotFound, ResultError, MigrationError, psycopg.Error, OSError) as exc:
+    except (Failed, NotFound, ResultError, MigrationError, DatabaseUnreachable) as exc:
         return _fail(args, str(exc) or type(exc).__name__, 1)
+    except (psycopg.Error, OSError) as exc:  # not translated where they arose: still one line
+        return _fail(args, str(exc) or type(exc).__name__, 1)
+    except Terminated as exc:
+        return _fail(args, f"stopped by {exc}", 128 + exc.signum)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", INTERRUPTED)
 
@@ -78,7 +132,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         with database_url(settings):
             print(f"the embedded database in {settings.local_database_dir} is migrated")
         return 0
-    applied = asyncio.run(migrate(settings.database_url))
+    with database_url(settings) as url:
+        applied = asyncio.run(migrate(url))
     print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none needed'}")
     return 0
 
@@ -96,7 +151,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.model_copy(update={"database_url": url})
         if embedded.wants_local_endpoint(settings):
             settings = stack.enter_context(embedded.local_endpoint(settings))
-        uvloop.run(run_server(embedded.with_runpod_defaults(settings), address, sock))
+        try:
+            uvloop.run(run_server(embedded.with_runpod_defaults(settings), address, sock))
+        finally:
+            shutting_down()  # the loop handled the signal that ended it; now stop the rest
     return 0
 
 

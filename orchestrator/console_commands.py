@@ -15,7 +15,7 @@ import psycopg
 from handler.contract.errors import InvalidInput
 from orchestrator import console, console_ops, console_output, embedded
 from orchestrator.console_wait import render, wait_for
-from orchestrator.db import queries
+from orchestrator.db import connect, queries
 from orchestrator.embedded import database_url
 from orchestrator.errors import OrchestratorError
 from orchestrator.runpod import RunPodClient, runpod_http
@@ -48,7 +48,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         },
     )
     console.input_data(request.image, request.prompt, request.options)  # refuse before connecting
-    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+    with database_url(settings) as url, connect(url, autocommit=True) as conn:
         job_id, work_id = console.submit(conn, request)
         print(f"submitted job {job_id} (work {work_id})", flush=True)
         if not (args.wait or output):
@@ -106,7 +106,7 @@ def _report_result(
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Print one job, or the latest ones."""
-    with database_url(settings) as url, psycopg.connect(url) as conn:
+    with database_url(settings) as url, connect(url) as conn:
         if args.id is None:
             rows = console.recent(conn)
             for row in rows:
@@ -124,7 +124,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     """Cancel a work, its job, and its RunPod job."""
-    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+    with database_url(settings) as url, connect(url, autocommit=True) as conn:
         done = console_ops.cancel(conn, console_ops.resolve(conn, args.id))
     if not done.work_cancelled:
         if done.work_status == "cancelled":
@@ -161,7 +161,7 @@ def runpod_cancel(settings: Settings, runpod_id: str) -> str | None:
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     """Give a failed or cancelled work a new job."""
-    with database_url(settings) as url, psycopg.connect(url, autocommit=True) as conn:
+    with database_url(settings) as url, connect(url, autocommit=True) as conn:
         target = console_ops.resolve(conn, args.id)
         job_id = console_ops.retry(conn, target.work_id)
     print(f"work {target.work_id} is pending again, as job {job_id}")
@@ -174,7 +174,7 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidInput("say which jobs: --stuck (`klein status` lists the latest)")
     if args.older_than < 0:
         raise InvalidInput("--older-than must be at least 0 seconds")
-    with database_url(settings) as url, psycopg.connect(url) as conn:
+    with database_url(settings) as url, connect(url) as conn:
         found = console_ops.stuck(conn, args.older_than)
     for row, reason in found:
         print(f"{row['job_id']}  {row['status']}  {reason}")

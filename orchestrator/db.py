@@ -1,5 +1,6 @@
 """PostgreSQL access: the named queries of sql/queries.sql over an async psycopg pool."""
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -7,10 +8,12 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 Row = dict[str, Any]
 NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
@@ -22,6 +25,54 @@ def queries() -> dict[str, str]:
     text = resources.files("orchestrator").joinpath("sql/queries.sql").read_text("utf-8")
     parts = NAME.split(text)[1:]
     return {name: body.strip() for name, body in zip(parts[::2], parts[1::2], strict=True)}
+
+
+class DatabaseUnreachable(Exception):
+    """No connection to the database: one sentence naming its host (never the password), and why."""
+
+
+def with_connect_timeout(url: str, timeout_s: int) -> str:
+    """`url` with libpq's connect_timeout (a server that accepts but never answers would hang a
+    connect for ever), unless the URL sets its own."""
+    if "connect_timeout" in conninfo_to_dict(url):
+        return url
+    if url.startswith(("postgresql://", "postgres://")):
+        return f"{url}{'&' if '?' in url else '?'}connect_timeout={timeout_s}"
+    return f"{url} connect_timeout={timeout_s}"  # the key=value form
+
+
+def unreachable(url: str, exc: psycopg.Error) -> DatabaseUnreachable:
+    """A failed connection to `url`, as one sentence: where, and why (libpq's first line)."""
+    if isinstance(exc, psycopg.errors.ConnectionTimeout):
+        timeout = conninfo_to_dict(url).get("connect_timeout", "?")
+        reason = f"no answer within {timeout} s (connect_timeout)"
+    else:
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line.rsplit("failed: ", 1)[-1]  # libpq repeats the host before it
+    return DatabaseUnreachable(f"cannot connect to the database at {where(url)}: {reason}")
+
+
+def where(url: str) -> str:
+    """The host and port of a database URL, for messages: never its user or password."""
+    params = conninfo_to_dict(url)
+    host = str(params.get("host") or "the local socket")
+    return f"{host}:{params['port']}" if params.get("port") else host
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
+    """A connection to `url`, or DatabaseUnreachable saying where and why not."""
+    try:
+        return psycopg.connect(url, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise unreachable(url, exc) from exc
+
+
+async def connect_async(url: str, *, autocommit: bool = False) -> AsyncConnection[Any]:
+    """An async connection to `url`, or DatabaseUnreachable saying where and why not."""
+    try:
+        return await AsyncConnection.connect(url, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise unreachable(url, exc) from exc
 
 
 def _params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,14 +101,33 @@ class Database:
     PostgreSQL runs as a transaction of its own, so `one` and `all` send no BEGIN and COMMIT
     (0.15 against 0.37 ms a call on 127.0.0.1); `transaction` groups several statements."""
 
-    def __init__(self, url: str, max_size: int = 10) -> None:
+    def __init__(self, url: str, max_size: int = 10, open_timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.open_timeout_s = open_timeout_s
         self.pool = AsyncConnectionPool(
             url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
         )
 
     async def open(self) -> None:
-        """Connect; raises if the database cannot be reached."""
-        await self.pool.open(wait=True, timeout=10)
+        """Connect; DatabaseUnreachable, saying why, if the database cannot be reached."""
+        try:
+            await self.pool.open(wait=True, timeout=self.open_timeout_s)
+        except PoolTimeout:
+            await self.pool.close()
+            await self._why_not()
+
+    async def _why_not(self) -> None:
+        """The pool's timeout does not say why its connections failed: one more attempt does."""
+        try:
+            probe = await asyncio.wait_for(connect_async(self.url), self.open_timeout_s)
+        except TimeoutError:
+            probe = None
+        if probe is not None:
+            await probe.close()
+        raise DatabaseUnreachable(
+            f"cannot connect to the database at {where(self.url)}: "
+            f"no connection within {self.open_timeout_s:g} s"
+        )
 
     async def close(self) -> None:
         """Close every connection."""

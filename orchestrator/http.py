@@ -28,7 +28,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.metrics import Metrics
 from orchestrator.outputs import Delivery
 from orchestrator.settings import Settings
-from orchestrator.webhook_scan import IdScan
+from orchestrator.webhook_scan import IdScan, MalformedRunPodId, checked_id_of
 
 # A Database Webhook body is a few hundred bytes (the row itself); 64 KiB leaves room for wide rows.
 INTAKE_MAX_BYTES = 64 * 1024
@@ -133,15 +133,15 @@ async def runpod_id_of_body(
     request: Request, max_bytes: int, delivery: Delivery | None = None
 ) -> str | None:
     """read_capped_body's checks, and the RunPod id of a body not kept (scanned chunk by chunk,
-    IdScan). A body kept in `delivery` is parsed once, for its id and for its job
-    (`Waker.open_delivery`; None here): scanning it as well cost 8% of klein serve's CPU under
-    steady load."""
+    IdScan; MalformedRunPodId when it names one that is not RunPod's). A body kept in
+    `delivery` is parsed once, for its id and for its job (`Waker.open_delivery`; None here):
+    scanning it as well cost 8% of klein serve's CPU under steady load."""
     if delivery is not None:
         delivery.body = await read_capped_body(request, max_bytes)
         return None
     scan = IdScan()
     await read_capped_body(request, max_bytes, into=scan.feed, keep=False)
-    return scan.runpod_id()
+    return scan.checked_id()
 
 
 def intake_verdict(row: Mapping[str, Any] | None, template_id: str) -> str | None:
@@ -248,10 +248,14 @@ def add_runpod_webhook(app: FastAPI, settings: Settings, db: Database, waker: Wa
             return error("the body took too long to arrive (WEBHOOK_BODY_DEADLINE_S)", 408)
         except BodyTooLarge as exc:
             return error(f"{exc} (RUNPOD_WEBHOOK_MAX_BYTES)", 413)
-        except BadBody as exc:
+        except (BadBody, MalformedRunPodId) as exc:
             return error(f"malformed body: {exc}", 422)
         if delivery is not None:  # outside the deadlines: its parse is bounded by the body cap
             runpod_id = await waker.open_delivery(delivery)
+            try:  # an id that is not RunPod's reaches no RunPod URL and no log: nothing is done
+                checked_id_of(delivery.status)
+            except MalformedRunPodId as exc:
+                return error(f"malformed body: {exc}", 422)
         try:
             async with asyncio.timeout(DB_DEADLINE_S):
                 await waker.runpod_callback(token, row, runpod_id, delivery)
@@ -284,8 +288,11 @@ def create_app(
         if not secret_ok(request.headers.get("x-webhook-secret"), secret):
             return error("missing or wrong X-Webhook-Secret", 401)
         try:
-            raw = await read_capped_body(request, INTAKE_MAX_BYTES)
+            async with asyncio.timeout(settings.intake_body_deadline_s):
+                raw = await read_capped_body(request, INTAKE_MAX_BYTES)
             job_id = job_id_from_body(parse_json(raw))
+        except TimeoutError:
+            return error("the body took too long to arrive (INTAKE_BODY_DEADLINE_S)", 408)
         except BodyTooLarge as exc:
             return error(f"{exc}: a Database Webhook body is a few hundred bytes", 413)
         except BadBody as exc:

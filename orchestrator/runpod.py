@@ -6,10 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
 from aiolimiter import AsyncLimiter
+from msgspec import UNSET, UnsetType
 
 from orchestrator.cpu import CpuLane
 from orchestrator.errors import (
@@ -25,8 +27,9 @@ from orchestrator.policy import window_bucket
 
 JSON_ON_LOOP_MAX_BYTES = 64 * 1024
 # The most of one answer read (RUNPOD_WEBHOOK_MAX_BYTES, the completion webhook's cap too): a
-# finished job's carries its image (2.8 MB for 1 MP), and a broken or hostile endpoint's endless
-# answer would otherwise be read into memory until the request's deadline.
+# finished job's carries its image (2.8 MB for 1 MP; at the 2 MP the contract allows, an
+# incompressible RGBA PNG is 16 MB, 21 MB as base64), and a broken or hostile endpoint's
+# endless answer would otherwise be read into memory until the request's deadline.
 ANSWER_MAX_BYTES = 32 * 1024 * 1024
 CALL_ANSWER_MAX_BYTES = 1024 * 1024  # `/run`'s and `/cancel`'s answers: about 100 bytes
 # Requests to RunPod under way at once (runpod_http's connection limit). Waiting for a turn
@@ -124,7 +127,7 @@ class RunPodClient:
     ) -> None:
         self._http = http
         self._max_answer_bytes = max_answer_bytes
-        self._base = f"{base_url.rstrip('/')}/{endpoint_id}"
+        self._base = f"{base_url.rstrip('/')}/{segment(endpoint_id)}"
         self._endpoint_id = endpoint_id
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # aiolimiter's bucket holds `max_rate` at once and refills it every `time_period`, so
@@ -155,16 +158,17 @@ class RunPodClient:
         try:
             return await self.parse_json(body or b"")
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            raise Transient(f"RunPod sent a non-JSON answer on {path}") from exc
+            raise Transient(f"RunPod sent an unreadable answer on {path}") from exc
 
-    async def parse_json(self, body: bytes) -> Any:
-        """A large body (a finished job's base64 image) is parsed in the CPU lane, so that many
-        jobs finishing at once do not stall the event loop. msgspec's parser: a 2.8 MB answer
-        in 1.6 ms, json.loads's 4 ms (which also holds the GIL throughout). Its errors are
+    async def parse_json(self, body: bytes) -> dict[str, Any]:
+        """A RunPod answer (or completion webhook body) as `decode_answer` reads it. A large
+        body (a finished job's base64 image) is parsed in the CPU lane, so that many jobs
+        finishing at once do not stall the event loop. msgspec's parser: a 2.8 MB answer in
+        1.6 ms, json.loads's 4 ms (which also holds the GIL throughout). Its errors are
         ValueErrors (RecursionError for absurd nesting), as json's are."""
         if len(body) <= JSON_ON_LOOP_MAX_BYTES:
-            return msgspec.json.decode(body)
-        return await self._cpu.run(msgspec.json.decode, body)
+            return decode_answer(body)
+        return await self._cpu.run(decode_answer, body)
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:
@@ -198,7 +202,7 @@ class RunPodClient:
         try:
             return parse_status(job_id, await self.parse_json(body))
         except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            raise Transient("RunPod sent a non-JSON answer on /status") from exc
+            raise Transient("RunPod sent an unreadable answer on /status") from exc
 
     async def _status_body(
         self, job_id: str, max_bytes: int | None, room: Callable[[], bool] = no_room
@@ -207,13 +211,14 @@ class RunPodClient:
         read with `.content` keeps it in a reference cycle (the response and its stream), so a
         finished job's 2.8 MB answer lived until the next full garbage collection: most of
         klein serve's peak RSS with 200 jobs (bench/full_path.py)."""
+        path = f"/status/{segment(job_id)}"
         async with self._status_limit, self._requests:
             try:
                 async with self._http.stream(
-                    "GET", f"{self._base}/status/{job_id}", headers=self._headers
+                    "GET", self._base + path, headers=self._headers
                 ) as response:
                     self._count(str(response.status_code))
-                    raise_for_status(response, f"/status/{job_id}", self._endpoint_id)
+                    raise_for_status(response, path, self._endpoint_id)
                     return await read_at_most(
                         response, max_bytes, room, limit=self._max_answer_bytes
                     )
@@ -226,9 +231,87 @@ class RunPodClient:
     async def cancel(self, job_id: str) -> None:
         """Ask RunPod to cancel; a job it no longer knows needs no cancelling."""
         try:
-            await self._call("POST", f"/cancel/{job_id}", self._run_limit)
+            await self._call("POST", f"/cancel/{segment(job_id)}", self._run_limit)
         except RunPodJobGone:
             return
+
+
+def segment(value: str) -> str:
+    """value as one URL path segment (RunPod ids and the endpoint id come from outside: an id
+    `../purge-queue` must not reach another path with our API key). "." and ".." are refused:
+    URL parsers resolve them, percent-encoded or not."""
+    if value in ("", ".", ".."):
+        raise Permanent(f"{value!r} is not a RunPod id")
+    return quote(value, safe="")
+
+
+Scalar = str | int | float | bool | None
+
+
+class _Output(msgspec.Struct):
+    """What is read of a job's `output`: the handler's result (section 2 of docs/DESIGN.md)
+    and its progress reports. Other keys (diagnostics) are skipped unread."""
+
+    image: Scalar | UnsetType = UNSET
+    seed: Scalar | UnsetType = UNSET
+    prompt_id: Scalar | UnsetType = UNSET
+    width: Scalar | UnsetType = UNSET
+    height: Scalar | UnsetType = UNSET
+    error: Scalar | UnsetType = UNSET
+    stage: Scalar | UnsetType = UNSET
+    node: Scalar | UnsetType = UNSET
+    step: Scalar | UnsetType = UNSET
+    steps: Scalar | UnsetType = UNSET
+
+
+class _Answer(msgspec.Struct, rename="camel"):
+    """What is read of a RunPod answer; `output` and `error` are looked at only once the rest
+    holds (`decode_answer`)."""
+
+    id: Scalar | UnsetType = UNSET
+    status: Scalar | UnsetType = UNSET
+    output: msgspec.Raw = msgspec.Raw()
+    error: msgspec.Raw = msgspec.Raw()
+    delay_time: Scalar | UnsetType = UNSET  # delayTime
+    execution_time: Scalar | UnsetType = UNSET  # executionTime
+
+
+UNREADABLE_OUTPUT = "(an output of an unexpected shape)"
+
+
+def decode_answer(body: bytes) -> dict[str, Any]:
+    """A `/status`, `/run` or `/cancel` answer (a completion webhook's body too) as a dict of
+    the keys read here, each a JSON scalar, `output` a dict of scalars. Typed, so that any
+    other shape is refused at its first byte or skipped unread: a 32 MiB body of `[[],[],...]`
+    parsed generically grew the process by ~700 MB (docs/security.md); here, by nothing.
+    ValueError (msgspec's) when it is no JSON object; RecursionError for absurd nesting."""
+    answer = msgspec.json.decode(body, type=_Answer)
+    found = _fields(answer)
+    if answer.output:
+        found["output"] = _loose(answer.output, _Output | Scalar, UNREADABLE_OUTPUT)
+    if answer.error:  # RunPod's is a string; anything else is kept as its JSON text
+        error = _loose(answer.error, Scalar, UNSET)
+        found["error"] = bytes(answer.error).decode(errors="replace") if error is UNSET else error
+    return found
+
+
+def _loose(raw: msgspec.Raw, kind: Any, otherwise: object) -> object:
+    """raw as kind (a struct as a dict of its keys present); `otherwise` when it is not."""
+    try:
+        value = msgspec.json.decode(raw, type=kind)
+    except (ValueError, RecursionError):
+        return otherwise
+    return _fields(value) if isinstance(value, msgspec.Struct) else value
+
+
+def _fields(struct: msgspec.Struct) -> dict[str, Any]:
+    """struct's fields that the JSON had, by their JSON names (Raw ones left to the caller)."""
+    names = zip(struct.__struct_fields__, struct.__struct_encode_fields__, strict=True)
+    return {
+        key: value
+        for name, key in names
+        if (value := getattr(struct, name)) is not UNSET and not isinstance(value, msgspec.Raw)
+    }
 
 
 class AnswerTooLarge(Permanent):

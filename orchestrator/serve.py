@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from orchestrator.alerts import OperatorAlerts
 from orchestrator.cpu import CpuLane
-from orchestrator.db import Database
+from orchestrator.db import Database, DatabaseUnreachable, unreachable
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import ConfigError
 from orchestrator.http import configured_secret, create_app, is_loopback
@@ -122,7 +122,7 @@ def check_http_face(settings: Settings, address: Address) -> None:
 async def run_server(
     settings: Settings, address: Address, sock: socket.socket | None = None
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then hand in-flight jobs over and exit (on `sock` when
+    """Serve until SIGTERM/SIGINT/SIGHUP, then hand in-flight jobs over and exit (on `sock` when
     given, already bound to `address`)."""
     check_http_face(settings, address)
     database_url, endpoint_id = require(settings)
@@ -131,8 +131,10 @@ async def run_server(
         db = Database(database_url, max_size=max(4, min(20, settings.max_in_flight // 4 + 4)))
         try:
             await db.open()
+        except DatabaseUnreachable as exc:
+            raise ConfigError(str(exc)) from exc
         except psycopg.Error as exc:
-            raise ConfigError(f"cannot reach the database: {type(exc).__name__}") from exc
+            raise ConfigError(str(unreachable(database_url, exc))) from exc
         stack.push_async_callback(db.close)
         await check_schema(db)
         http = await stack.enter_async_context(runpod_http(timeout_s=30))
@@ -214,8 +216,15 @@ async def _serve_until_signal(
     orchestrator: Orchestrator,
     settings: Settings,
 ) -> None:
+    # The server's own bounds (docs/security.md); each body's deadline is its route's.
     config = uvicorn.Config(
-        app, host=address.host, port=address.port, log_level="warning", lifespan="off"
+        app,
+        host=address.host,
+        port=address.port,
+        log_level="warning",
+        lifespan="off",
+        limit_concurrency=settings.http_max_connections,
+        timeout_keep_alive=settings.http_keep_alive_s,
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
@@ -224,7 +233,7 @@ async def _serve_until_signal(
         orchestrator.stop()
         server.should_exit = True
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a closed terminal too
         loop.add_signal_handler(signum, stop)
     log.info("serving on %s (worker %s)", address.base_url, settings.worker_id)
     web = asyncio.create_task(server.serve(sockets=[sock]))

@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     database_url: str | None = None
+    # How long a connection to the database may take (libpq's connect_timeout, whole seconds; libpq
+    # waits at least 2): past it a command fails naming the host instead of hanging on a server
+    # that accepts but never answers. A connect_timeout in DATABASE_URL wins.
+    database_connect_timeout_s: int = Field(default=10, ge=1)
     klein_template_id: str = KLEIN_TEMPLATE_ID
     runpod_api_key: SecretStr | None = None
     runpod_endpoint_id: str | None = None
@@ -83,6 +87,8 @@ class Settings(BaseSettings):
     # How long a completion webhook's body may take to arrive (RunPod sends megabytes at once):
     # a sender trickling it would otherwise hold an output slot, and a connection, for ever.
     webhook_body_deadline_s: float = Field(default=30.0, gt=0)
+    # The same for the intake webhook's body (a few hundred bytes, sent at once by Supabase).
+    intake_body_deadline_s: float = Field(default=5.0, gt=0)
     poll_max_interval_s: float = Field(default=10.0, gt=0)
     # works.progress (what a running job is doing) is written at most this often per job.
     progress_write_interval_s: float = Field(default=1.0, ge=0)
@@ -102,6 +108,12 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     klein_host: str = "127.0.0.1"
     klein_port: int = 8080
+    # Connections (and requests under way) the HTTP face holds at once; past it new requests are
+    # answered 503 at once (uvicorn's limit_concurrency), so senders that never finish cannot
+    # pile up without bound. Each job in flight may have a completion webhook on its way.
+    http_max_connections: int = Field(default=1000, ge=1)
+    # How long an idle kept-alive connection stays open between requests (uvicorn's default).
+    http_keep_alive_s: int = Field(default=5, ge=1)
     worker_id: str = Field(default_factory=default_worker_id)
     # The HTTP face's defences (docs/security.md): /metrics wants `Authorization: Bearer
     # <METRICS_TOKEN>` when set; RunPod's completion webhook carries the whole job result (a

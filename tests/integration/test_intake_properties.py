@@ -3,6 +3,7 @@ and never raises: arbitrary JSON values and arbitrary bytes, over a real migrate
 
 import asyncio
 import json
+import re
 import urllib.parse
 from collections.abc import Callable, Iterator
 
@@ -101,12 +102,26 @@ def test_intake_answers_any_bytes_with_200_or_422(post, body):
 def test_runpod_webhook_answers_any_token_and_bytes_without_a_500(post, token, body):
     path = "/runpod/webhook/" + urllib.parse.quote(token, safe="")
     response = post(path, body)
-    # Routing answers "", "." and ".." (no such route: 404, 405) and a trailing "/" (307).
-    assert response.status_code in (200, 307, 404, 405)
+    # Routing answers "", "." and ".." (no such route: 404, 405) and a trailing "/" (307); a
+    # body naming an id that is not RunPod's is 422.
+    assert response.status_code in (200, 307, 404, 405, 422)
+
+
+def names_a_foreign_id(body: object) -> bool:
+    """Whether a body names an `"id"` that is not RunPod-shaped (letters, digits, dashes)."""
+    if not isinstance(body, dict) or body.get("id") is None:
+        return False
+    job_id = body["id"]
+    return not (isinstance(job_id, str) and re.fullmatch(r"[A-Za-z0-9-]{1,100}", job_id))
 
 
 @EXAMPLES
 @given(body=json_values | st.binary(max_size=1024).map(lambda raw: raw.decode("latin-1")))
-def test_runpod_webhook_with_a_known_token_answers_any_body_with_200(post, body):
+@example(body={"id": "../purge-queue", "status": "COMPLETED"})
+@example(body={"id": 7})
+@example(body={"id": "c80ffee4-0000-4000-8000-000000000001-u1", "status": "COMPLETED"})
+def test_runpod_webhook_with_a_known_token_answers_any_body_with_200_or_422(post, body):
+    """200 for any body, except 422 for one naming an id that is not RunPod's (it would go
+    into a RunPod URL and the log)."""
     response = post(f"/runpod/webhook/{KNOWN_TOKEN}", dumps(body))
-    assert response.status_code == 200
+    assert response.status_code == (422 if names_a_foreign_id(body) else 200)

@@ -1,0 +1,87 @@
+"""RunPod's answers (and completion webhook bodies, parsed the same way) are read as the status
+object they should be: the keys the flow uses, as scalars, and nothing else built, so a body
+shaped to blow up a generic parser costs no memory. RunPod is played at the HTTP level
+(httpx.MockTransport), as in test_output_slots.py."""
+
+import asyncio
+import tracemalloc
+
+import httpx
+import pytest
+
+from orchestrator.errors import Transient
+from orchestrator.runpod import UNREADABLE_OUTPUT, Progress, RunPodClient, RunPodJob
+
+MiB = 1024 * 1024
+WIDE = b"[" + b"[]," * (4 * MiB // 3) + b"[]]"  # 4 MiB: ~1.4 million lists if built
+
+
+def status_of(body: bytes) -> tuple[RunPodJob, int]:
+    """RunPodClient.status of a job whose `/status` answer is body: (the job, the most memory
+    Python held above the body itself while reading and parsing it)."""
+
+    async def run() -> RunPodJob:
+        transport = httpx.MockTransport(lambda _request: httpx.Response(200, content=body))
+        async with httpx.AsyncClient(transport=transport) as http:
+            return await RunPodClient(http, "http://runpod/v2", "local", None).status("rp-1")
+
+    tracemalloc.start()
+    try:
+        job = asyncio.run(run())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return job, peak
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "rp-1", "status": "COMPLETED", "output": {"image": "QUJD", "junk": %s}}' % WIDE,
+        b'{"id": "rp-1", "status": "COMPLETED", "output": {"image": "QUJD"}, "junk": %s}' % WIDE,
+    ],
+    ids=["in-output", "beside-output"],
+)
+def test_wide_nesting_in_a_status_is_skipped_without_being_built(body):
+    job, peak = status_of(body)
+    assert (job.status, job.output) == ("COMPLETED", {"image": "QUJD"})
+    # The body is held while read (chunks, then joined): a few copies of 4 MiB. Built as
+    # Python lists it took over 80 MiB.
+    assert peak < 4 * len(body)
+
+
+def test_an_output_of_wide_nesting_is_unreadable_not_built():
+    job, peak = status_of(b'{"id": "rp-1", "status": "COMPLETED", "output": %s}' % WIDE)
+    assert job.output == UNREADABLE_OUTPUT  # the work fails as "RunPod returned an invalid image"
+    assert peak < 4 * len(WIDE)
+
+
+def test_a_status_that_is_no_object_is_refused_at_its_first_byte():
+    with pytest.raises(Transient, match="unreadable answer on /status"):
+        status_of(WIDE)
+
+
+def test_a_status_keeps_the_keys_the_flow_reads_and_skips_the_rest():
+    body = (
+        b'{"id": "rp-1", "status": "COMPLETED", "delayTime": 12, "executionTime": 900,'
+        b' "workerId": "w1", "output": {"image": "QUJD", "seed": 7, "prompt_id": "p",'
+        b' "width": 96, "height": 64, "timings": {"comfy_s": 1.5}}}'
+    )
+    job, _ = status_of(body)
+    assert (job.id, job.delay_time, job.execution_time) == ("rp-1", 12, 900)
+    assert job.output == {"image": "QUJD", "seed": 7, "prompt_id": "p", "width": 96, "height": 64}
+
+
+@pytest.mark.parametrize(
+    ("error", "read"),
+    [(b'"boom"', "boom"), (b'{"message": "boom"}', '{"message": "boom"}'), (b"null", None)],
+)
+def test_a_failed_status_keeps_its_error_as_text(error, read):
+    job, _ = status_of(b'{"id": "rp-1", "status": "FAILED", "error": %s}' % error)
+    assert (job.status, job.error) == ("FAILED", read)
+
+
+def test_a_progress_report_of_an_odd_shape_shows_the_job_running():
+    body = b'{"id": "rp-1", "status": "IN_PROGRESS", "output": {"stage": ["x"], "step": 1}}'
+    job, _ = status_of(body)
+    assert job.progress == Progress("running")
