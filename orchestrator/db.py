@@ -2,11 +2,11 @@
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
@@ -17,6 +17,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 Row = dict[str, Any]
 NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+PING_DEADLINE_S = 2.0
+T = TypeVar("T")
+_abandoned: set[asyncio.Future[Any]] = set()
 
 
 @cache
@@ -25,6 +28,32 @@ def queries() -> dict[str, str]:
     text = resources.files("orchestrator").joinpath("sql/queries.sql").read_text("utf-8")
     parts = NAME.split(text)[1:]
     return {name: body.strip() for name, body in zip(parts[::2], parts[1::2], strict=True)}
+
+
+async def bounded(deadline_s: float, work: Awaitable[T]) -> T:
+    """`work`'s result, or TimeoutError at deadline_s even when the server does not answer.
+
+    asyncio.timeout alone does not hold that deadline: psycopg answers the cancellation of a
+    query in flight by asking the server to cancel it and waiting for it to, up to 10 s more.
+    Here the cancelled work finishes that in the background, and its connection goes back to
+    the pool (or is closed) then."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=deadline_s)
+    finally:
+        if not task.done():
+            task.cancel()
+            _abandoned.add(task)
+            task.add_done_callback(_forget)
+    if task not in done:
+        raise TimeoutError(f"the database did not answer within {deadline_s:g} s")
+    return task.result()
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: an abandoned query's failure is no news
 
 
 class DatabaseUnreachable(Exception):
@@ -104,6 +133,7 @@ class Database:
     def __init__(self, url: str, max_size: int = 10, open_timeout_s: float = 10.0) -> None:
         self.url = url
         self.open_timeout_s = open_timeout_s
+        self._ping: asyncio.Future[bool] | None = None
         self.pool = AsyncConnectionPool(
             url, min_size=1, max_size=max_size, open=False, kwargs={"autocommit": True}
         )
@@ -161,10 +191,19 @@ class Database:
             return await fetch_one(conn, name, **params)
 
     async def ping(self) -> bool:
-        """True when the database answers."""
+        """True when the database answers within PING_DEADLINE_S. Callers at the same time
+        share one probe, so a flood of readiness checks takes one connection at most."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.ensure_future(self._probe())
+        return await asyncio.shield(self._ping)
+
+    async def _probe(self) -> bool:
         try:
-            async with self.pool.connection(timeout=2) as conn:
-                await conn.execute("SELECT 1")
+            await bounded(PING_DEADLINE_S, self._select_one())
         except Exception:  # readiness reports any failure as not ready
             return False
         return True
+
+    async def _select_one(self) -> None:
+        async with self.pool.connection(timeout=PING_DEADLINE_S) as conn:
+            await conn.execute("SELECT 1")

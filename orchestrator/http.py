@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from starlette.requests import ClientDisconnect
 
 from orchestrator.dashboard.routes import add_dashboard
-from orchestrator.db import Database, Row
+from orchestrator.db import Database, Row, bounded
 from orchestrator.errors import ConfigError
 from orchestrator.metrics import Metrics
 from orchestrator.outputs import Delivery
@@ -199,8 +199,7 @@ def valid_token(token: str) -> bool:
 
 async def lookup(db: Database, name: str, **params: Any) -> Row | None:
     """A named query bounded by DB_DEADLINE_S; psycopg.Error or TimeoutError past it."""
-    async with asyncio.timeout(DB_DEADLINE_S):
-        return await db.one(name, timeout_s=DB_DEADLINE_S, **params)
+    return await bounded(DB_DEADLINE_S, db.one(name, timeout_s=DB_DEADLINE_S, **params))
 
 
 def error(message: str, status_code: int) -> JSONResponse:
@@ -257,8 +256,7 @@ def add_runpod_webhook(app: FastAPI, settings: Settings, db: Database, waker: Wa
             except MalformedRunPodId as exc:
                 return error(f"malformed body: {exc}", 422)
         try:
-            async with asyncio.timeout(DB_DEADLINE_S):
-                await waker.runpod_callback(token, row, runpod_id, delivery)
+            await bounded(DB_DEADLINE_S, waker.runpod_callback(token, row, runpod_id, delivery))
         except (psycopg.Error, TimeoutError):
             return error("database unavailable; retry later", 503)
         return JSONResponse({"ok": True})

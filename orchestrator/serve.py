@@ -225,6 +225,9 @@ async def _serve_until_signal(
         lifespan="off",
         limit_concurrency=settings.http_max_connections,
         timeout_keep_alive=settings.http_keep_alive_s,
+        # The peer is who connected: X-Forwarded-For does not rewrite it (with uvicorn's
+        # FORWARDED_ALLOW_IPS='*' anyone could claim 127.0.0.1 and read the dashboard).
+        proxy_headers=False,
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()

@@ -8,7 +8,14 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
-from orchestrator.dashboard.access import COOKIE, Presented, Verdict, cookie_value, verdict
+from orchestrator.dashboard.access import (
+    COOKIE,
+    RELAY_HEADERS,
+    Presented,
+    Verdict,
+    cookie_value,
+    verdict,
+)
 from orchestrator.dashboard.snapshot import read_snapshot
 from orchestrator.db import Database
 
@@ -43,6 +50,8 @@ def presented(request: Request) -> Presented:
     """What the request brings that could let it in."""
     return Presented(
         client_host=request.client.host if request.client else None,
+        host_header=request.headers.get("host"),
+        relayed=any(name in request.headers for name in RELAY_HEADERS),
         authorization=request.headers.get("authorization"),
         query_token=request.query_params.get("token"),
         cookie=request.cookies.get(COOKIE),

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.dashboard.access import Presented, cookie_value, is_loopback_client, verdict
+from orchestrator.dashboard.access import (
+    Presented,
+    cookie_value,
+    is_loopback_client,
+    names_this_machine,
+    verdict,
+)
 from orchestrator.dashboard.snapshot import (
     clean_progress,
     clean_timings,
@@ -44,6 +50,43 @@ def test_without_a_token_the_address_decides():
     refused = verdict(Presented("198.51.100.7", authorization=f"Bearer {TOKEN}"), None)
     assert (refused.status, refused.allowed) == (403, False)
     assert "DASHBOARD_TOKEN" in refused.message
+
+
+@pytest.mark.parametrize(
+    ("host_header", "ours"),
+    [
+        ("localhost", True),
+        ("localhost:8080", True),
+        ("LOCALHOST.:8080", True),
+        ("dash.localhost:8080", True),
+        ("127.0.0.1:8080", True),
+        ("127.1.2.3", True),
+        ("[::1]:8080", True),
+        ("[::1]", True),
+        ("attacker.example:8080", False),  # a rebound name: the page is the attacker's
+        ("localhost.attacker.example", False),
+        ("192.0.2.2:8080", False),
+        ("[::1", False),
+        ("", False),
+    ],
+)
+def test_this_machines_names(host_header, ours):
+    assert names_this_machine(host_header) is ours
+
+
+@pytest.mark.parametrize(
+    ("presented", "says"),
+    [
+        (Presented("127.0.0.1", host_header="rebound.example:8080"), "own names"),
+        (Presented("127.0.0.1", host_header="localhost:8080", relayed=True), "proxy"),
+    ],
+)
+def test_without_a_token_a_local_peer_must_name_this_machine_and_come_directly(presented, says):
+    refused = verdict(presented, None)
+    assert (refused.status, refused.allowed) == (403, False)
+    assert says in refused.message
+    assert "DASHBOARD_TOKEN" in refused.message
+    assert verdict(Presented("127.0.0.1", host_header="localhost:8080"), None).allowed
 
 
 def test_with_a_token_each_way_of_presenting_it():
