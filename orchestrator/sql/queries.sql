@@ -367,13 +367,18 @@ VALUES (%(job_id)s, %(work_id)s, 'pending', %(priority)s)
 RETURNING id;
 
 -- name: job_status
+-- The job by its id, else the newest job of the work by that id. Each branch is one index
+-- lookup; `j.id = X OR w.id = X` over the join read every job (250 ms at 600k).
 SELECT j.id AS job_id, j.status AS job_status, j.attempts, j.last_error, j.runpod_job_id,
        w.id AS work_id, w.status AS work_status, w.title, w.error_message, w.output_data_json,
        w.generation_metadata, w.created_at, w.completed_at, w.failed_at, w.cancelled_at,
        w.progress
-FROM generation_jobs j
+FROM (
+    (SELECT * FROM generation_jobs WHERE id = %(id)s)
+    UNION ALL
+    (SELECT * FROM generation_jobs WHERE work_id = %(id)s ORDER BY created_at DESC LIMIT 1)
+) j
 JOIN works w ON w.id = j.work_id
-WHERE j.id = %(id)s OR w.id = %(id)s
 ORDER BY j.created_at DESC
 LIMIT 1;
 
@@ -481,11 +486,15 @@ LIMIT %(limit)s;
 SELECT input_data FROM works WHERE id = %(work_id)s;
 
 -- name: jobs_by_id
--- The same rows as jobs_by_id_prefix for a whole id (the primary keys' indexes, no scan).
-SELECT j.id::text AS job_id, w.id::text AS work_id, j.id = %(id)s AS job_matched
-FROM generation_jobs j
-JOIN works w ON w.id = j.work_id
-WHERE j.id = %(id)s OR w.id = %(id)s
+-- The same rows as jobs_by_id_prefix for a whole id: the job with that id and the jobs of the
+-- work with that id, each branch an index lookup (an OR of the two over the join is a scan).
+SELECT j.id::text AS job_id, j.work_id::text AS work_id, j.id = %(id)s AS job_matched
+FROM (
+    (SELECT id, work_id, created_at FROM generation_jobs WHERE id = %(id)s)
+    UNION ALL
+    (SELECT id, work_id, created_at FROM generation_jobs
+     WHERE work_id = %(id)s AND id <> %(id)s ORDER BY created_at DESC LIMIT 50)
+) j
 ORDER BY j.created_at DESC
 LIMIT 50;
 
