@@ -19,6 +19,7 @@ from orchestrator.db import Database, DatabaseUnreachable, unreachable
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import ConfigError
 from orchestrator.http import configured_secret, create_app, is_loopback
+from orchestrator.http_head import BoundedHeadProtocol
 from orchestrator.metrics import Metrics
 from orchestrator.openrouter import OpenRouterClient, openrouter_sdk
 from orchestrator.outputs import OutputSlots
@@ -228,6 +229,7 @@ async def _serve_until_signal(
         # The peer is who connected: X-Forwarded-For does not rewrite it (with uvicorn's
         # FORWARDED_ALLOW_IPS='*' anyone could claim 127.0.0.1 and read the dashboard).
         proxy_headers=False,
+        http=BoundedHeadProtocol,
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
