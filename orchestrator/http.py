@@ -20,8 +20,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from orchestrator.dashboard.access import bearer_token
 from orchestrator.dashboard.routes import add_dashboard
 from orchestrator.db import Database, Row, bounded
 from orchestrator.errors import ConfigError
@@ -163,10 +165,12 @@ def secret_ok(given: str | None, expected: str | None) -> bool:
 
 
 def bearer_ok(authorization: str | None, token: str | None) -> bool:
-    """Constant-time check of `Authorization: Bearer <token>` (everything passes without one)."""
+    """Constant-time check of `Authorization: Bearer <token>`, the scheme in any case as RFC 9110
+    has it (everything passes without a token)."""
     if token is None:
         return True
-    return hmac.compare_digest((authorization or "").encode(), f"Bearer {token}".encode())
+    given = bearer_token(authorization)
+    return given is not None and hmac.compare_digest(given.encode(), token.encode())
 
 
 def configured_secret(value: SecretStr | None, name: str) -> str | None:
@@ -178,6 +182,12 @@ def configured_secret(value: SecretStr | None, name: str) -> str | None:
         raise ConfigError(
             f"{name} is set but empty, which would turn its check off: "
             f"unset {name} or set it to a real secret"
+        )
+    if not (secret.isascii() and secret.isprintable()) or secret != secret.strip():
+        # HTTP drops a header value's outer spaces and carries no UTF-8: it could never match.
+        raise ConfigError(
+            f"{name} must be printable ASCII with no space at either end, since it travels in "
+            "an HTTP header; any other value could never match"
         )
     return secret
 
@@ -274,6 +284,13 @@ def create_app(
     Raises ConfigError when WEBHOOK_SECRET, METRICS_TOKEN or DASHBOARD_TOKEN is set but empty.
     """
     app = FastAPI(title="Klein I2I orchestrator", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(HTTPException)
+    async def house_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # An unknown path (404) or method (405) answers in the house shape too.
+        response = error(str(exc.detail), exc.status_code)
+        response.headers.update(exc.headers or {})
+        return response
     secret = configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
     metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
     dashboard_token = configured_secret(settings.dashboard_token, "DASHBOARD_TOKEN")

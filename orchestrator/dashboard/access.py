@@ -79,6 +79,12 @@ def names_this_machine(host_header: str) -> bool:
     return is_loopback_client(host)
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case), or None."""
+    parts = (authorization or "").split(None, 1)
+    return parts[1].strip() if len(parts) == 2 and parts[0].lower() == "bearer" else None
+
+
 def cookie_value(token: str) -> str:
     """What the cookie holds: derived from the token, so the cookie never carries the token."""
     return hmac.new(token.encode(), b"klein dashboard cookie", hashlib.sha256).hexdigest()
@@ -98,7 +104,7 @@ def verdict(presented: Presented, token: str | None) -> Verdict:
         if presented.host_header is not None and not names_this_machine(presented.host_header):
             return Verdict(403, NOT_THIS_MACHINES_NAME)
         return Verdict(200)
-    if _same(presented.authorization, f"Bearer {token}"):
+    if _same(bearer_token(presented.authorization), token):
         return Verdict(200)
     if _same(presented.query_token, token):
         return Verdict(200, set_cookie=True)

@@ -243,12 +243,35 @@ def test_metrics_with_a_token_set_refuse_a_missing_or_wrong_bearer(migrated_url,
     assert "klein_jobs_total" not in response.text
 
 
-def test_metrics_with_a_token_set_answer_the_right_bearer(migrated_url):
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer metrics-token-1", "bearer metrics-token-1", "BEARER  metrics-token-1"],
+)
+def test_metrics_with_a_token_set_answer_the_right_bearer(migrated_url, authorization):
     settings = settings_with(metrics_token="metrics-token-1")
-    headers = {"Authorization": "Bearer metrics-token-1"}
+    headers = {"Authorization": authorization}  # RFC 9110: the scheme in any case
     response = request(migrated_url, "GET", "/metrics", settings=settings, headers=headers)
     assert response.status_code == 200
     assert "# TYPE klein_jobs_total counter" in response.text
+
+
+@pytest.mark.parametrize("name", ["WEBHOOK_SECRET", "METRICS_TOKEN", "DASHBOARD_TOKEN"])
+@pytest.mark.parametrize("value", [" padded", "padded ", "tök", "tab\there"])
+def test_a_secret_no_header_could_carry_refuses_to_build_the_app(migrated_url, name, value):
+    settings = settings_with(**{name.lower(): value})
+    with pytest.raises(ConfigError, match=f"{name} must be printable ASCII"):
+        request(migrated_url, "GET", "/healthz", settings=settings)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"), [("GET", "/nowhere", 404), ("POST", "/healthz", 405)]
+)
+def test_an_unknown_route_or_method_answers_in_the_house_shape(migrated_url, method, path, status):
+    response = request(migrated_url, method, path)
+    assert response.status_code == status
+    assert set(response.json()) == {"error"}
+    if status == 405:
+        assert response.headers["allow"] == "GET"
 
 
 @pytest.mark.parametrize(

@@ -91,6 +91,7 @@ def test_without_a_token_a_local_peer_must_name_this_machine_and_come_directly(p
 
 def test_with_a_token_each_way_of_presenting_it():
     assert verdict(Presented("198.51.100.7", authorization=f"Bearer {TOKEN}"), TOKEN).allowed
+    assert verdict(Presented("198.51.100.7", authorization=f"bearer {TOKEN}"), TOKEN).allowed
     by_query = verdict(Presented("198.51.100.7", query_token=TOKEN), TOKEN)
     assert by_query.allowed
     assert by_query.set_cookie
