@@ -291,6 +291,7 @@ def create_app(
         response = error(str(exc.detail), exc.status_code)
         response.headers.update(exc.headers or {})
         return response
+
     secret = configured_secret(settings.webhook_secret, "WEBHOOK_SECRET")
     metrics_token = configured_secret(settings.metrics_token, "METRICS_TOKEN")
     dashboard_token = configured_secret(settings.dashboard_token, "DASHBOARD_TOKEN")
