@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from orchestrator.alerts import OperatorAlerts
 from orchestrator.cpu import CpuLane
+from orchestrator.dashboard.routes import close_dashboard
 from orchestrator.db import Database, DatabaseUnreachable, unreachable
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import ConfigError
@@ -171,6 +172,7 @@ async def run_server(
         orchestrator = Orchestrator(deps, database_url)
         root = None if settings.uses_supabase_storage else settings.local_storage_dir
         app = create_app(settings, db, orchestrator, metrics, storage_root=root)
+        stack.push_async_callback(close_dashboard, app)
         listener = sock or bind(address)
         stack.callback(listener.close)
         await _serve_until_signal(app, address, listener, orchestrator, settings)

@@ -1,10 +1,8 @@
 """The dashboard's routes: `/` (the page), its two static files, and `/dashboard.json` (what the
 page polls). Every route is read-only and behind the same access rule (access.py)."""
 
-import logging
 from importlib import resources
 
-import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
@@ -16,10 +14,9 @@ from orchestrator.dashboard.access import (
     cookie_value,
     verdict,
 )
+from orchestrator.dashboard.shared import DashboardUnavailable, SharedSnapshot
 from orchestrator.dashboard.snapshot import read_snapshot
 from orchestrator.db import Database
-
-log = logging.getLogger(__name__)
 
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -82,7 +79,11 @@ def swap_token_for_cookie(request: Request, token: str) -> Response:
 def add_dashboard(
     app: FastAPI, db: Database, template_id: str, token: str | None, *, jobs: int
 ) -> None:
-    """Serve the dashboard on `app`; `token` is DASHBOARD_TOKEN (None: loopback clients only)."""
+    """Serve the dashboard on `app`; `token` is DASHBOARD_TOKEN (None: loopback clients only).
+    Its reads take no connection of `db`'s pool but one of their own, to the same database, which
+    close_dashboard(app) closes."""
+    shared = SharedSnapshot(db.url, lambda conn: read_snapshot(conn, template_id, jobs))
+    app.state.dashboard = shared
 
     def guard(request: Request) -> Response | None:
         found = verdict(presented(request), token)
@@ -109,8 +110,14 @@ def add_dashboard(
         if (refused := guard(request)) is not None:
             return refused
         try:
-            snapshot = await read_snapshot(db, template_id, jobs)
-        except (psycopg.Error, TimeoutError) as exc:
-            log.warning("dashboard: the database did not answer (%s)", type(exc).__name__)
+            snapshot = await shared.get()
+        except DashboardUnavailable:  # logged once per read, not once per viewer (shared.py)
             return JSONResponse({"error": "database unavailable; retry later"}, status_code=503)
         return JSONResponse(snapshot, headers=SECURITY_HEADERS)
+
+
+async def close_dashboard(app: FastAPI) -> None:
+    """Close the dashboard's own connection (add_dashboard's), when the service stops."""
+    shared = getattr(app.state, "dashboard", None)
+    if isinstance(shared, SharedSnapshot):
+        await shared.close()

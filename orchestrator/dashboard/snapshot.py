@@ -1,12 +1,13 @@
 """What the dashboard shows, read in one read-only transaction and shaped into plain JSON."""
 
-import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from orchestrator.db import Database, Row, fetch_all, fetch_one
+from psycopg import AsyncConnection
+
+from orchestrator.db import Row, fetch_all, fetch_one
 from orchestrator.timings import STAGES
 
 QUEUE_STAGES = ("pending", "taken", "processing")
@@ -15,6 +16,11 @@ FAILURE_WINDOW_S = 24 * 3600
 THROUGHPUT_WINDOW_S = 3600
 FAILURE_REASONS_SHOWN = 20
 READ_DEADLINE_S = 3.0
+# The pending jobs' figures are counted up to this many, so that a read costs the same whatever
+# the backlog (dashboard_queue); past it the page says "1000+". The oldest one's age is exact.
+# Each job counted costs a lookup of its work: 1,000 keep a read near 20 ms on 2 cores, where
+# 10,000 took 150 ms (docs/benchmarks.md, section 4c); a queue of a thousand is a backlog anyway.
+QUEUE_COUNT_CAP = 1_000
 
 
 def plain(value: object) -> object:
@@ -26,18 +32,34 @@ def plain(value: object) -> object:
     return value
 
 
-def shape_queue(rows: list[Row]) -> dict[str, Any]:
-    """Counts and oldest age per stage (zero when empty), and every open job by age."""
+def shape_queue(rows: list[Row], cap: int = QUEUE_COUNT_CAP) -> dict[str, Any]:
+    """Counts and oldest age per stage (zero when empty), and every open job by age. The pending
+    row's counts stop one past `cap`: such a figure is shown as `cap` and named in `over_cap`
+    (`pending.count`, `by_age.over_15m`), for the page to say "more than"."""
+    over_cap: list[str] = []
+
+    def figure(row: Mapping[str, Any], column: str, path: str) -> int:
+        value = int(row.get(column) or 0)
+        if row.get("stage") == "pending" and value > cap:
+            over_cap.append(path)
+            return cap
+        return value
+
     by_stage = {row["stage"]: row for row in rows}
     queue: dict[str, Any] = {}
     for stage in QUEUE_STAGES:
         row = by_stage.get(stage, {})
         queue[stage] = {
-            "count": row.get("jobs", 0),
+            "count": figure(row, "jobs", f"{stage}.count"),
             "oldest_s": row.get("oldest_s"),
-            "delayed": row.get("delayed", 0),
+            "delayed": figure(row, "delayed", f"{stage}.delayed"),
         }
-    queue["by_age"] = {bucket: sum(row[bucket] for row in rows) for bucket in AGE_BUCKETS}
+    queue["by_age"] = {
+        bucket: sum(figure(row, bucket, f"by_age.{bucket}") for row in rows)
+        for bucket in AGE_BUCKETS
+    }
+    queue["count_cap"] = cap
+    queue["over_cap"] = over_cap
     return queue
 
 
@@ -97,12 +119,16 @@ def shape_throughput(row: Row | None, window_s: float) -> dict[str, Any]:
     }
 
 
-async def read_snapshot(db: Database, template_id: str, jobs: int) -> dict[str, Any]:
-    """Everything the page shows, consistent with itself; TimeoutError past READ_DEADLINE_S."""
-    async with asyncio.timeout(READ_DEADLINE_S), db.transaction(READ_DEADLINE_S) as conn:
+async def read_snapshot(conn: AsyncConnection[Any], template_id: str, jobs: int) -> dict[str, Any]:
+    """Everything the page shows, consistent with itself (one read-only transaction on `conn`).
+    Bounded by the server's statement timeout only: the caller holds the deadline
+    (shared.SharedSnapshot)."""
+    async with conn.transaction():
         await fetch_all(conn, "dashboard_read_only")
         await fetch_all(conn, "dashboard_deadline")
-        queue = await fetch_all(conn, "dashboard_queue", template_id=template_id)
+        queue = await fetch_all(
+            conn, "dashboard_queue", template_id=template_id, cap=QUEUE_COUNT_CAP
+        )
         latest = await fetch_all(conn, "dashboard_latest_jobs", template_id=template_id, limit=jobs)
         failures = await fetch_all(
             conn,
@@ -116,7 +142,7 @@ async def read_snapshot(db: Database, template_id: str, jobs: int) -> dict[str, 
         )
     return {
         "generated_at": plain(datetime.now(UTC)),
-        "queue": shape_queue(queue),
+        "queue": shape_queue(queue, QUEUE_COUNT_CAP),
         "jobs": [shape_job(row) for row in latest],
         "failures": [
             {"reason": row["reason"], "count": row["works"], "last_at": plain(row["last_at"])}

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from orchestrator.dashboard.routes import SECURITY_HEADERS
+from orchestrator.dashboard.routes import SECURITY_HEADERS, close_dashboard
 from orchestrator.db import Database
 from orchestrator.errors import ConfigError
 from orchestrator.http import create_app
@@ -45,8 +45,13 @@ def get(url, path, *, client=LOOPBACK, token=None, **options) -> httpx.Response:
             settings = Settings(database_url="unused", dashboard_token=token)
             app = create_app(settings, db, RecordingWaker(), Metrics())
             transport = httpx.ASGITransport(app, client=client)
-            async with httpx.AsyncClient(transport=transport, base_url="http://klein") as http:
-                return await http.get(path, **options)
+            try:
+                async with httpx.AsyncClient(
+                    transport=transport, base_url="http://localhost"
+                ) as http:
+                    return await http.get(path, **options)
+            finally:
+                await close_dashboard(app)
         finally:
             await db.close()
 

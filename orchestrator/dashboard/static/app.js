@@ -70,17 +70,22 @@
   // ------------------------------------------------------------------ panels
 
   function drawQueue(queue) {
+    // A backlog's figures are counted up to a cap: one past it reads "1000+" (over_cap).
+    const overCap = new Set(Array.isArray(queue.over_cap) ? queue.over_cap : []);
+    const figure = (value, path) => `${value}${overCap.has(path) ? "+" : ""}`;
     for (const stage of ["pending", "taken", "processing"]) {
       const tile = document.getElementById(`queue-${stage}`);
       const figures = queue[stage];
-      tile.querySelector(".count").textContent = String(figures.count);
+      tile.querySelector(".count").textContent = figure(figures.count, `${stage}.count`);
       let detail = figures.count ? `oldest ${duration(figures.oldest_s)}` : "";
-      if (figures.delayed) detail += `, ${figures.delayed} waiting to retry`;
+      if (figures.delayed) {
+        detail += `, ${figure(figures.delayed, `${stage}.delayed`)} waiting to retry`;
+      }
       tile.querySelector(".detail").textContent = detail;
     }
     for (const [bucket, count] of Object.entries(queue.by_age)) {
       const cell = document.getElementById(`age-${bucket}`);
-      if (cell) cell.textContent = String(count);
+      if (cell) cell.textContent = figure(count, `by_age.${bucket}`);
     }
   }
 
