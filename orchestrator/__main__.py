@@ -8,6 +8,7 @@ try:  # Ctrl-C while the modules load (a second or so): exit 130 quietly, as aft
     import argparse
     import asyncio
     import logging
+    import os
     import signal
     from collections.abc import Callable
     from contextlib import ExitStack
@@ -19,6 +20,7 @@ try:  # Ctrl-C while the modules load (a second or so): exit 130 quietly, as aft
 
     from handler.contract.errors import InvalidInput
     from orchestrator import embedded, logs, plugins
+    from orchestrator.console import shown
     from orchestrator.console_args import parser
     from orchestrator.console_commands import (
         INTERRUPTED,
@@ -42,6 +44,7 @@ except KeyboardInterrupt:
 __all__ = ["main", "migrate", "parser"]
 SERVICES = ("serve", "endpoint", "comfy-standin")  # long-running: their log is their output
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # `kill`, a closed terminal
+BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a command whose reader left
 
 
 class Terminated(KeyboardInterrupt):
@@ -104,7 +107,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = Settings()
         run = COMMANDS.get(args.command) or args.run  # the dev tools set `run`
-        return run(args, settings)
+        code = run(args, settings)
+        sys.stdout.flush()  # a reader that left (`klein status | head -1`) is seen here
+        return code
     except ValidationError as exc:
         error = exc.errors()[0]
         return _fail(args, f"bad configuration: {error['loc']}: {error['msg']}", 2)
@@ -112,17 +117,23 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(args, str(exc), 2)
     except (Failed, NotFound, ResultError, MigrationError, DatabaseUnreachable) as exc:
         return _fail(args, str(exc) or type(exc).__name__, 1)
+    except BrokenPipeError:  # the reader has gone: nobody to tell, and nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return BROKEN_PIPE
     except (psycopg.Error, OSError) as exc:  # not translated where they arose: still one line
         return _fail(args, str(exc) or type(exc).__name__, 1)
     except Terminated as exc:
         return _fail(args, f"stopped by {exc}", 128 + exc.signum)
     except KeyboardInterrupt:
         return _fail(args, "interrupted", INTERRUPTED)
+    except Exception as exc:  # unplanned: still one line; the traceback is logged (shown by -v)
+        logging.getLogger("orchestrator").info("klein %s failed", args.command, exc_info=True)
+        return _fail(args, f"internal error ({type(exc).__name__}); -v shows where", 1)
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     """One line on stderr, never a traceback."""
-    print(f"klein {args.command}: {' '.join(message.split())}", file=sys.stderr)
+    print(f"klein {args.command}: {shown(' '.join(message.split()))}", file=sys.stderr)
     return code
 
 

@@ -1,7 +1,13 @@
 """`klein submit` and `klein status`: what the web app does, from a terminal."""
 
 import base64
+import functools
 import json
+import os
+import re
+import stat
+import sys
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from handler.contract import is_http_url, parse_input
+from handler.contract import IMAGE_BASE64_MAX_CHARS, base64_too_large, is_http_url, parse_input
 from handler.contract.errors import InvalidInput
 from handler.contract.images import verify_image
 from orchestrator.db import queries
@@ -25,6 +31,11 @@ LABELS = {
     "failed": "failed",
     "cancelled": "cancelled",
 }
+# The largest file whose base64 fits the /run body RunPod accepts (the contract's own cap).
+LOCAL_IMAGE_MAX_BYTES = IMAGE_BASE64_MAX_CHARS // 4 * 3
+# Characters a terminal acts on instead of showing: controls (escape sequences among them, C1
+# too) and format characters (bidi overrides that reorder what follows them).
+UNSHOWN_CATEGORIES = frozenset({"Cc", "Cf"})
 
 
 @dataclass(frozen=True)
@@ -52,22 +63,65 @@ def input_data(image: str, prompt: str, options: dict[str, Any] | None) -> dict[
 
 
 def read_image(path: Path) -> bytes:
-    """A local image's bytes, refused here (InvalidInput) if it is not one: no job is created."""
+    """A local image's bytes, refused here (InvalidInput) if it is not one: no job is created.
+    Only a regular file is read, and no more of it than the cap: a device (/dev/zero), a FIFO or
+    a folder is refused at once, without blocking on it or reading it whole."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO without a writer: no wait
     except FileNotFoundError:
         raise InvalidInput(f"{path}: no such file") from None
     except OSError as exc:
-        raise InvalidInput(
-            f"{path}: cannot be read ({exc.strerror or type(exc).__name__})"
-        ) from None
+        raise InvalidInput(unreadable(path, exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+            raise InvalidInput(f"{path}: {kind}; give an image file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(LOCAL_IMAGE_MAX_BYTES + 1)  # the file may grow while it is read
+    except OSError as exc:
+        raise InvalidInput(unreadable(path, exc)) from None
+    finally:
+        os.close(fd)
     if not data:
         raise InvalidInput(f"{path}: the file is empty")
+    if len(data) > LOCAL_IMAGE_MAX_BYTES:
+        raise InvalidInput(f"{path}: {base64_too_large()}")
     try:
         verify_image(data)
     except InvalidInput as exc:
         raise InvalidInput(f"{path}: {exc}") from None
     return data
+
+
+def unreadable(path: Path, exc: OSError) -> str:
+    """Why a local file could not be read, in one sentence."""
+    return f"{path}: cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+@functools.cache
+def unshown() -> re.Pattern[str]:
+    """One character of UNSHOWN_CATEGORIES (built once, when first needed: about 0.2 s)."""
+    codes = [
+        code
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) in UNSHOWN_CATEGORIES
+    ]
+    ranges, start = [], codes[0]
+    for before, code in zip(codes, [*codes[1:], -1], strict=True):
+        if code != before + 1:  # a run of consecutive code points ends at `before`
+            ranges.append(f"{re.escape(chr(start))}-{re.escape(chr(before))}")
+            start = code
+    return re.compile(f"[{''.join(ranges)}]")
+
+
+def shown(text: str) -> str:
+    """`text` safe to print on a terminal: each character it would act on instead of showing
+    (an escape sequence's ESC, a bidi override, a carriage return) written as its escape, as
+    repr() writes it. Rows hold what others wrote: titles from a model, errors from ComfyUI."""
+    if text.isprintable():
+        return text
+    return unshown().sub(lambda found: repr(found[0])[1:-1], text)
 
 
 def submit(conn: psycopg.Connection[Any], request: SubmitRequest) -> tuple[str, str]:
@@ -107,7 +161,8 @@ def recent(conn: psycopg.Connection[Any], limit: int = 20) -> list[dict[str, Any
 
 def image_url(row: dict[str, Any]) -> str | None:
     """A completed job's image URL."""
-    url = row.get("image_url") or (row.get("output_data_json") or {}).get("image_url")
+    output = row.get("output_data_json")
+    url = row.get("image_url") or (output.get("image_url") if isinstance(output, dict) else None)
     return str(url) if url else None
 
 
@@ -130,9 +185,20 @@ def describe(row: dict[str, Any]) -> str:
         line += f"  {row['error_message']}"
     if row["work_status"] and status != row["work_status"]:
         line += f"  (work {row['work_id']} was retried; it is {row['work_status']})"
-    return line
+    return shown(line)
 
 
 def as_json(row: dict[str, Any]) -> str:
-    """A row as JSON (datetimes as text)."""
-    return json.dumps(row, default=str, ensure_ascii=False, indent=2)
+    """A row as JSON (datetimes as text). What a terminal would act on is escaped as JSON would
+    with ensure_ascii: JSON itself escapes only the C0 controls, and the layout's newlines stay."""
+    text = json.dumps(row, default=str, ensure_ascii=False, indent=2)
+    if text.replace("\n", "").isprintable():
+        return text
+    return unshown().sub(json_escape, text)
+
+
+def json_escape(found: re.Match[str]) -> str:
+    """A character as JSON writes it with ensure_ascii; the layout's newlines as they are (one
+    inside a string is written \\n already)."""
+    char = found[0]
+    return char if char == "\n" else json.dumps(char)[1:-1]

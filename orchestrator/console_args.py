@@ -1,6 +1,7 @@
 """`klein`'s command line: every command, option, range and default, for --help."""
 
 import argparse
+import math
 import os
 from typing import TypeAlias
 
@@ -11,6 +12,7 @@ from orchestrator.settings import default_klein_home
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000  # the generation_jobs CHECK constraint
 WAIT_TIMEOUT_S = 900.0
+MAX_SECONDS = 10**9  # about 31 years: any wait or age of a job, and within PostgreSQL's interval
 DESCRIPTION = """\
 The Klein I2I orchestrator: serve runs the job flow; submit, status, cancel, retry and jobs do
 what the web app and an operator do. Configuration comes from the environment (see README).
@@ -38,6 +40,23 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError("must be between 0 and 65535")
     return value
+
+
+def seconds(text: str, *, zero: bool = False) -> float:
+    """A duration in seconds: a finite number above 0 (from 0 with `zero`), at most MAX_SECONDS."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    least = "at least 0" if zero else "above 0"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero) or value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be {least} and at most {MAX_SECONDS:,} seconds")
+    return value
+
+
+def age(text: str) -> float:
+    """An --older-than value: seconds, 0 included."""
+    return seconds(text, zero=True)
 
 
 def home_note() -> str:
@@ -136,7 +155,11 @@ def _add_submit(commands: Commands, common: argparse.ArgumentParser) -> None:
             "worker's own rules before any row is written (exit 2 when one is wrong)."
         ),
     )
-    submit.add_argument("image", help="a local image file (at most 20 MB), or an http(s) URL")
+    submit.add_argument(
+        "image",
+        help="a local image file (at most 7.4 MB: it travels inside RunPod's /run body), or an "
+        "http(s) URL (at most 20 MB, fetched by the worker)",
+    )
     submit.add_argument(
         "prompt",
         help="the edit instruction, at most 2000 characters; Korean is translated to English "
@@ -186,7 +209,7 @@ def _add_submit(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     submit.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=WAIT_TIMEOUT_S,
         help=f"seconds --wait follows the job (default {WAIT_TIMEOUT_S:g})",
     )
@@ -237,7 +260,7 @@ def _add_operator(commands: Commands, common: argparse.ArgumentParser) -> None:
     jobs.add_argument("--stuck", action="store_true", help="list stuck jobs (required for now)")
     jobs.add_argument(
         "--older-than",
-        type=float,
+        type=age,
         default=DEFAULT_STUCK_AFTER_S,
         metavar="SECONDS",
         help=f"an unfinished job older than this is stuck (default {DEFAULT_STUCK_AFTER_S:g})",

@@ -134,7 +134,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     problem = None
     if done.runpod_job_id and (done.job_ended or not embedded.wants_local_endpoint(settings)):
         problem = runpod_cancel(settings, done.runpod_job_id)
-    print(console_ops.cancel_line(done, problem))
+    print(console.shown(console_ops.cancel_line(done, problem)))
     return 0
 
 
@@ -172,12 +172,10 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     """List stuck jobs, each with its reason."""
     if not args.stuck:
         raise InvalidInput("say which jobs: --stuck (`klein status` lists the latest)")
-    if args.older_than < 0:
-        raise InvalidInput("--older-than must be at least 0 seconds")
     with database_url(settings) as url, connect(url) as conn:
         found = console_ops.stuck(conn, args.older_than)
     for row, reason in found:
-        print(f"{row['job_id']}  {row['status']}  {reason}")
+        print(console.shown(f"{row['job_id']}  {row['status']}  {reason}"))
     if not found:
         print(f"no stuck jobs (none unfinished for over {args.older_than:g} s, none orphaned)")
     return 0

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from orchestrator.console import FINISHED, LABELS, describe, shown_status
+from orchestrator.console import FINISHED, LABELS, describe, shown, shown_status
 
 UNCLAIMED_HINT = (
     "  (still queued after {seconds:g} s: is `klein serve` running against this database?)"
@@ -44,7 +44,7 @@ def render(row: dict[str, Any], id_chars: int = 36) -> str:
     step, steps = progress.get("step"), progress.get("steps")
     if isinstance(step, int) and isinstance(steps, int) and steps > 0:
         line += f"  {progress_bar(step, steps)}"
-    return line
+    return shown(line)
 
 
 class Display:
