@@ -16,8 +16,10 @@ TOO_SLOW = b'{"error": "the request\'s line and headers took over 10 s to arrive
 
 class BoundedHeadProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, answering 431 once a request's head passes
-    MAX_REQUEST_HEAD_BYTES (counted from the read it begins in: one read more at most, 256
-    KiB) and 408 once it has taken HEAD_DEADLINE_S, and closing the connection then."""
+    MAX_REQUEST_HEAD_BYTES and 408 once it has taken HEAD_DEADLINE_S, and closing the
+    connection then. A read is counted only when the head is still unfinished after it: a read
+    that ends the head counts for nothing, so a body that came in the head's read (a webhook's
+    megabytes) is never taken for head; the parser holds one read more at most (256 KiB)."""
 
     _head_bytes: int | None = 0  # this request's head so far; None once it is complete
     _head_deadline: asyncio.TimerHandle | None = None
@@ -31,12 +33,12 @@ class BoundedHeadProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_bytes is not None:
-            self._head_bytes += len(data)
-            if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
-                self._refuse_head(431, "Request Header Fields Too Large", TOO_LARGE)
-                return
         super().data_received(data)
+        if self._head_bytes is None or self.transport.is_closing():
+            return  # the head ended in this read (or none began), or the parser refused it
+        self._head_bytes += len(data)
+        if self._head_bytes > MAX_REQUEST_HEAD_BYTES:
+            self._refuse_head(431, "Request Header Fields Too Large", TOO_LARGE)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

@@ -3,6 +3,7 @@ sending one without end gets 431, one that never finishes it (or sends nothing) 
 HEAD_DEADLINE_S, each with its connection closed, not a server that keeps every byte and every
 connection; a large but reasonable head still passes."""
 
+import http.client
 import socket
 import time
 
@@ -70,3 +71,26 @@ def test_a_head_that_never_ends_is_answered_408_at_its_deadline(serve):
     assert took < HEAD_DEADLINE_S + 2
     assert closed == [b"", b""]
     assert httpx.get(f"{klein.base_url}/healthz", timeout=5).status_code == 200
+
+
+def answer_to(port: int, message: bytes) -> tuple[int, bytes]:
+    """The status and body the server answers to `message`, sent in one write (its head and its
+    body's start come in one read)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(message)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return answer.status, answer.read()
+
+
+@pytest.mark.parametrize("body_bytes", [100_000, 3_000_000], ids=["100KB", "3MB"])
+def test_a_large_body_that_arrives_with_its_head_is_no_part_of_the_head(serve, body_bytes):
+    """RunPod's completion webhook carries the output (megabytes): the reads that bring its head
+    bring its body's start too, and only the head counts against MAX_REQUEST_HEAD_BYTES."""
+    klein = serve("w1")
+    body = b'{"id": "' + b"x" * body_bytes + b'"}'
+    head = (
+        f"POST /runpod/webhook/{'a' * 43} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    assert answer_to(klein.port, head + body) == (404, b'{"error":"unknown webhook token"}')
