@@ -17,6 +17,7 @@ ID_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
 # NeedsOperator's sentences (runpod.py, openrouter.py, storage.py) all end in what to fix.
 OPERATOR_ERROR = re.compile(r"check [A-Z_]+|out of credit|add funds", re.IGNORECASE)
 DEFAULT_STUCK_AFTER_S = 900.0
+ID_LAYOUT = "00000000-0000-0000-0000-000000000000"  # a UUID as PostgreSQL writes it
 
 
 class NotFound(Exception):
@@ -60,8 +61,22 @@ def resolve(conn: psycopg.Connection[Any], text: str) -> Resolved:
     try:
         whole = uuid.UUID(prefix)  # a whole id in any accepted spelling
     except ValueError:
-        return pick(text, _rows(conn, "jobs_by_id_prefix", pattern=f"{prefix}%"))
+        found = id_range(prefix)
+        rows = (
+            [] if found is None else _rows(conn, "jobs_by_id_prefix", low=found[0], high=found[1])
+        )
+        return pick(text, rows)
     return pick(text, _rows(conn, "jobs_by_id", id=str(whole)))
+
+
+def id_range(prefix: str) -> tuple[str, str] | None:
+    """The first and last id that PostgreSQL writes starting with `prefix` (lowercase hex and
+    dashes); None when none can: a dash out of its place, or a digit where a dash goes."""
+    for char, slot in zip(prefix, ID_LAYOUT, strict=False):
+        if (char == "-") != (slot == "-"):
+            return None
+    rest = ID_LAYOUT[len(prefix) :]
+    return prefix + rest, prefix + rest.replace("0", "f")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import uuid
 import psycopg
 import pytest
 
+from orchestrator.console_ops import id_range
 from orchestrator.db import queries
 from orchestrator.settings import KLEIN_TEMPLATE_ID
 
@@ -70,5 +71,46 @@ def test_a_lookup_by_id_reads_indexes_only(migrated_url, name):
         conn.execute("SET enable_seqscan = off")
         (plan,) = conn.execute(
             f"EXPLAIN (FORMAT JSON) {queries()[name]}", {"id": work_id}
+        ).fetchone()
+    assert unbounded_reads(plan[0]["Plan"]) == []
+
+
+def by_prefix(url: str, prefix: str) -> list[tuple]:
+    found = id_range(prefix)
+    assert found is not None
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            queries()["jobs_by_id_prefix"], {"low": found[0], "high": found[1]}
+        ).fetchall()
+
+
+def test_jobs_by_id_prefix_by_either_id(migrated_url):
+    work_id, (first, second, newest) = work_with_jobs(migrated_url, 3)
+    other_work, _ = work_with_jobs(migrated_url, 2)
+    by_work = by_prefix(migrated_url, work_id[:9])  # the first group and its dash
+    assert [row for row in by_work if row[1] == work_id] == [
+        (newest, work_id, False),
+        (second, work_id, False),
+        (first, work_id, False),
+    ]
+    assert (first, work_id, True) in by_prefix(migrated_url, first[:13])
+    assert {row[1] for row in by_prefix(migrated_url, "")} == {work_id, other_work}
+    assert id_range("0123456789") is None  # a digit where the dash goes: no id starts so
+
+
+def test_an_id_range_holds_exactly_the_ids_that_start_with_the_prefix():
+    ids = sorted(str(uuid.uuid4()) for _ in range(2000))
+    for prefix in ["", "7", "a3", "0f1e2d3c-", "0f1e2d3c-4b", ids[5][:20], ids[9]]:
+        low, high = id_range(prefix)
+        assert [i for i in ids if low <= i <= high] == [i for i in ids if i.startswith(prefix)]
+
+
+def test_a_lookup_by_id_prefix_reads_indexes_only(migrated_url):
+    work_id, _ = work_with_jobs(migrated_url, 2)
+    low, high = id_range(work_id[:4])
+    with psycopg.connect(migrated_url) as conn:
+        conn.execute("SET enable_seqscan = off")  # as in test_a_lookup_by_id_reads_indexes_only
+        (plan,) = conn.execute(
+            f"EXPLAIN (FORMAT JSON) {queries()['jobs_by_id_prefix']}", {"low": low, "high": high}
         ).fetchone()
     assert unbounded_reads(plan[0]["Plan"]) == []
