@@ -112,7 +112,9 @@ def _run(args: argparse.Namespace) -> int:
         return code
     except ValidationError as exc:
         error = exc.errors()[0]
-        return _fail(args, f"bad configuration: {error['loc']}: {error['msg']}", 2)
+        name = ".".join(str(part) for part in error["loc"]).upper() or "the environment"
+        message = error["msg"].removeprefix("Value error, ")
+        return _fail(args, f"bad configuration: {name}: {message}", 2)
     except (ConfigError, InvalidInput) as exc:
         return _fail(args, str(exc), 2)
     except (Failed, NotFound, ResultError, MigrationError, DatabaseUnreachable) as exc:

@@ -8,11 +8,10 @@ from typing import TypeAlias
 from handler import contract
 from orchestrator import plugins
 from orchestrator.console_ops import DEFAULT_STUCK_AFTER_S
-from orchestrator.settings import default_klein_home
+from orchestrator.settings import MAX_SECONDS, default_klein_home
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000  # the generation_jobs CHECK constraint
 WAIT_TIMEOUT_S = 900.0
-MAX_SECONDS = 10**9  # about 31 years: any wait or age of a job, and within PostgreSQL's interval
 DESCRIPTION = """\
 The Klein I2I orchestrator: serve runs the job flow; submit, status, cancel, retry and jobs do
 what the web app and an operator do. Configuration comes from the environment (see README).

@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KLEIN_TEMPLATE_ID = "82064257-1bef-45d8-a6ba-715f33c887cc"
 DEFAULT_RUNPOD_API_BASE = "https://api.runpod.ai/v2"
+# The longest duration any setting or option takes (about 31 years): every wait stays a number
+# that timers and PostgreSQL's intervals hold (LEASE_S=inf made every claim fail).
+MAX_SECONDS = 10**9
 
 
 def default_klein_home() -> Path:
@@ -26,7 +29,7 @@ def default_worker_id() -> str:
 class Settings(BaseSettings):
     """Everything the orchestrator can be told; names match the environment variables."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
     database_url: str | None = None
     # How long a connection to the database may take (libpq's connect_timeout, whole seconds; libpq
@@ -107,7 +110,7 @@ class Settings(BaseSettings):
     submission_unknown_wait_s: float = Field(default=90.0, ge=0)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     klein_host: str = "127.0.0.1"
-    klein_port: int = 8080
+    klein_port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port
     # Connections (and requests under way) the HTTP face holds at once; past it new requests are
     # answered 503 at once (uvicorn's limit_concurrency), so senders that never finish cannot
     # pile up without bound. Each job in flight may have a completion webhook on its way.
@@ -124,6 +127,15 @@ class Settings(BaseSettings):
     # it; unset, clients on this machine only. DASHBOARD_JOBS: how many latest jobs it lists.
     dashboard_token: SecretStr | None = None
     dashboard_jobs: int = Field(default=50, ge=1, le=500)
+
+    @field_validator("*")
+    @classmethod
+    def _durations_bounded(cls, value: object, info: ValidationInfo) -> object:
+        """Every duration (a name ending in _s) at most MAX_SECONDS."""
+        name = info.field_name or ""
+        if name.endswith("_s") and isinstance(value, int | float) and value > MAX_SECONDS:
+            raise ValueError(f"must be at most {MAX_SECONDS:,} seconds")
+        return value
 
     @property
     def titles_from_url(self) -> bool:

@@ -139,3 +139,18 @@ def test_an_unplanned_exception_is_one_line_and_exit_1(capsys):
     assert _run(args) == 1
     out, err = capsys.readouterr()
     assert (out, err) == ("", "klein broken: internal error (RuntimeError); -v shows where\n")
+
+
+@pytest.mark.parametrize(
+    ("setting", "sentence"),
+    [
+        ("KLEIN_PORT=99999", "KLEIN_PORT: Input should be less than or equal to 65535"),
+        ("LEASE_S=inf", "LEASE_S: Input should be a finite number"),
+        ("JOB_TIMEOUT_S=1e12", "JOB_TIMEOUT_S: must be at most 1,000,000,000 seconds"),
+    ],
+)
+def test_a_setting_no_service_could_use_is_one_line_and_exit_2(migrated_url, setting, sentence):
+    name, value = setting.split("=")
+    done = klein("serve", database_url=migrated_url, env={**os.environ, name: value})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"klein serve: bad configuration: {sentence}\n"
