@@ -125,8 +125,15 @@ def shown(text: str) -> str:
 
 
 def submit(conn: psycopg.Connection[Any], request: SubmitRequest) -> tuple[str, str]:
-    """Insert the works and generation_jobs rows; returns (job_id, work_id)."""
-    data = input_data(request.image, request.prompt, request.options)
+    """Check the request, then insert its rows; returns (job_id, work_id)."""
+    return insert(conn, request, input_data(request.image, request.prompt, request.options))
+
+
+def insert(
+    conn: psycopg.Connection[Any], request: SubmitRequest, data: dict[str, Any]
+) -> tuple[str, str]:
+    """Insert the works and generation_jobs rows for `data`, input_data's checked answer;
+    returns (job_id, work_id)."""
     work_id, job_id = str(uuid.uuid4()), str(uuid.uuid4())
     with conn.transaction():
         conn.execute(

@@ -47,9 +47,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             if getattr(args, name) is not None
         },
     )
-    console.input_data(request.image, request.prompt, request.options)  # refuse before connecting
+    # Checked (the image read and decoded) once, and before connecting: refused, nothing starts.
+    data = console.input_data(request.image, request.prompt, request.options)
     with database_url(settings) as url, connect(url, autocommit=True) as conn:
-        job_id, work_id = console.submit(conn, request)
+        job_id, work_id = console.insert(conn, request, data)
         print(f"submitted job {job_id} (work {work_id})", flush=True)
         if not (args.wait or output):
             return 0
