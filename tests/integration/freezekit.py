@@ -22,6 +22,8 @@ class FreezableProxy:
         )
         self._flowing = threading.Event()
         self._flowing.set()
+        self._lock = threading.Lock()
+        self._closed = False
         self._sockets: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -32,10 +34,25 @@ class FreezableProxy:
         self._flowing.set()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets, self._sockets = self._sockets, []
         self._flowing.set()
+        with suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self._listener.close()
-        for sock in self._sockets:
+        for sock in sockets:
             sock.close()
+
+    def _keep(self, sock: socket.socket) -> bool:
+        """Hand `sock` to close(); False (and `sock` closed) once the proxy is closed. A
+        connection accepted while frozen is let through only after close() may have run."""
+        with self._lock:
+            if not self._closed:
+                self._sockets.append(sock)
+                return True
+        sock.close()
+        return False
 
     def _accept(self) -> None:
         while True:
@@ -43,9 +60,15 @@ class FreezableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if not self._keep(client):
+                return
             self._flowing.wait()
-            server = socket.create_connection(self._upstream)
-            self._sockets += [client, server]
+            try:
+                server = socket.create_connection(self._upstream)
+            except OSError:
+                return
+            if not self._keep(server):
+                return
             for source, target in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
 
