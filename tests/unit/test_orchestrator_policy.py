@@ -1,7 +1,6 @@
 """The orchestrator's pure decisions: payload, metadata, poll intervals, backoff, titles."""
 
 import bisect
-import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -21,7 +20,9 @@ from orchestrator.policy import (
 from orchestrator.runpod import RUN_PER_10S, STATUS_PER_10S, endpoint_budget
 from orchestrator.storage import output_path
 
-USER, WORK = str(uuid.uuid4()), str(uuid.uuid4())
+# Fixed ids: the parametrized tests are named by them, and every pytest-xdist worker
+# must collect the same tests.
+USER, WORK = "5b0e7a1c-2f4d-4c8e-9a6b-3d1f0e2c4b5a", "9c3d2e1f-7a6b-4e5d-8c9b-0a1f2e3d4c5b"
 RUNPOD_RUN_LIMIT, RUNPOD_STATUS_LIMIT = 1000, 2000  # per endpoint per 10 s (RunPod's docs)
 
 

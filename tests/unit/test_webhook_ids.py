@@ -15,8 +15,10 @@ BIG = "A" * (3 * KEPT_BYTES)  # a base64 output: the body is scanned, not kept
 RUNPODS = [
     "c80ffee4-f315-4e25-a146-0f3d98cf024b-u1",
     "sync-8a7b6c5d-1e2f-4a3b-9c8d-7e6f5a4b3c2d-u1",
-    new_job_id(sync=False),
-    new_job_id(sync=True),
+    # The endpoint's own ids are random: named here so that every pytest-xdist worker collects
+    # the same tests.
+    pytest.param(new_job_id(sync=False), id="endpoint-async"),
+    pytest.param(new_job_id(sync=True), id="endpoint-sync"),
     "rp-1",
     "x" * 100,
 ]
