@@ -51,7 +51,7 @@ class Orchestrator:
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self.in_flight: dict[str, InFlight] = {}
-        self._background: set[asyncio.Task[bool]] = set()
+        self._background: set[asyncio.Task[None]] = set()
 
     def nudge(self, source: str = "other") -> None:
         """Ask the claimer to look for work now (webhook, LISTEN, sweep)."""
@@ -132,11 +132,39 @@ class Orchestrator:
         self.wake_job(job_id)
 
     def _cancel_stray(self, job_id: str, runpod_id: str) -> None:
-        log.warning("job %s: RunPod %s is not its recorded job; cancelling it", job_id, runpod_id)
-        self.deps.metrics.orphans.labels("cancelled").inc()
-        task = asyncio.create_task(cancel_on_runpod(self.deps, runpod_id))
+        task = asyncio.create_task(self._stop_stray(job_id, runpod_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _stop_stray(self, job_id: str, runpod_id: str) -> None:
+        """Cancel a RunPod job that came back under this job's token but is not its recorded
+        one (a submission whose id was lost), unless another job recorded it: then the token
+        was used for someone else's run (leaked, or a confused sender), and it is left alone."""
+        try:
+            holder = await self.deps.db.one(
+                "runpod_job_holder", timeout_s=2.0, runpod_job_id=runpod_id, job_id=job_id
+            )
+        except Exception as exc:  # cannot tell whose it is: leave it (its own job's deadline holds)
+            log.warning(
+                "job %s: RunPod %s is not its recorded job, and whose it is cannot be read (%s);"
+                " left alone",
+                job_id,
+                runpod_id,
+                type(exc).__name__,
+            )
+            return
+        if holder is not None:
+            log.warning(
+                "job %s: its webhook named RunPod %s, which job %s recorded; ignored",
+                job_id,
+                runpod_id,
+                holder["id"],
+            )
+            self.deps.metrics.orphans.labels("ignored").inc()
+            return
+        log.warning("job %s: RunPod %s is not its recorded job; cancelling it", job_id, runpod_id)
+        self.deps.metrics.orphans.labels("cancelled").inc()
+        await cancel_on_runpod(self.deps, runpod_id)
 
     async def run(self) -> None:
         """Run every loop until stop() is called."""

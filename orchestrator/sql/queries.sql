@@ -160,6 +160,10 @@ WITH job AS (
         submit_started_at = NULL, not_before = NULL, last_error = NULL, updated_at = now()
     WHERE id = (SELECT job_id FROM generation_job_tokens WHERE webhook_token = %(token)s)
       AND runpod_job_id IS NULL AND status IN ('pending', 'taken')
+      -- Never a RunPod job another job recorded: its result is that job's user's image.
+      AND NOT EXISTS (
+          SELECT 1 FROM generation_jobs o WHERE o.runpod_job_id = %(runpod_job_id)s
+      )
     RETURNING id, work_id
 )
 UPDATE works w
@@ -167,6 +171,13 @@ SET status = 'processing', runpod_job_id = %(runpod_job_id)s, updated_at = now()
 FROM job
 WHERE w.id = job.work_id AND w.status IN ('pending', 'taken', 'processing')
 RETURNING job.id;
+
+-- name: runpod_job_holder
+-- Another job that recorded this RunPod job, if any: a webhook naming it under some other job's
+-- token must leave it alone.
+SELECT id FROM generation_jobs
+WHERE runpod_job_id = %(runpod_job_id)s AND id <> %(job_id)s
+LIMIT 1;
 
 -- name: job_submission
 -- Current RunPod job of a job (for a cancellation that must reach RunPod).

@@ -279,6 +279,63 @@ def test_a_webhook_for_a_runpod_job_that_is_not_the_recorded_one_cancels_it(
     assert (known, unknown, status) == (True, False, "CANCELLED")
 
 
+def test_a_webhook_naming_another_jobs_runpod_job_neither_cancels_nor_adopts_it(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """A token is one job's; the RunPod job its body names may be another user's (a leaked
+    token, a confused sender). That run goes on, and a job waiting to adopt a lost submission
+    does not take it as its own: it would be the other user's image."""
+    release = threading.Event()
+    worker = ScriptedWorker(block=release)
+    endpoint = endpoint_for(worker)
+    theirs = httpx.post(f"{endpoint.url}/run", json={"input": {"prompt": "p"}}).json()["id"]
+    owner, _ = insert(migrated_url, PROMPT)  # the job that recorded it, running
+    execute(
+        migrated_url,
+        "UPDATE generation_jobs SET status = 'taken', runpod_job_id = %s, locked_by = 'other', "
+        "lease_expires_at = now() + interval '1 hour', submitted_at = now() WHERE id = %s",
+        (theirs, owner),
+    )
+    finished, _ = insert(migrated_url, PROMPT)  # a job long done, whose token leaked
+    finished_token = set_token(migrated_url, finished)
+    execute(
+        migrated_url,
+        "UPDATE generation_jobs SET status = 'completed', runpod_job_id = 'rp-recorded' "
+        "WHERE id = %s",
+        (finished,),
+    )
+    lost, _ = insert(migrated_url, PROMPT)  # a job whose own /run answer was lost
+    lost_token = set_token(migrated_url, lost)
+    execute(
+        migrated_url,
+        "UPDATE generation_jobs SET submit_started_at = now(), "
+        "not_before = now() + interval '1 hour' WHERE id = %s",
+        (lost,),
+    )
+
+    async def scenario():
+        async with running(migrated_url, endpoint, openrouter_server, tmp_path) as orchestrator:
+            ignored = orchestrator.deps.metrics.orphans.labels("ignored")
+            for token in (finished_token, lost_token):
+                assert await webhook(orchestrator, token, theirs)
+            for _ in range(100):
+                if ignored._value.get() == 2:
+                    break
+                await asyncio.sleep(0.05)
+            return ignored._value.get()
+
+    try:
+        ignored = asyncio.run(scenario())
+        status = httpx.get(f"{endpoint.url}/status/{theirs}").json()["status"]
+    finally:
+        release.set()
+    assert ignored == 2
+    assert status in ("IN_QUEUE", "IN_PROGRESS")  # not cancelled
+    lost_row = job_state(migrated_url, lost)
+    assert (lost_row["status"], lost_row["runpod_job_id"]) == ("pending", None)
+    assert job_state(migrated_url, owner)["runpod_job_id"] == theirs
+
+
 @pytest.mark.parametrize(
     ("code", "says"),
     [(402, "out of credit"), (404, "RUNPOD_ENDPOINT_ID"), (401, "RUNPOD_API_KEY")],
