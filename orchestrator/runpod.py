@@ -45,6 +45,9 @@ FINAL_STATUSES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 # What a worker's progress report may carry into works.progress; anything else is dropped.
 STAGE_MAX_CHARS = 40
 NODE_MAX_CHARS = 80
+# RunPod's `error` is the worker's text (or anyone's who holds a job's webhook URL): stored as the
+# work's error_message and logged, so kept to a readable sentence's size.
+ERROR_MAX_CHARS = 2000
 STEPS_MAX = 10_000
 QUEUED_STAGE = "queued on RunPod"
 RUNNING_STAGE = "running"
@@ -361,11 +364,22 @@ def parse_status(job_id: str, answer: object) -> RunPodJob:
         id=str(answer.get("id") or job_id),
         status=answer["status"],
         output=answer.get("output"),
-        error=str(error) if error is not None else None,
+        error=worker_error(error),
         progress=parse_progress(answer["status"], answer.get("output")),
         delay_time=answer.get("delayTime"),
         execution_time=answer.get("executionTime"),
     )
+
+
+def worker_error(error: object) -> str | None:
+    """RunPod's `error` as one line for a person, the database and the log: untrusted text, so
+    its whitespace folded, control and invisible format characters written as escapes (no
+    forged log lines, no terminal sequences, no reversed text), at most ERROR_MAX_CHARS."""
+    if error is None:
+        return None
+    text = " ".join(str(error)[: 4 * ERROR_MAX_CHARS].split())
+    text = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+    return text if len(text) <= ERROR_MAX_CHARS else text[: ERROR_MAX_CHARS - 1] + "…"
 
 
 def parse_progress(status: str, output: object) -> Progress | None:

@@ -10,7 +10,13 @@ import httpx
 import pytest
 
 from orchestrator.errors import Transient
-from orchestrator.runpod import UNREADABLE_OUTPUT, Progress, RunPodClient, RunPodJob
+from orchestrator.runpod import (
+    UNREADABLE_OUTPUT,
+    Progress,
+    RunPodClient,
+    RunPodJob,
+    parse_status,
+)
 
 MiB = 1024 * 1024
 WIDE = b"[" + b"[]," * (4 * MiB // 3) + b"[]]"  # 4 MiB: ~1.4 million lists if built
@@ -85,3 +91,20 @@ def test_a_progress_report_of_an_odd_shape_shows_the_job_running():
     body = b'{"id": "rp-1", "status": "IN_PROGRESS", "output": {"stage": ["x"], "step": 1}}'
     job, _ = status_of(body)
     assert job.progress == Progress("running")
+
+
+@pytest.mark.parametrize(
+    ("error", "stored"),
+    [
+        ("ComfyUI is not reachable", "ComfyUI is not reachable"),
+        ("line1\nFAKE INFO orchestrator: job forged", "line1 FAKE INFO orchestrator: job forged"),
+        ("\x1b[31mred\u202eevil\x00", "\\x1b[31mred\\u202eevil\\x00"),
+        ({"code": 5}, "{'code': 5}"),
+        ("E" * 1_000_000, "E" * 1999 + "…"),
+    ],
+)
+def test_a_failures_error_is_one_readable_line_of_bounded_size(error, stored):
+    """RunPod's `error` becomes the work's error_message and a log line: the worker's text, or
+    anyone's who learnt a job's webhook URL, so nothing in it acts on a log or a terminal."""
+    job = parse_status("rp-1", {"id": "rp-1", "status": "FAILED", "error": error})
+    assert job.error == stored
