@@ -4,6 +4,7 @@ import socket
 import uuid
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
@@ -135,6 +136,26 @@ class Settings(BaseSettings):
         name = info.field_name or ""
         if name.endswith("_s") and isinstance(value, int | float) and value > MAX_SECONDS:
             raise ValueError(f"must be at most {MAX_SECONDS:,} seconds")
+        return value
+
+    @field_validator("public_base_url", mode="before")
+    @classmethod
+    def _public_url(cls, value: object) -> object:
+        """PUBLIC_BASE_URL: empty is unset; else an http(s) URL of a host, with no credentials,
+        query or fragment, since RunPod's webhook URL and stored images' URLs are built on it."""
+        if not isinstance(value, str):
+            return value
+        if value == "":
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises ValueError for a port out of range)
+        except ValueError as exc:
+            raise ValueError(f"not a URL ({exc})") from None
+        if value != value.strip() or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL naming a host")
+        if parts.username is not None or parts.query or parts.fragment:
+            raise ValueError("must have no user, password, query or fragment")
         return value
 
     @property

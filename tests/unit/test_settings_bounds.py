@@ -43,3 +43,36 @@ def test_klein_port_is_a_port(port):
 @pytest.mark.parametrize("port", [0, 1, 65535])
 def test_every_port_is_taken(port):
     assert Settings(database_url="unused", klein_port=port).klein_port == port
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url",
+        "ftp://x",
+        " ",
+        " https://klein.example",
+        "https://",
+        "https://user:pw@klein.example",
+        "https://klein.example/?a=1",
+        "https://klein.example/#top",
+        "https://klein.example:99999",
+        "https://[::1",
+    ],
+)
+def test_a_public_url_runpod_could_not_call_back_is_refused(url):
+    """PUBLIC_BASE_URL builds RunPod's webhook URL and stored images' URLs: one nobody could use
+    stops klein at start, naming it, where every job failed with 'RunPod refused the request'."""
+    assert refusal(public_base_url=url).startswith("public_base_url: ")
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://klein.example", "https://klein.example"),
+        ("http://127.0.0.1:8080/base/", "http://127.0.0.1:8080/base/"),
+        ("", None),
+    ],
+)
+def test_a_usable_public_url_is_kept_and_an_empty_one_is_unset(url, kept):
+    assert Settings(database_url="unused", public_base_url=url).public_base_url == kept
