@@ -283,7 +283,15 @@ def create_app(
 
     Raises ConfigError when WEBHOOK_SECRET, METRICS_TOKEN or DASHBOARD_TOKEN is set but empty.
     """
-    app = FastAPI(title="Klein I2I orchestrator", docs_url=None, redoc_url=None)
+    # No schema or docs pages (they list every route to anyone), and no redirect of a path with
+    # a trailing slash: its Location was built from the Host header, before any check.
+    app = FastAPI(
+        title="Klein I2I orchestrator",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        redirect_slashes=False,
+    )
 
     @app.exception_handler(HTTPException)
     async def house_error(request: Request, exc: HTTPException) -> JSONResponse:

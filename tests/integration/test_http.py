@@ -269,6 +269,29 @@ def test_runpod_webhook_with_an_unknown_token_is_a_404_and_ignored(migrated_url)
     assert waker.callbacks == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/runpod/webhook/tok-known/"),
+        ("POST", "/webhook/klein_i2i/"),
+        ("GET", "/healthz/"),
+        ("GET", "/openapi.json"),
+    ],
+)
+def test_no_path_redirects_or_lists_the_routes(migrated_url, method, path):
+    """A trailing slash was answered 307 with a Location built from the Host header (before any
+    secret or token was checked), and /openapi.json listed every route to anyone."""
+    insert_job(migrated_url, status="taken", token="tok-known")
+    waker = RecordingWaker()
+    response = call(
+        migrated_url, method, path, waker, headers={"Host": "evil.example"}, json={"id": "rp-1"}
+    )
+    assert response.status_code in (404, 405)
+    assert "location" not in response.headers
+    assert set(response.json()) == {"error"}
+    assert waker.callbacks == []
+
+
 # --------------------------------------------------------------------------- health, metrics
 
 
