@@ -119,6 +119,7 @@ def edit_image(
         log.info("job %s: ignoring unknown input fields %s", job_id, ignored)
     with timings.stage("image_s"):
         image = load_reference_image(params.image, image_limits(ctx.settings), url_policy(ctx))
+    _check_stop(ctx)  # stopped while its image came: nothing reaches ComfyUI
     token = safe_token(job_id)
     files: list[Path] = []
     try:
@@ -151,6 +152,7 @@ def execute(
     client_id = uuid.uuid4().hex
     socket = ctx.comfy.open_socket(client_id, timeout_s=ctx.settings.comfy_http_timeout_s)
     try:
+        _check_stop(ctx)  # stopped during the upload: no prompt is queued
         prompt_id = ctx.comfy.queue_prompt(graph, client_id)
         progress(RunState(prompt_id))  # queued: ComfyUI says nothing more until it starts it
         try:
@@ -164,6 +166,11 @@ def execute(
     if state.phase is not Phase.SUCCEEDED:
         raise ComfyRejected(f"Processing failed: {state.error}")
     return prompt_id, saved
+
+
+def _check_stop(ctx: JobContext) -> None:
+    if ctx.stop.is_set():
+        raise JobStopped("Stopped: the job was cancelled before its prompt was queued")
 
 
 def _check_deadline(ctx: JobContext, deadline: float) -> float:

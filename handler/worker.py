@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import requests
@@ -72,6 +73,7 @@ class Worker:
         self._report = report
         self._models = required_models(workflow.graph)
         self._start_lock = threading.Lock()
+        self._stop = threading.Event()  # the latest job's (see _stop_for_next_job)
         self._started = False
 
     @classmethod
@@ -134,7 +136,7 @@ class Worker:
         else:
             log.info("warm-up done in %s s", result.get("timings", {}).get("total_s"))
 
-    def _handle(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _handle(self, job: dict[str, Any], stop: threading.Event) -> dict[str, Any]:
         job_id = str(job.get("id", "local"))
         throttle = ProgressThrottle(self.settings.progress_interval_s)
         node_types = self.context.workflow.node_types()
@@ -145,13 +147,20 @@ class Worker:
                 self._report(job, payload)
 
         self._report(job, preparing_payload())
-        return self._run(job_id, job.get("input"), progress)
+        context = replace(self.context, stop=stop)
+        return self._run(job_id, job.get("input"), progress, context)
+
+    def _stop_for_next_job(self) -> threading.Event:
+        """A stop of the job's own: a job that was stopped stays stopped, however soon the
+        next one starts (one shared event, cleared for the next job, let a stopped job whose
+        image was still downloading go on to run its whole prompt)."""
+        stop = self._stop = threading.Event()
+        return stop
 
     def handle(self, job: dict[str, Any]) -> dict[str, Any]:
         """RunPod's handler, blocking: the output dict, or {"error": sentence} so RunPod marks
         it FAILED. (The in-process local endpoint calls this one and stops it with `stop`.)"""
-        self.context.stop.clear()
-        return self._handle(job)
+        return self._handle(job, self._stop_for_next_job())
 
     async def handle_async(self, job: dict[str, Any]) -> dict[str, Any]:
         """The handler given to RunPod: bad input is answered at once, even before ComfyUI is
@@ -166,24 +175,26 @@ class Worker:
             # off the loop: the report may be an HTTP call to RunPod
             await asyncio.to_thread(self._report, job, starting_payload())
             await asyncio.to_thread(self.start_up)
-        self.context.stop.clear()  # here, not in the thread: a stop from now on is kept
-        running = asyncio.ensure_future(asyncio.to_thread(self._handle, job))
+        stop = self._stop_for_next_job()  # here, not in the thread: a stop from now on is kept
+        running = asyncio.ensure_future(asyncio.to_thread(self._handle, job, stop))
         try:
             return await asyncio.shield(running)
         except asyncio.CancelledError:
             log.info("job %s: stopped by RunPod, interrupting its prompt", job.get("id"))
-            self.stop()
+            stop.set()
             await asyncio.wait({running}, timeout=STOP_WAIT_S)
             raise
 
     def stop(self) -> None:
         """Stop the job running now (from another thread): its prompt is interrupted, and it
-        returns an error within about half a second."""
-        self.context.stop.set()
+        returns an error within about half a second; a job not yet queued never is."""
+        self._stop.set()
 
-    def _run(self, job_id: str, raw_input: object, progress: ProgressFn) -> dict[str, Any]:
+    def _run(
+        self, job_id: str, raw_input: object, progress: ProgressFn, context: JobContext
+    ) -> dict[str, Any]:
         try:
-            output = edit_image(job_id, raw_input, self.context, progress)
+            output = edit_image(job_id, raw_input, context, progress)
         except ComfyUnavailable as exc:
             log.error("job %s: %s", job_id, exc)
             return {"error": str(exc), "refresh_worker": True}

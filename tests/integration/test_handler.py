@@ -123,11 +123,15 @@ def test_a_non_image_is_refused_before_upload(comfy_server):
 
 @pytest.fixture
 def image_host():
-    """A local HTTP server: /ok.png serves a PNG, /hop redirects to it, /big streams too much."""
+    """A local HTTP server: /ok.png serves a PNG, /slow.png the same after a second, /hop
+    redirects to it, /big streams too much."""
     body = png()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            if self.path == "/slow.png":
+                time.sleep(1.0)
+                self.path = "/ok.png"
             if self.path == "/ok.png":
                 self.send_response(200)
                 self.send_header("Content-Type", "image/png")

@@ -9,7 +9,7 @@ import pytest
 
 from handler.config import HandlerSettings
 from handler.worker import Worker
-from tests.integration.test_handler import TEST_INPUT, make_worker
+from tests.integration.test_handler import TEST_INPUT, image_host, make_worker  # noqa: F401
 
 JOB_WITHOUT_IMAGE = {"id": "job-1", "input": {"prompt": "edit prompt"}}
 
@@ -70,6 +70,31 @@ def test_the_next_job_runs_normally_after_a_cancelled_one(comfy_server):
     comfy_server.behaviour = "success"
     output = asyncio.run(worker.handle_async({"id": "job-2", "input": TEST_INPUT}))
     assert "error" not in output, output
+
+
+def test_a_job_cancelled_while_its_image_downloads_never_queues_its_prompt(
+    comfy_server,
+    image_host,  # noqa: F811 (the fixture)
+):
+    """RunPod stops a job whose reference image is still coming: nothing of it reaches ComfyUI,
+    even once the next job has started (a stop shared by every job was cleared for the next
+    one, and the stopped job went on to run its whole prompt beside it)."""
+    worker = make_worker(comfy_server, allow_private_image_urls=True)
+    slow = {"prompt": "p", "image_url": f"{image_host}/slow.png"}
+
+    async def scenario() -> dict:
+        first = asyncio.create_task(worker.handle_async({"id": "job-1", "input": slow}))
+        await asyncio.sleep(0.3)  # its image comes after a second
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await worker.handle_async({"id": "job-2", "input": TEST_INPUT})
+
+    second = asyncio.run(scenario())
+    time.sleep(1.0)  # whatever the first job's thread would still do, it has done
+    assert "error" not in second, second
+    assert comfy_server.calls.count(("POST", "/prompt")) == 1  # the second job's only
+    assert comfy_server.calls.count(("POST", "/upload/image")) == 1
 
 
 def test_start_up_logs_each_missing_model_file_with_its_folder_and_the_docs(tmp_path, caplog):
