@@ -53,6 +53,51 @@ def test_a_ready_png_goes_to_comfyui_as_it_came(mode):
     assert (reference.width, reference.height, reference.source_format) == (40, 30, "PNG")
 
 
+XMP_ROTATED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-'
+    b'syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"'
+    b"/></rdf:RDF></x:xmpmeta>"
+)
+
+
+def with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
+    """The PNG with one more chunk right after its header."""
+    at = len(SIGNATURE) + 25  # the signature, then IHDR: length, kind, 13 bytes, CRC
+    return data[:at] + chunk(kind, body) + data[at:]
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        (b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + XMP_ROTATED),  # XMP: an orientation
+        (b"tEXt", b"XML:com.adobe.xmp\0" + XMP_ROTATED),
+        (b"tEXt", b"Raw profile type exif\0\nexif\n 40\n45786966..."),  # ImageMagick's EXIF
+        (b"zTXt", b"Comment\0\0" + zlib.compress(b"x" * 100_000)),  # inflated on opening
+        (b"iCCP", b"profile\0\0" + zlib.compress(b"\0" * 100_000)),  # likewise
+        (b"abCD", b"an ancillary chunk nobody knows"),
+        (b"ABCD", b"a critical chunk nobody knows"),
+    ],
+    ids=["itxt-xmp", "text-xmp", "text-raw-exif", "ztxt", "iccp", "unknown", "unknown-critical"],
+)
+def test_a_chunk_a_decoder_acts_on_sends_the_png_the_slow_way(kind, body):
+    """What ComfyUI's decoder would turn into a rotation, work or an error is proven (or
+    refused) by the full decode first: only chunks known to change nothing go as they came."""
+    data = encoded(picture())
+    assert ready_png_size(data, CAP) == (40, 30)
+    assert ready_png_size(with_chunk(data, kind, body), CAP) is None
+
+
+def test_a_plain_text_chunk_keeps_the_fast_path():
+    data = with_chunk(encoded(picture()), b"tEXt", b"Software\0an image editor")
+    assert ready_png_size(data, CAP) == (40, 30)
+
+
+def test_xmp_orientation_is_applied_before_comfyui_sees_the_image():
+    data = with_chunk(encoded(picture()), b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + XMP_ROTATED)
+    reference = normalise_image(data, CAP)
+    assert (reference.width, reference.height) == (30, 40)  # turned upright, as ComfyUI would
+
+
 def test_a_png_with_exif_orientation_is_still_turned_upright():
     exif = Image.Exif()
     exif[ORIENTATION] = 6
