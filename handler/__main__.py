@@ -32,6 +32,9 @@ def main() -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # urllib3 warns of an image host's malformed headers with the whole URL (a presigned URL's
+    # signature) and a traceback; the job's own sentence says what failed.
+    logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
     settings = HandlerSettings()
     try:
         worker = Worker.from_settings(settings, report_progress)

@@ -129,9 +129,18 @@ class ComfyClient:
 def unreachable(base_url: str) -> str:
     """The sentence for a ComfyUI that does not answer, with how to point at one."""
     return (
-        f"ComfyUI is not reachable at {base_url}; start ComfyUI there "
+        f"ComfyUI is not reachable at {shown_url(base_url)}; start ComfyUI there "
         "or set COMFY_API_URL to a running ComfyUI"
     )
+
+
+def shown_url(url: str) -> str:
+    """COMFY_API_URL as a job's error or a log line may show it: without a user or password
+    (a proxy's credentials in it reached every caller of a failed job)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
 
 
 def _ws_url(base_url: str) -> str:

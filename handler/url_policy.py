@@ -28,8 +28,14 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 LOW32_IPV4_PREFIXES = tuple(
     ipaddress.IPv6Network(prefix) for prefix in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96")
 )
-# Local-use NAT64 (RFC 8215): translated by the operator's own gateway, never a public host.
-ALWAYS_FORBIDDEN = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+# Never a public web host, though Python 3.11's `is_global` passes them: local-use NAT64 (RFC
+# 8215, translated by the operator's own gateway), the deprecated site-local fec0::/10 (RFC 3879,
+# still routed inside some networks), documentation 3fff::/20 (RFC 9637) and SRv6 5f00::/16
+# (RFC 9602).
+ALWAYS_FORBIDDEN = tuple(
+    ipaddress.IPv6Network(prefix)
+    for prefix in ("64:ff9b:1::/48", "fec0::/10", "3fff::/20", "5f00::/16")
+)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 import requests
 from PIL import Image
 
-from handler.comfy import ComfyClient
+from handler.comfy import ComfyClient, shown_url
 from handler.config import HandlerSettings
 from handler.contract import parse_input
 from handler.errors import ComfyRejected, ComfyUnavailable, HandlerError, InvalidInput
@@ -84,7 +84,7 @@ class Worker:
 
     def wait_for_comfy(self, timeout_s: float | None = None) -> bool:
         """Wait, bounded (COMFY_STARTUP_TIMEOUT_S by default), for ComfyUI; log either way."""
-        url = self.settings.comfy_api_url
+        url = shown_url(self.settings.comfy_api_url)
         timeout_s = self.settings.comfy_startup_timeout_s if timeout_s is None else timeout_s
         log.info("waiting up to %g s for ComfyUI at %s", timeout_s, url)
         if self.context.comfy.wait_until_ready(timeout_s):

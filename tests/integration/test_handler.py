@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -265,6 +266,21 @@ def test_comfyui_gone_fails_the_job_and_asks_for_a_fresh_worker(comfy_server):
         "or set COMFY_API_URL to a running ComfyUI",
         "refresh_worker": True,
     }
+
+
+def test_credentials_in_comfy_api_url_reach_neither_the_job_nor_the_log(caplog):
+    """A proxy's user and password in COMFY_API_URL went into every failed job's error, which
+    RunPod stores and the web app shows."""
+    settings = HandlerSettings(
+        comfy_api_url="http://admin:s3cr3tTOKEN@127.0.0.1:9", comfy_startup_timeout_s=0.2
+    )
+    worker = Worker.from_settings(settings, lambda job, payload: None)
+    with caplog.at_level(logging.INFO):
+        worker.wait_for_comfy()
+        output = run(worker, TEST_INPUT)
+    assert output["error"].startswith("ComfyUI is not reachable at http://***@127.0.0.1:9;")
+    assert "s3cr3tTOKEN" not in caplog.text + output["error"]
+    assert "***@127.0.0.1:9" in caplog.text
 
 
 def test_the_startup_wait_is_bounded(tmp_path):

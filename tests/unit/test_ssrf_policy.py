@@ -104,6 +104,18 @@ def test_urls_with_embedded_ipv4_literals_are_refused(url):
         UrlPolicy(resolve=refusing_resolver).vet(url)
 
 
+@pytest.mark.parametrize("address", ["fec0::1", "feff::1", "3fff::1", "3fff:fff::1", "5f00::1"])
+def test_ipv6_ranges_python_calls_global_that_no_web_host_uses_are_forbidden(address):
+    """Site-local (deprecated, still routed inside some networks), documentation and SRv6:
+    Python 3.11's is_global passes them."""
+    assert is_forbidden_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["2606:4700::1111", "2a00:1450:4001::64", "3fff:1000::1"])
+def test_public_ipv6_addresses_stay_allowed(address):
+    assert not is_forbidden_address(ipaddress.ip_address(address))
+
+
 @pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8"])
 def test_ipv6_forms_of_a_public_ipv4_address_stay_allowed(address):
     assert not is_forbidden_address(ipaddress.ip_address(address))
