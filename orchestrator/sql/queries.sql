@@ -15,6 +15,16 @@ WITH picked AS (
       AND t.is_active
       AND ((j.status = 'pending' AND (j.not_before IS NULL OR j.not_before <= now()))
            OR (j.status = 'taken' AND j.lease_expires_at < now()))
+      -- One job of a work at a time (a web app that inserted twice): none while another is
+      -- taken, and of pending ones only the oldest; the rest wait, and once the work has ended
+      -- they end without a GPU run.
+      AND NOT EXISTS (
+          SELECT 1 FROM generation_jobs o
+          WHERE o.work_id = j.work_id AND o.id <> j.id
+            AND (o.status = 'taken'
+                 OR (o.status = 'pending' AND j.status = 'pending'
+                     AND (o.created_at, o.id) < (j.created_at, j.id)))
+      )
     ORDER BY j.priority DESC, j.created_at ASC
     LIMIT %(limit)s
     FOR UPDATE OF j SKIP LOCKED

@@ -279,6 +279,33 @@ def test_a_webhook_for_a_runpod_job_that_is_not_the_recorded_one_cancels_it(
     assert (known, unknown, status) == (True, False, "CANCELLED")
 
 
+def test_a_work_inserted_with_two_jobs_runs_on_the_gpu_once(
+    migrated_url, endpoint_for, openrouter_server, tmp_path
+):
+    """The web app inserted two pending jobs for one work: the older runs, the other waits
+    for it and then ends without a GPU run of its own (both used to run, one wasted)."""
+    worker = ScriptedWorker()
+    endpoint = endpoint_for(worker)
+    first, work_id = insert(migrated_url, PROMPT)
+    second = "0b6d9b2e-5a5e-4c2b-9d7e-3f1a2b3c4d5e"
+    execute(
+        migrated_url,
+        "INSERT INTO generation_jobs (id, work_id, created_at) "
+        "VALUES (%s, %s, now() + interval '1 ms')",
+        (second, work_id),
+    )
+
+    async def scenario():
+        async with running(migrated_url, endpoint, openrouter_server, tmp_path) as orchestrator:
+            orchestrator.nudge()
+            return [await until_finished(migrated_url, j, 10) for j in (first, second)]
+
+    (first_row, _), (second_row, _) = asyncio.run(scenario())
+    assert (first_row["status"], first_row["work_status"]) == ("completed", "completed")
+    assert second_row["runpod_job_id"] is None
+    assert len(worker.inputs) == 1  # one GPU run
+
+
 def test_a_webhook_naming_another_jobs_runpod_job_neither_cancels_nor_adopts_it(
     migrated_url, endpoint_for, openrouter_server, tmp_path
 ):
