@@ -107,11 +107,21 @@ async def _job_request(request: Request, config: EndpointConfig, max_bytes: int)
     if len(raw) > max_bytes:
         raise ApiError(413, f"request body of {len(raw)} bytes is over the {max_bytes} limit")
     try:
-        return parse_request(json.loads(raw), config.execution_timeout_ms, config.ttl_ms)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_not_json)
+        # What the worker is handed must serialise again: no lone surrogate (a "\ud800" escape
+        # failed at job-take, and the job waited out its execution timeout).
+        json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeError included
         raise ApiError(400, "the request body must be JSON") from exc
+    try:
+        return parse_request(body, config.execution_timeout_ms, config.ttl_ms)
     except BadRequest as exc:
         raise ApiError(400, str(exc)) from exc
+
+
+def _not_json(constant: str) -> None:
+    """NaN, Infinity and -Infinity: Python's json reads them, JSON has no such numbers."""
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _found(body: dict[str, Any] | None) -> dict[str, Any]:

@@ -363,6 +363,25 @@ def test_a_body_without_input_is_400(start):
         assert "error" in response.json()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"input": {"prompt": "\\ud800"}}',  # a lone surrogate: no worker could be sent it
+        b'{"input": {"prompt": "p", "cfg": NaN}}',
+        b'{"input": {"prompt": "p", "steps": Infinity}}',
+        b'{"input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["lone-surrogate", "nan", "infinity", "deep"],
+)
+def test_a_body_that_is_not_json_a_worker_can_take_is_400(start, body):
+    """A lone surrogate was taken and then failed at job-take (the job waited out its execution
+    timeout); NaN and Infinity reached the worker as null; deep nesting was a 500."""
+    client = start()
+    response = client.post("/run", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json() == {"error": "the request body must be JSON"}
+
+
 def test_a_body_over_runpods_size_limit_is_413(start):
     client = start(max_run_bytes=1_000)
     response = client.post("/run", json={"input": {"image_base64": "A" * 2_000}})
