@@ -73,7 +73,7 @@ class ComfyClient:
         response = self._request("POST", "/upload/image", files=files, data=form)
         if response.status_code != 200:
             raise ComfyRejected(f"ComfyUI refused the image upload (HTTP {response.status_code})")
-        return str(response.json()["name"])
+        return _field(_body(response), "name", "/upload/image")
 
     def queue_prompt(self, graph: Mapping[str, Any], client_id: str) -> str:
         """Queue a graph for our websocket client; returns the prompt id."""
@@ -82,7 +82,7 @@ class ComfyClient:
             raise ComfyRejected(f"Processing failed: {describe_rejection(_body(response))}")
         if response.status_code != 200:
             raise ComfyUnavailable(f"ComfyUI answered HTTP {response.status_code} on /prompt")
-        return str(response.json()["prompt_id"])
+        return _field(_body(response), "prompt_id", "/prompt")
 
     def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The prompt's history entry, or None while ComfyUI has none."""
@@ -147,6 +147,15 @@ def _ws_url(base_url: str) -> str:
     parts = urlsplit(base_url)
     scheme = "wss" if parts.scheme == "https" else "ws"
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _field(body: object, name: str, path: str) -> str:
+    """A string field of ComfyUI's JSON answer; a ComfyUI that answers otherwise is not one this
+    worker can use (the job fails saying so, and RunPod is asked for a fresh worker)."""
+    value = body.get(name) if isinstance(body, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ComfyUnavailable(f"ComfyUI sent an answer without its {name} on {path}")
+    return value
 
 
 def _body(response: requests.Response) -> object:

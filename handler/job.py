@@ -211,13 +211,23 @@ def follow(
             return poll_history(ctx, prompt_id, deadline, progress), []
         heard_at = time.monotonic()
         if isinstance(raw, str):
-            message = json.loads(raw)
+            message = comfy_message(raw)
             saved = saved_images(message, prompt_id, ctx.workflow.output_node) or saved
             new_state = fold(state, message)
             if new_state != state:
                 progress(new_state)
             state = new_state
     return state, saved
+
+
+def comfy_message(raw: str) -> dict[str, Any]:
+    """A websocket text frame as ComfyUI's message object; anything else is no message of ours
+    (ignored, as messages of other prompts are)."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return message if isinstance(message, dict) else {}
 
 
 def saved_images(message: object, prompt_id: str, node_id: str) -> Saved:

@@ -268,6 +268,50 @@ def test_comfyui_gone_fails_the_job_and_asks_for_a_fresh_worker(comfy_server):
     }
 
 
+@pytest.fixture
+def odd_comfy():
+    """A server that answers as ComfyUI does until the upload, whose answer is not ComfyUI's."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self._answer(b"{}")
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer(b"<html>a proxy's page</html>" if "upload" in self.path else b"[1]")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_answer_that_is_not_comfyuis_fails_the_job_saying_so(odd_comfy, tmp_path, caplog):
+    """Not JSON, or JSON without the field, used to be 'internal error (JSONDecodeError)' with
+    a traceback; it is ComfyUI's fault, so the worker is also replaced."""
+    settings = HandlerSettings(
+        comfy_api_url=odd_comfy, comfy_root=tmp_path, comfy_startup_timeout_s=1
+    )
+    worker = Worker.from_settings(settings, lambda job, payload: None)
+    output = run(worker, TEST_INPUT)
+    assert output == {
+        "error": "ComfyUI sent an answer without its name on /upload/image",
+        "refresh_worker": True,
+    }
+    assert "Traceback" not in caplog.text
+
+
 def test_credentials_in_comfy_api_url_reach_neither_the_job_nor_the_log(caplog):
     """A proxy's user and password in COMFY_API_URL went into every failed job's error, which
     RunPod stores and the web app shows."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from handler.job import comfy_message
 from handler.run_state import (
     Phase,
     RunState,
@@ -226,3 +227,10 @@ def test_recorded_run_reports_stages_in_order():
 
 def test_the_report_before_comfyui_says_preparing_image():
     assert preparing_payload() == {"stage": "preparing image", "phase": "preparing"}
+
+
+@pytest.mark.parametrize("raw", ["{", "[1]", '"text"', "null", "[" * 100_000])
+def test_a_frame_that_is_no_message_object_is_ignored(raw):
+    """ComfyUI's text frames are JSON objects; anything else (a proxy's, a broken server's) used
+    to fail the job as 'internal error' with a traceback."""
+    assert comfy_message(raw) == {}
