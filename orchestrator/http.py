@@ -334,11 +334,12 @@ def create_app(
 
     add_runpod_webhook(app, settings, db, waker)
 
-    @app.get("/healthz")
+    # HEAD too: load balancers and uptime monitors probe with it (RFC 9110: wherever GET is).
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz")
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
     async def readyz() -> JSONResponse:
         if not await db.ping():
             return JSONResponse({"status": "database unreachable"}, status_code=503)

@@ -24,13 +24,21 @@ def elapsed_ms(started_s: float, ended_s: float) -> int:
     return max(0, round((ended_s - started_s) * 1000))
 
 
+# The longest stage RunPod may report, in ms (a job's whole life is bounded by JOB_TIMEOUT_S,
+# itself at most MAX_SECONDS): a larger figure is no measurement and is left out.
+MAX_REPORTED_MS = 10**12
+
+
 def runpod_ms(delay_time: object, execution_time: object) -> dict[str, int]:
-    """RunPod's `delayTime` (queue) and `executionTime` (GPU run), in ms, where it reported them."""
+    """RunPod's `delayTime` (queue) and `executionTime` (GPU run), in ms, where it reported them
+    as a duration (an executionTime of 1e30 used to be written as the job's GPU time)."""
     reported = {"runpod_queue": delay_time, "gpu": execution_time}
     return {
         stage: round(value)
         for stage, value in reported.items()
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+        if isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_REPORTED_MS
     }
 
 

@@ -305,6 +305,12 @@ def test_readyz_is_200_when_the_database_answers(migrated_url):
     assert (response.status_code, response.json()) == (200, {"status": "ready"})
 
 
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_health_probes_answer_head_as_they_answer_get(migrated_url, path):
+    """Load balancers and uptime monitors often probe with HEAD; it was 405."""
+    assert call(migrated_url, "HEAD", path).status_code == 200
+
+
 def closed_port() -> int:
     """A local port nothing listens on (bound once by the OS, then released)."""
     with socket.socket() as probe:

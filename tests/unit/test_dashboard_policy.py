@@ -134,6 +134,10 @@ def test_runpod_times_are_taken_only_when_they_are_numbers():
     assert runpod_ms(None, None) == {}
     assert runpod_ms("900", True) == {}
     assert runpod_ms(-1, 5) == {"gpu": 5}
+    # No measurement: a figure past any job's life, or none at all (bigint overflows too).
+    assert runpod_ms(10**30, 1e30) == {}
+    assert runpod_ms(float("nan"), float("inf")) == {}
+    assert runpod_ms(10**12, 0) == {"runpod_queue": 10**12, "gpu": 0}
 
 
 def test_the_stage_clock_times_blocks_even_when_they_raise_and_forgets_what_it_gave():
