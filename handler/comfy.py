@@ -11,12 +11,20 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 import websocket
 
 from handler.errors import ComfyRejected, ComfyUnavailable
 from handler.run_state import describe_rejection
 
 log = logging.getLogger(__name__)
+
+
+# An output image read from /view: RunPod returns at most 20 MB of result, which is about 15 MB
+# of PNG in base64, so anything past this could not be returned anyway (and an endless answer
+# would fill the worker's memory).
+VIEW_MAX_BYTES = 32 * 1024 * 1024
+VIEW_CHUNK_BYTES = 1024 * 1024
 
 
 class ComfyClient:
@@ -90,15 +98,33 @@ class ComfyClient:
         entry = body.get(prompt_id) if isinstance(body, dict) else None
         return entry if isinstance(entry, dict) else None
 
-    def view(self, image: Mapping[str, Any]) -> bytes:
-        """The bytes of a saved image record (`filename`, `subfolder`, `type`)."""
+    def view(self, image: Mapping[str, Any], deadline: float | None = None) -> bytes:
+        """The bytes of a saved image record (`filename`, `subfolder`, `type`): at most
+        VIEW_MAX_BYTES, all of them by `deadline` (the monotonic clock) when one is given."""
         params = {key: str(image.get(key, "")) for key in ("filename", "subfolder", "type")}
-        response = self._request("GET", "/view", params=params)
-        if response.status_code != 200:
-            raise ComfyRejected(
-                f"ComfyUI could not return {params['filename']} (HTTP {response.status_code})"
-            )
-        return response.content
+        name = params["filename"]
+        with self._request("GET", "/view", params=params, stream=True) as response:
+            if response.status_code != 200:
+                status = response.status_code
+                raise ComfyRejected(f"ComfyUI could not return {name} (HTTP {status})")
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                # read1: what has come, so the deadline is looked at between the socket's reads
+                # (iter_content waits for whole chunks, which a trickle never completes).
+                while chunk := response.raw.read1(VIEW_CHUNK_BYTES, decode_content=True):
+                    size += len(chunk)
+                    if size > VIEW_MAX_BYTES:
+                        raise ComfyRejected(
+                            f"ComfyUI's output {name} is over {VIEW_MAX_BYTES // 2**20} MiB, "
+                            "more than RunPod can return"
+                        )
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise ComfyUnavailable(f"ComfyUI sent {name} too slowly for the deadline")
+                    chunks.append(chunk)
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise ComfyUnavailable(unreachable(self.base_url)) from exc
+        return b"".join(chunks)
 
     def interrupt(self, prompt_id: str) -> None:
         """Stop the prompt if it runs and drop it if it still waits; best effort."""

@@ -267,13 +267,13 @@ def fetch_output(
     """The saved output image's record and bytes: as the websocket reported it, else from
     /history (which can lag the websocket briefly)."""
     if saved:
-        return saved[0], ctx.comfy.view(saved[0])
+        return saved[0], ctx.comfy.view(saved[0], deadline)
     while (entry := ctx.comfy.history(prompt_id)) is None:
         ctx.stop.wait(min(ctx.settings.comfy_poll_interval_s, _check_deadline(ctx, deadline)))
     images = output_images(entry, ctx.workflow.output_node)
     if not images:
         raise InvalidOutput(NO_OUTPUT)
-    return images[0], ctx.comfy.view(images[0])
+    return images[0], ctx.comfy.view(images[0], deadline)
 
 
 def checked_output(data: bytes, max_pixels: int) -> VerifiedImage:

@@ -312,6 +312,50 @@ def test_an_answer_that_is_not_comfyuis_fails_the_job_saying_so(odd_comfy, tmp_p
     assert "Traceback" not in caplog.text
 
 
+@pytest.fixture
+def endless_view():
+    """A /view that never ends: /view?filename=flood sends as fast as it can, any other name a
+    byte every 50 ms."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            flood = "filename=flood" in self.path
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    self.wfile.write(b"\0" * 1_000_000 if flood else b"\0")
+                    if not flood:
+                        time.sleep(0.05)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_output_read_is_bounded_in_size_and_time(endless_view):
+    """ComfyUI's /view was read whole: an endless answer filled the worker's memory, a trickle
+    outlasted the job's deadline."""
+    import requests
+
+    from handler.comfy import VIEW_MAX_BYTES, ComfyClient
+    from handler.errors import ComfyRejected, ComfyUnavailable
+
+    client = ComfyClient(endless_view, requests.Session(), timeout_s=5)
+    with pytest.raises(ComfyRejected, match=f"over {VIEW_MAX_BYTES // 2**20} MiB"):
+        client.view({"filename": "flood", "type": "output"})
+    begun = time.monotonic()
+    with pytest.raises(ComfyUnavailable, match="too slowly for the deadline"):
+        client.view({"filename": "trickle", "type": "output"}, deadline=begun + 1.0)
+    assert time.monotonic() - begun < 3
+
+
 def test_credentials_in_comfy_api_url_reach_neither_the_job_nor_the_log(caplog):
     """A proxy's user and password in COMFY_API_URL went into every failed job's error, which
     RunPod stores and the web app shows."""
