@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from socket import SHUT_RDWR
 from typing import Any
 
 import pybase64
@@ -156,7 +157,8 @@ def execute(
         prompt_id = ctx.comfy.queue_prompt(graph, client_id)
         progress(RunState(prompt_id))  # queued: ComfyUI says nothing more until it starts it
         try:
-            state, saved = follow(ctx, socket, prompt_id, deadline, progress)
+            with _cut_at_deadline_or_stop(ctx, socket, deadline):
+                state, saved = follow(ctx, socket, prompt_id, deadline, progress)
         except (JobTimedOut, JobStopped):
             ctx.comfy.interrupt(prompt_id)
             raise
@@ -166,6 +168,32 @@ def execute(
     if state.phase is not Phase.SUCCEEDED:
         raise ComfyRejected(f"Processing failed: {state.error}")
     return prompt_id, saved
+
+
+@contextmanager
+def _cut_at_deadline_or_stop(
+    ctx: JobContext, socket: websocket.WebSocket, deadline: float
+) -> Iterator[None]:
+    """Shut the websocket down at the job's deadline or its stop, whatever a read waits for:
+    a frame's header names its length, and a read waits for all of it, so a frame trickled in
+    (or one of absurd length) held the job past both. The read then fails, and `follow`'s
+    fallback to /history ends the job as timed out or stopped."""
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.wait(min(STOP_CHECK_S, max(0.0, deadline - time.monotonic()))):
+            if ctx.stop.is_set() or time.monotonic() >= deadline:
+                if (raw := socket.sock) is not None:
+                    with suppress(OSError):
+                        raw.shutdown(SHUT_RDWR)
+                return
+
+    watcher = threading.Thread(target=watch, name="comfy-socket-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        finished.set()
 
 
 def _check_stop(ctx: JobContext) -> None:

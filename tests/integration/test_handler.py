@@ -1,5 +1,6 @@
 """The worker end to end against the ComfyUI protocol server: success, each error, deadline."""
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
@@ -15,10 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from devtools.background_server import BackgroundServer
 from handler.config import HandlerSettings
 from handler.worker import Worker
 
@@ -354,6 +357,64 @@ def test_an_output_read_is_bounded_in_size_and_time(endless_view):
     with pytest.raises(ComfyUnavailable, match="too slowly for the deadline"):
         client.view({"filename": "trickle", "type": "output"}, deadline=begun + 1.0)
     assert time.monotonic() - begun < 3
+
+
+class TricklingComfy(BackgroundServer):
+    """ComfyUI until the prompt is queued; then its websocket starts a text frame of 10 MB and
+    sends it a byte every 0.1 s (or, with `huge`, a frame claiming 2^62 bytes)."""
+
+    thread_name = "trickling-comfy"
+
+    def __init__(self, *, huge: bool = False) -> None:
+        super().__init__()
+        self.huge = huge
+        self.queued = asyncio.Event()
+
+    def _routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/upload/image", lambda _: web.json_response({"name": "in.png"})),
+            web.post("/prompt", self._prompt),
+            web.get("/ws", self._socket),
+            web.get("/history/{prompt_id}", lambda _: web.json_response({})),
+            web.post("/interrupt", lambda _: web.json_response({})),
+            web.post("/queue", lambda _: web.json_response({})),
+        ]
+
+    async def _prompt(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.queued.set()
+        return web.json_response({"prompt_id": "p1", "number": 1})
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await self.queued.wait()
+        transport = request.transport
+        assert transport is not None
+        length = 2**62 if self.huge else 10_000_000
+        transport.write(b"\x81\x7f" + length.to_bytes(8, "big"))  # a text frame, unmasked
+        while not transport.is_closing():
+            transport.write(b"x")
+            await asyncio.sleep(0.1)
+        return ws
+
+
+@pytest.mark.parametrize("huge", [False, True], ids=["trickled", "absurd-length"])
+def test_a_websocket_frame_that_never_completes_ends_at_the_jobs_deadline(tmp_path, huge):
+    """A read waits for a whole frame, so a trickled one held the job past its deadline (and its
+    stop); now the socket is shut at the deadline and the job ends timed out."""
+    with TricklingComfy(huge=huge) as comfy:
+        settings = HandlerSettings(
+            comfy_api_url=comfy.url, comfy_root=tmp_path, comfy_job_timeout_s=1.5
+        )
+        worker = Worker.from_settings(settings, lambda job, payload: None)
+        begun = time.monotonic()
+        output = run(worker, TEST_INPUT)
+        took = time.monotonic() - begun
+    assert output == {
+        "error": "Timed out after 1.5 s waiting for ComfyUI; the prompt was interrupted"
+    }
+    assert took < 4
 
 
 def test_credentials_in_comfy_api_url_reach_neither_the_job_nor_the_log(caplog):
