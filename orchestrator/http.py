@@ -117,18 +117,39 @@ def parse_json(raw: bytes) -> object:
         raise BadBody(str(exc)) from None
 
 
+class DeletedRow(Exception):
+    """A Database Webhook's DELETE event: no job to run (a webhook set up for every event)."""
+
+    def __init__(self, job_id: str | None) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
 def job_id_from_body(body: object) -> str:
-    """The job id of a Supabase Database Webhook body, or of the seed's wrapped body."""
+    """The job id of a Supabase Database Webhook body, or of the seed's wrapped body;
+    DeletedRow for a DELETE event (its `record` is null, its `old_record` the row)."""
     if isinstance(body, Mapping) and isinstance(body.get("body"), Mapping):
         body = body["body"]
+    if isinstance(body, Mapping) and body.get("type") == "DELETE":
+        old = body.get("old_record")
+        old_id = old.get("id") if isinstance(old, Mapping) else None
+        raise DeletedRow(_uuid_or_none(old_id))
     record = body.get("record") if isinstance(body, Mapping) else None
     job_id = record.get("id") if isinstance(record, Mapping) else None
     if not isinstance(job_id, str) or not job_id:
         raise BadBody('expected {"record": {"id": "<generation_jobs id>"}}')
+    if (normalised := _uuid_or_none(job_id)) is None:
+        raise BadBody("record.id must be a UUID")
+    return normalised
+
+
+def _uuid_or_none(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
     try:
-        return str(uuid.UUID(job_id))
+        return str(uuid.UUID(value))
     except ValueError:
-        raise BadBody("record.id must be a UUID") from None
+        return None
 
 
 async def runpod_id_of_body(
@@ -321,6 +342,9 @@ def create_app(
             return error(f"{exc}: a Database Webhook body is a few hundred bytes", 413)
         except BadBody as exc:
             return error(f"malformed body: {exc}", 422)
+        except DeletedRow as deleted:
+            ignored = {"job_id": deleted.job_id, "accepted": False}
+            return JSONResponse(ignored | {"reason": "a DELETE event: nothing to run"})
         try:
             row = await lookup(db, "job_for_intake", job_id=job_id)
         except (psycopg.Error, TimeoutError):

@@ -156,6 +156,28 @@ def test_a_job_that_is_not_ours_to_run_is_declined_without_waking(migrated_url, 
     assert waker.nudges == []
 
 
+@pytest.mark.parametrize("old_id", ["pending", "unknown", None])
+def test_a_delete_event_is_answered_as_nothing_to_run(migrated_url, old_id):
+    """A Database Webhook set up for every event also sends DELETEs (record null, the row in
+    old_record): nothing to run, not a malformed body (it was a 422 that Supabase logs)."""
+    job_id = {"pending": lambda: insert_job(migrated_url), "unknown": lambda: str(uuid.uuid4())}
+    deleted = job_id[old_id]() if old_id else None
+    body = supabase_body(deleted or str(uuid.uuid4())) | {
+        "type": "DELETE",
+        "record": None,
+        "old_record": {"id": deleted} if deleted else None,
+    }
+    waker = RecordingWaker()
+    response = call(migrated_url, "POST", "/webhook/klein_i2i", waker, json=body)
+    assert response.status_code == 200
+    assert response.json() == {
+        "job_id": deleted,
+        "accepted": False,
+        "reason": "a DELETE event: nothing to run",
+    }
+    assert waker.nudges == []
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
