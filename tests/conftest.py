@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +15,23 @@ from tests.fakes.fixtures import openrouter_server, storage_server  # noqa: F401
 
 if TYPE_CHECKING:
     from devtools.comfy_standin import ComfyTestServer
+
+
+TEST_HOME = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test (and every command a test starts) gets a data folder of its own session, never
+    the user's (~/.local/share/klein, or their KLEIN_HOME), which holds their embedded database
+    and stored images: a test that builds the app from default settings made its storage/ there."""
+    home = tempfile.mkdtemp(prefix="klein-test-home-")
+    config.stash[TEST_HOME] = home
+    os.environ["KLEIN_HOME"] = home
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if (home := config.stash.get(TEST_HOME, None)) is not None:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
