@@ -136,6 +136,11 @@ def image_host():
             if self.path == "/slow.png":
                 time.sleep(1.0)
                 self.path = "/ok.png"
+            if self.path.startswith("/badheader"):  # a header line without a colon
+                head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nnocolon\r\n\r\n"
+                self.wfile.write(head.encode() + body)
+                self.close_connection = True
+                return
             if self.path == "/ok.png":
                 self.send_response(200)
                 self.send_header("Content-Type", "image/png")
@@ -439,10 +444,15 @@ def test_the_startup_wait_is_bounded(tmp_path):
 
 
 def handler_process(
-    comfy_url: str, *args: str, cwd: Path, startup_timeout_s: float = 5
+    comfy_url: str,
+    *args: str,
+    cwd: Path,
+    startup_timeout_s: float = 5,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **(extra_env or {}),
         "COMFY_API_URL": comfy_url,
         "COMFY_STARTUP_TIMEOUT_S": str(startup_timeout_s),
         "COMFY_JOB_TIMEOUT_S": "30",
@@ -471,6 +481,22 @@ def test_python_m_handler_with_a_missing_image_fails_with_the_sentence(comfy_ser
     done = handler_process(comfy_server.url, "--test_input", job, cwd=REPO)
     assert done.returncode == 1
     assert "Missing required parameter: image" in done.stdout + done.stderr
+
+
+def test_python_m_handler_logs_no_image_url_whose_headers_are_malformed(comfy_server, image_host):
+    """urllib3 warned of the header defect with the whole URL (a presigned URL's signature) and
+    a traceback."""
+    url = f"{image_host}/badheader?X-Amz-Signature=SECRETSIG123"
+    job = json.dumps({"input": {"prompt": "edit prompt", "image_url": url}})
+    done = handler_process(
+        comfy_server.url,
+        "--test_input",
+        job,
+        cwd=REPO,
+        extra_env={"ALLOW_PRIVATE_IMAGE_URLS": "true"},
+    )
+    assert "completed successfully" in done.stdout + done.stderr  # fetched (its body is fine)
+    assert "SECRETSIG123" not in done.stdout + done.stderr
 
 
 def test_python_m_handler_answers_a_bad_job_at_once_while_comfyui_is_away():
