@@ -122,7 +122,7 @@ class ComfyClient:
                     if deadline is not None and time.monotonic() > deadline:
                         raise ComfyUnavailable(f"ComfyUI sent {name} too slowly for the deadline")
                     chunks.append(chunk)
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            except urllib3.exceptions.HTTPError as exc:  # read1 raises urllib3's own
                 raise ComfyUnavailable(unreachable(self.base_url)) from exc
         return b"".join(chunks)
 

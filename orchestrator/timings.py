@@ -15,6 +15,7 @@ from psycopg import AsyncConnection
 from orchestrator.db import fetch_one
 from orchestrator.deps import FlowDeps
 from orchestrator.errors import FencedOut
+from orchestrator.settings import MAX_SECONDS
 
 STAGES = ("claim", "translate", "submit", "runpod_queue", "gpu", "store", "title", "finalize")
 
@@ -26,7 +27,7 @@ def elapsed_ms(started_s: float, ended_s: float) -> int:
 
 # The longest stage RunPod may report, in ms (a job's whole life is bounded by JOB_TIMEOUT_S,
 # itself at most MAX_SECONDS): a larger figure is no measurement and is left out.
-MAX_REPORTED_MS = 10**12
+MAX_REPORTED_MS = MAX_SECONDS * 1000
 
 
 def runpod_ms(delay_time: object, execution_time: object) -> dict[str, int]:
