@@ -279,6 +279,18 @@ class _Answer(msgspec.Struct, rename="camel"):
     execution_time: Scalar | UnsetType = UNSET  # executionTime
 
 
+class _UsualAnswer(msgspec.Struct, rename="camel"):
+    """A RunPod answer of the usual shape, read in one pass: `output` the handler's result or
+    progress (or a scalar), `error` a scalar."""
+
+    id: Scalar | UnsetType = UNSET
+    status: Scalar | UnsetType = UNSET
+    output: _Output | Scalar | UnsetType = UNSET
+    error: Scalar | UnsetType = UNSET
+    delay_time: Scalar | UnsetType = UNSET
+    execution_time: Scalar | UnsetType = UNSET
+
+
 UNREADABLE_OUTPUT = "(an output of an unexpected shape)"
 
 
@@ -287,7 +299,24 @@ def decode_answer(body: bytes) -> dict[str, Any]:
     the keys read here, each a JSON scalar, `output` a dict of scalars. Typed, so that any
     other shape is refused at its first byte or skipped unread: a 32 MiB body of `[[],[],...]`
     parsed generically grew the process by ~700 MB (docs/security.md); here, by nothing.
-    ValueError (msgspec's) when it is no JSON object; RecursionError for absurd nesting."""
+    ValueError (msgspec's) when it is no JSON object; RecursionError for absurd nesting.
+
+    The usual answer is read in one pass; only one that is not (an output or error of another
+    shape, or no JSON) is read again in two, `output` and `error` apart. One pass spares a
+    finished job's 2.8 MB of base64 a second scan: 1.0 ms against 1.8 (1168x880 output)."""
+    try:
+        usual = msgspec.json.decode(body, type=_UsualAnswer)
+    except (ValueError, RecursionError):
+        return _decode_unusual(body)
+    found = _fields(usual)
+    if isinstance(usual.output, msgspec.Struct):
+        found["output"] = _fields(usual.output)
+    return found
+
+
+def _decode_unusual(body: bytes) -> dict[str, Any]:
+    """decode_answer's reading when `output` or `error` is of an unexpected shape: the rest is
+    kept, an output becomes UNREADABLE_OUTPUT and an error its JSON text."""
     answer = msgspec.json.decode(body, type=_Answer)
     found = _fields(answer)
     if answer.output:

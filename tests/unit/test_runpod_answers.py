@@ -7,6 +7,7 @@ import asyncio
 import tracemalloc
 
 import httpx
+import msgspec
 import pytest
 
 from orchestrator.errors import Transient
@@ -15,6 +16,8 @@ from orchestrator.runpod import (
     Progress,
     RunPodClient,
     RunPodJob,
+    _decode_unusual,
+    decode_answer,
     parse_status,
 )
 
@@ -108,3 +111,35 @@ def test_a_failures_error_is_one_readable_line_of_bounded_size(error, stored):
     anyone's who learnt a job's webhook URL, so nothing in it acts on a log or a terminal."""
     job = parse_status("rp-1", {"id": "rp-1", "status": "FAILED", "error": error})
     assert job.error == stored
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"id": "rp-1", "status": "COMPLETED", "output": {"image": "QUJD", "seed": 7}}',
+        b'{"id": "rp-1", "status": "COMPLETED", "output": {}, "delayTime": 3, "executionTime": 2}',
+        b'{"id": "rp-1", "status": "IN_PROGRESS", "output": {"stage": "sampling", "step": 3}}',
+        b'{"id": "rp-1", "status": "COMPLETED", "output": null}',
+        b'{"id": "rp-1", "status": "COMPLETED", "output": "just text"}',
+        b'{"id": "rp-1", "status": "FAILED", "error": "boom", "output": 5}',
+        b'{"id": 7, "status": null, "error": null, "workerId": "w", "retries": [1, {"a": 2}]}',
+        b'{"id": "rp-1", "output": {"image": "QUJD", "image": "WFla"}}',
+        b'{"id": "rp-1", "output": {"image": "QUJD", "seed": [1]}}',
+        b'{"id": "rp-1", "status": "FAILED", "error": {"message": "boom"}}',
+        b'{"id": "rp-1", "status": "COMPLETED", "output": [1, 2]}',
+        b"{}",
+    ],
+)
+def test_the_one_pass_reading_agrees_with_the_two_pass_one(body):
+    """decode_answer reads the usual answer in one pass and falls back to reading `output` and
+    `error` apart: on every body the two readings must give the same keys and values."""
+    assert decode_answer(body) == _decode_unusual(body)
+
+
+@pytest.mark.parametrize("body", [b"", b"[]", b'{"id": "rp-1"', b'{"id": {"x": 1}}', WIDE])
+def test_an_answer_that_is_no_status_object_is_refused_by_both_readings_alike(body):
+    with pytest.raises(msgspec.DecodeError) as one_pass:
+        decode_answer(body)
+    with pytest.raises(msgspec.DecodeError) as two_pass:
+        _decode_unusual(body)
+    assert str(one_pass.value) == str(two_pass.value)
