@@ -13,6 +13,7 @@ from orchestrator.polls import PollShare
 from orchestrator.runpod import RunPodClient
 from orchestrator.settings import Settings
 from orchestrator.storage import Storage
+from orchestrator.uploads import UploadBudget
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class FlowDeps:
     alerts: OperatorAlerts = field(default_factory=OperatorAlerts)
     cpu: CpuLane = field(default_factory=CpuLane)
     outputs: OutputSlots = field(default_factory=OutputSlots)
+    uploads: UploadBudget = field(default_factory=UploadBudget)
     polls: PollShare = field(default_factory=PollShare)
 
     async def held(self, name: str, /, job_id: str, **params: Any) -> Row | None:

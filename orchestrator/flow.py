@@ -20,7 +20,7 @@ from orchestrator.errors import (
     Transient,
     WorkCancelled,
 )
-from orchestrator.finalize import complete, store, title_and_finalize
+from orchestrator.finalize import store, title_and_finalize, unpack
 from orchestrator.jobs import ClaimedJob, JobStatus, Outcome, WorkStatus
 from orchestrator.logs import bind_job
 from orchestrator.outcomes import cancel, fail, finish, forget_submission, retry_later
@@ -154,10 +154,14 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: JobWake, clock: StageClo
         else:
             clock.add(runpod_ms(result.delay_time, result.execution_time))
             if result.status == "COMPLETED":
-                async with deps.outputs.held(result):  # the output slot, until it is stored
-                    with clock.stage("store"):
-                        stored = await store(job, result.output, deps)
-                del result  # the output (megabytes) is not kept while the title comes
+                with clock.stage("store"):
+                    async with deps.outputs.held(result):  # the output slot, until unpacked
+                        unpacked = await unpack(result.output, deps)
+                        room = await deps.uploads.reserve(len(unpacked.png))  # waited in it
+                    del result  # the answer's base64 is not kept while the image uploads,
+                    with room:
+                        stored = await store(job, unpacked, deps)
+                    del unpacked  # nor the image while the title comes
                 return await title_and_finalize(job, stored, deps, clock)
             if not is_worker_fault(result.status, result.error):
                 await save_timings(deps, job.id, clock)
@@ -169,10 +173,8 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: JobWake, clock: StageClo
 
 
 async def conclude(job: ClaimedJob, result: RunPodJob, deps: FlowDeps) -> Outcome:
-    """Turn RunPod's terminal status into ours."""
+    """Turn RunPod's terminal status, other than COMPLETED (stored above), into ours."""
     match result.status:
-        case "COMPLETED":
-            return await complete(job, result.output, deps)
         case "CANCELLED":
             return await cancel(job, deps)
         case "TIMED_OUT":

@@ -4,11 +4,11 @@ A `/status` answer for a COMPLETED job carries the whole image (megabytes of bas
 bound, a burst of jobs finishing together each holds its answer while it waits for the CPU lane
 to decode it: measured with 200 jobs and 1 MP outputs (`bench/full_path.py`), klein serve's peak
 RSS was ~1.2 GB. So a job polls with a peek that reads past 64 KB (only an output is that
-large) only when one of OUTPUT_SLOTS is free at that moment, and keeps the slot until the image
-is stored and only its thumbnail is left; otherwise it leaves the answer unread, waits for a
-slot and reads the answer again there. Jobs beyond the slots wait holding nothing but their
-ids, and the polls of the others never wait for a slot. (Reading on halved the outputs sent at
-a steady 10 jobs/s, polling: 600 answers for 300 jobs became 300, `bench/full_path.py`.)
+large) only when one of OUTPUT_SLOTS is free at that moment, and keeps the slot until the
+image is unpacked and has room to upload (uploads.py); otherwise it leaves the answer unread,
+waits for a slot and reads the answer again there. Jobs beyond the slots wait holding nothing
+but their ids, and the polls of the others never wait for a slot. (Reading on halved the outputs
+sent at a steady 10 jobs/s, polling: 600 answers for 300 jobs became 300, `bench/full_path.py`.)
 
 RunPod's completion webhook carries the same status object. When its job is driven here, the
 webhook waits (briefly) for a slot, its body is kept there and handed to the job (`Delivery`,
@@ -29,7 +29,7 @@ from orchestrator.runpod import RunPodClient, RunPodJob, parse_status
 
 
 def carries_output(status: RunPodJob) -> bool:
-    """True for a COMPLETED answer with an output: it keeps its slot until stored."""
+    """True for a COMPLETED answer with an output: it keeps its slot until unpacked."""
     return status.status == "COMPLETED" and status.output is not None
 
 

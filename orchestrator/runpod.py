@@ -88,7 +88,7 @@ class RunPodJob:
     # A `peek` answer too large to read (status UNREAD): only a finished job's output is that
     # large, so the job is over, and `status` reads it in an output slot (orchestrator/outputs.py).
     unread: bool = False
-    in_slot: bool = False  # this answer's output holds an output slot until it is stored
+    in_slot: bool = False  # this answer's output holds an output slot until it is unpacked
 
     @property
     def finished(self) -> bool:

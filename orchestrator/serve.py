@@ -29,6 +29,7 @@ from orchestrator.runpod import RunPodClient, endpoint_budget, runpod_http
 from orchestrator.service import Orchestrator
 from orchestrator.settings import Settings
 from orchestrator.storage import LocalStorage, Storage, SupabaseStorage, supabase_storage
+from orchestrator.uploads import MiB, UploadBudget
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ async def run_server(
             alerts=OperatorAlerts(metrics.operator_problems),
             cpu=cpu,
             outputs=OutputSlots(settings.output_slots),
+            uploads=UploadBudget(settings.max_uploading_mb * MiB),
             polls=PollShare(status_per_10s),
         )
         orchestrator = Orchestrator(deps, database_url)

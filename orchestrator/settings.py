@@ -74,9 +74,12 @@ class Settings(BaseSettings):
     # Threads for the jobs' CPU-bound work (decoding outputs); more finish a burst sooner but
     # stall the event loop longer (orchestrator/cpu.py).
     cpu_threads: int = Field(default=1, ge=1)
-    # Finished outputs held at once, from the /status answer that carries one until it is stored
-    # (orchestrator/outputs.py): memory stays flat however many jobs finish together.
+    # Finished outputs held at once, from the /status answer that carries one until its image is
+    # unpacked (orchestrator/outputs.py): memory stays flat however many jobs finish together.
     output_slots: int = Field(default=4, ge=1)
+    # Megabytes of output images uploading at once (orchestrator/uploads.py): however slow
+    # Storage is, uploads neither cap the pipeline at a few jobs/s nor grow memory.
+    max_uploading_mb: int = Field(default=64, ge=1)
     job_timeout_s: float = Field(default=600.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
     lease_s: float = Field(default=30.0, gt=0)

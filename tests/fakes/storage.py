@@ -104,6 +104,8 @@ class StorageServer(BackgroundServer):
         self.cache_control: dict[tuple[str, str], str] = {}
         self.uploads: list[Upload] = []
         self.calls: list[tuple[str, str]] = []
+        self.writing = 0  # API writes arrived and not yet answered
+        self.most_writing = 0  # the most there were at once
         self._lock = threading.Lock()
 
     @property
@@ -133,6 +135,10 @@ class StorageServer(BackgroundServer):
         raw, content_type = encode_body(default if body is None else body)
         self.script.push(Scripted(status, raw, content_type, {}, delay_s), times)
 
+    def slow_next(self, delay_s: float, times: int = 1) -> None:
+        """Answer the next `times` API writes as usual, each after `delay_s`."""
+        self.script.push(Scripted(None, delay_s=delay_s), times)
+
     def reset(self) -> None:
         """Empty the buckets, the records and the queued answers."""
         with self._lock:
@@ -140,13 +146,14 @@ class StorageServer(BackgroundServer):
             self.cache_control.clear()
         self.uploads.clear()
         self.calls.clear()
+        self.most_writing = 0
         self.script.clear()
 
     def _routes(self) -> list[web.RouteDef]:
         return [
             web.get(f"{API_PREFIX}/object/public/{{bucket}}/{{path:.+}}", self._get_public),
-            web.post(f"{API_PREFIX}/object/{{bucket}}/{{path:.+}}", self._write),
-            web.put(f"{API_PREFIX}/object/{{bucket}}/{{path:.+}}", self._write),
+            web.post(f"{API_PREFIX}/object/{{bucket}}/{{path:.+}}", self._counted_write),
+            web.put(f"{API_PREFIX}/object/{{bucket}}/{{path:.+}}", self._counted_write),
             web.delete(f"{API_PREFIX}/object/{{bucket}}", self._delete),
         ]
 
@@ -166,6 +173,15 @@ class StorageServer(BackgroundServer):
         response = web.Response(body=data, headers={"Cache-Control": cache_control})
         response.headers["Content-Type"] = content_type
         return response
+
+    async def _counted_write(self, request: web.Request) -> web.Response:
+        """_write, counting the writes in flight (the server's one loop: no lock needed)."""
+        self.writing += 1
+        self.most_writing = max(self.most_writing, self.writing)
+        try:
+            return await self._write(request)
+        finally:
+            self.writing -= 1
 
     async def _write(self, request: web.Request) -> web.Response:
         bucket, path = request.match_info["bucket"], request.match_info["path"]

@@ -505,7 +505,9 @@ def test_a_cancellation_while_the_image_is_stored_cancels_the_job_too(
             job = await claim(deps, job_id)
             execute(migrated_url, "UPDATE works SET status = 'cancelled' WHERE id = %s", (work_id,))
             output = {"image": png_b64(), "seed": 1, "prompt_id": "p"}
-            return await flow_finalize.complete(job, output, deps)
+            unpacked = await flow_finalize.unpack(output, deps)
+            stored = await flow_finalize.store(job, unpacked, deps)
+            return await flow_finalize.title_and_finalize(job, stored, deps)
 
     with pytest.raises(WorkCancelled):
         asyncio.run(cancelled_mid_store())
