@@ -27,7 +27,7 @@ TITLE_SYSTEM_PROMPT = "이미지를 보고 한국어로 짧은 제목을 생성�
 
 
 def openrouter_sdk(
-    base_url: str, api_key: str, *, timeout_s: float = 60, connections: int = 64
+    base_url: str, api_key: str, *, timeout_s: float = 60, connections: int = 256
 ) -> openai.AsyncOpenAI:
     """The openai SDK on our HTTP client (aiohttp's transport, as the SDK's own `aiohttp`
     extra, 40% less CPU per call than httpx's: bench/http_transport.py), so that an answer
@@ -55,7 +55,7 @@ class OpenRouterClient:
         *,
         translate_model: str,
         title_model: str,
-        max_concurrency: int = 64,
+        max_concurrency: int = 256,
         requests_per_minute: int = 0,
         metrics: Metrics | None = None,
     ) -> None:
