@@ -8,6 +8,7 @@ import io
 import os
 from dataclasses import replace
 
+import pytest
 from PIL import Image
 
 from orchestrator.outputs import OutputSlots
@@ -57,34 +58,27 @@ def finish_two_jobs(url, endpoint, openrouter_server, storage_server, tmp_path, 
     return storage_server.most_writing
 
 
-def test_one_output_slot_lets_two_uploads_run_at_once(
-    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
-):
+@pytest.fixture
+def most_uploads_at_once(migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path):
+    """`most_uploads_at_once(**deps_changes)`: finish_two_jobs on this test's database and
+    fakes, the worker answering with noise_output."""
+
+    def finish(**deps_changes):
+        endpoint = endpoint_for(ScriptedWorker(noise_output()))
+        return finish_two_jobs(
+            migrated_url, endpoint, openrouter_server, storage_server, tmp_path, **deps_changes
+        )
+
+    return finish
+
+
+def test_one_output_slot_lets_two_uploads_run_at_once(most_uploads_at_once):
     """The slot is given back once the image is unpacked: the second job's output is read and
     uploaded while the first one's upload is still waiting for Storage."""
-    most = finish_two_jobs(
-        migrated_url,
-        endpoint_for(ScriptedWorker(noise_output())),
-        openrouter_server,
-        storage_server,
-        tmp_path,
-        outputs=OutputSlots(1),
-    )
-    assert most == 2
+    assert most_uploads_at_once(outputs=OutputSlots(1)) == 2
 
 
-def test_the_upload_budget_bounds_the_uploads_at_once(
-    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
-):
+def test_the_upload_budget_bounds_the_uploads_at_once(most_uploads_at_once):
     """With room for one image only (each takes the whole budget), the second upload waits for
     the first, however many output slots are free."""
-    most = finish_two_jobs(
-        migrated_url,
-        endpoint_for(ScriptedWorker(noise_output())),
-        openrouter_server,
-        storage_server,
-        tmp_path,
-        outputs=OutputSlots(4),
-        uploads=UploadBudget(1),
-    )
-    assert most == 1
+    assert most_uploads_at_once(outputs=OutputSlots(4), uploads=UploadBudget(1)) == 1
