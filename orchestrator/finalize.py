@@ -23,6 +23,7 @@ from orchestrator.output_image import (
 )
 from orchestrator.policy import clean_title
 from orchestrator.storage import output_path
+from orchestrator.submit import run_to_the_end
 from orchestrator.timings import StageClock
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ async def store(job: ClaimedJob, unpacked: UnpackedOutput, deps: FlowDeps) -> St
             )
         except Exception:  # not decodable, or the proof itself broke: the output is unproven
             upload.add_done_callback(_outcome_ignored)
-            # Removed only once the upload has ended: a cancelled one may still land later.
-            await asyncio.wait({upload})
-            await _remove_unproven(path, deps)
+            # To the end even when the job is stopped meanwhile: no unproven image is left, and
+            # the upload ends inside its room (MAX_UPLOADING_MB).
+            await run_to_the_end(_remove_once_ended(upload, path, deps))
             raise
         except BaseException:  # this job was stopped meanwhile
             upload.add_done_callback(_outcome_ignored)
@@ -94,6 +95,13 @@ def _outcome_ignored(task: "asyncio.Task[str]") -> None:
     """An upload whose outcome no longer matters: its failure, if any, is not logged as lost."""
     if not task.cancelled():
         task.exception()
+
+
+async def _remove_once_ended(upload: "asyncio.Task[str]", path: str, deps: FlowDeps) -> None:
+    """Remove an unproven output once its upload has ended (not cancelled: a cancelled upload
+    may still land after the removal)."""
+    await asyncio.wait({upload})
+    await _remove_unproven(path, deps)
 
 
 async def _remove_unproven(path: str, deps: FlowDeps) -> None:

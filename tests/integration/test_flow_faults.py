@@ -5,6 +5,7 @@ Real PostgreSQL and local protocol servers, as in test_flow.py."""
 import asyncio
 import base64
 import struct
+import time
 import uuid
 import zlib
 from dataclasses import replace
@@ -617,3 +618,43 @@ def test_a_proof_that_breaks_unexpectedly_leaves_nothing_stored_either(
     assert "RuntimeError" in job["last_error"]
     assert (job["status"], file) == ("processing", None)
     assert not stored.exists()
+
+
+def test_a_job_stopped_while_its_unproven_upload_ends_still_removes_it(
+    migrated_url, endpoint_for, openrouter_server, storage_server, tmp_path
+):
+    """The proof failed and the upload (slow here) is still going when the job is stopped (the
+    user cancelled it, or klein serve is shutting down): the stop waits for the upload to end
+    and its image to be removed, rather than leaving the upload to land, unproven, for good."""
+    job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
+    bad = base64.b64encode(garbled_pixels(base64.b64decode(png_b64()))).decode()
+    storage_server.slow_next(1.0)
+
+    async def stopped_mid_upload():
+        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
+        try:
+            async with flow_deps(
+                migrated_url,
+                endpoint_for(ScriptedWorker()),
+                openrouter_server,
+                tmp_path,
+                storage=storage,
+            ) as deps:
+                job = await claim(deps, job_id)
+                unpacked = await flow_finalize.unpack({"image": bad}, deps)
+                storing = asyncio.create_task(flow_finalize.store(job, unpacked, deps))
+                async with asyncio.timeout(10):
+                    while storage_server.writing == 0:  # the upload reached Storage
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)  # the proof of a 320x240 image has failed by now
+                storing.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await storing
+                return deps.uploads.free == deps.uploads.max_bytes
+        finally:
+            await storage.aclose()
+
+    assert asyncio.run(stopped_mid_upload())
+    time.sleep(1.2)  # past the slow answer: an upload left running would have landed by now
+    assert storage_server.objects == {}
+    assert ("DELETE", "/storage/v1/object/works") in storage_server.calls
