@@ -22,6 +22,11 @@ from orchestrator.errors import ConfigError
 from orchestrator.http import configured_secret, create_app, is_loopback
 from orchestrator.http_head import BoundedHeadProtocol
 from orchestrator.metrics import Metrics
+from orchestrator.open_files import (
+    DATABASE_CONNECTIONS,
+    make_room_for_sockets,
+    open_files_needed,
+)
 from orchestrator.openrouter import OpenRouterClient, openrouter_sdk
 from orchestrator.outputs import OutputSlots
 from orchestrator.polls import PollShare
@@ -128,10 +133,14 @@ async def run_server(
     """Serve until SIGTERM/SIGINT/SIGHUP, then hand in-flight jobs over and exit (on `sock` when
     given, already bound to `address`)."""
     check_http_face(settings, address)
+    make_room_for_sockets(open_files_needed(settings))
     database_url, endpoint_id = require(settings)
     metrics = Metrics()
     async with AsyncExitStack() as stack:
-        db = Database(database_url, max_size=max(4, min(20, settings.max_in_flight // 4 + 4)))
+        db = Database(
+            database_url,
+            max_size=max(4, min(DATABASE_CONNECTIONS, settings.max_in_flight // 4 + 4)),
+        )
         try:
             await db.open()
         except DatabaseUnreachable as exc:
