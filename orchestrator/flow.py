@@ -157,8 +157,8 @@ async def _story(job: ClaimedJob, deps: FlowDeps, wake: JobWake, clock: StageClo
                 with clock.stage("store"):
                     async with deps.outputs.held(result):  # the output slot, until unpacked
                         unpacked = await unpack(result.output, deps)
-                        room = await deps.uploads.reserve(len(unpacked.png))  # waited in it
-                    del result  # the answer's base64 is not kept while the image uploads,
+                        del result  # its base64 is not kept while the image waits or uploads,
+                        room = await deps.uploads.reserve(len(unpacked.png))  # in the slot
                     with room:
                         stored = await store(job, unpacked, deps)
                     del unpacked  # nor the image while the title comes

@@ -21,8 +21,8 @@ three times (the webhook, the peek, the read in the slot).
 import asyncio
 import dataclasses
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from orchestrator.errors import Transient
 from orchestrator.runpod import RunPodClient, RunPodJob, parse_status
@@ -196,18 +196,31 @@ class OutputSlots:
             return False
         return True
 
-    @asynccontextmanager
-    async def held(self, answer: RunPodJob) -> AsyncIterator[None]:
-        """The block that consumes `answer`'s output; its slot, if any, is given back after."""
-        try:
-            yield
-        finally:
-            if answer.in_slot:
-                self._give_back()
+    def held(self, answer: RunPodJob) -> "Held":
+        """The block that consumes `answer`'s output; its slot, if any, is given back after.
+        Only whether it holds one is kept, so the block may drop the answer (megabytes of
+        base64) before it ends."""
+        return Held(self, in_slot=answer.in_slot)
 
     def _give_back(self) -> None:
         self.taken -= 1
         self._free.release()
+
+
+class Held:
+    """OutputSlots.held's block: gives the answer's slot back, if it had one, when it ends."""
+
+    def __init__(self, slots: OutputSlots, *, in_slot: bool) -> None:
+        self._slots = slots
+        self._in_slot = in_slot
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._in_slot:
+            self._in_slot = False
+            self._slots._give_back()
 
 
 class _RoomNow:

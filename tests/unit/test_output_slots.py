@@ -6,7 +6,9 @@ RunPod is played at the HTTP level (httpx.MockTransport answers `/status` as Run
 
 import asyncio
 import contextlib
+import gc
 import json
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -252,3 +254,20 @@ def test_a_cancelled_wait_loses_no_place():
         return True, places._free
 
     assert asyncio.run(scenario()) == (True, 0)
+
+
+def test_the_slots_block_keeps_no_hold_on_the_answer():
+    """The flow drops the answer (megabytes of base64) once its image is unpacked, while it
+    still waits in the slot for upload room: nothing of the block may keep the answer alive."""
+
+    async def scenario() -> tuple[bool, int, int]:
+        slots = OutputSlots(1)
+        answer = await slots.status(client(RunPod()), "big-1", JobWake())
+        kept = weakref.ref(answer)
+        async with slots.held(answer):
+            del answer
+            gc.collect()
+            alive, taken_inside = kept() is not None, slots.taken
+        return alive, taken_inside, slots.taken
+
+    assert asyncio.run(scenario()) == (False, 1, 0)
