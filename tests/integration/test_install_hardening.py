@@ -117,7 +117,7 @@ def test_commands_starting_together_on_a_fresh_data_folder_all_succeed(klein_hom
         done = [(p.wait(KLEIN_TIMEOUT_S), *p.communicate()) for p in started]
 
         for code, stdout, stderr in done:
-            assert (code, stdout.strip(), stderr) == (0, "no jobs yet", ""), attempt
+            assert (code, stdout.strip(), stderr) == (0, "no jobs yet", ""), f"{attempt}: {stderr}"
         assert postgres_serving(home / "pgdata") == []
 
 
