@@ -43,9 +43,13 @@ def make_room_for_sockets(needed: int) -> int:
         return soft
     target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
     if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        log.info("open-file limit raised from %d to %d for klein serve's sockets", soft, target)
-        soft = target
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:  # macOS refuses past kern.maxfilesperproc
+            log.warning("the open-file limit stays %d: raising it failed (%s)", soft, exc)
+        else:
+            log.info("open-file limit raised from %d to %d for klein serve's sockets", soft, target)
+            soft = target
     if soft < needed:
         log.warning(
             "the open-file limit is %d (hard limit %d), and klein serve may need %d at full "

@@ -5,9 +5,11 @@ import resource
 import subprocess
 import sys
 
+from orchestrator import open_files
 from orchestrator.open_files import open_files_needed
 from orchestrator.settings import Settings
 
+RLIM_INFINITY = resource.RLIM_INFINITY
 HARD = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 ROOM = (
     "import resource; from orchestrator.open_files import make_room_for_sockets; "
@@ -46,3 +48,18 @@ def test_a_hard_limit_too_low_is_used_whole_and_named():
     assert soft == 600
     assert "the open-file limit is 600 (hard limit 600)" in said
     assert "HTTP_MAX_CONNECTIONS" in said
+
+
+def test_a_limit_the_system_will_not_raise_is_named_not_a_crash(monkeypatch, caplog):
+    """macOS reports an unlimited hard limit yet refuses a soft one past its per-process cap
+    (ValueError): klein serve starts anyway and says what it could not do."""
+
+    def refuse(kind, limits):
+        raise ValueError("current limit exceeds maximum limit")
+
+    monkeypatch.setattr(open_files.resource, "getrlimit", lambda kind: (256, RLIM_INFINITY))
+    monkeypatch.setattr(open_files.resource, "setrlimit", refuse)
+    with caplog.at_level("WARNING", logger="orchestrator.open_files"):
+        assert open_files.make_room_for_sockets(1500) == 256
+    assert "the open-file limit stays 256: raising it failed" in caplog.text
+    assert "klein serve may need 1500" in caplog.text
