@@ -27,8 +27,9 @@ from orchestrator.openrouter import OpenRouterClient, openrouter_sdk
 from orchestrator.outputs import JobWake
 from orchestrator.runpod import RunPodClient
 from orchestrator.settings import KLEIN_TEMPLATE_ID, Settings
-from orchestrator.storage import LocalStorage, Storage
+from orchestrator.storage import LocalStorage, Storage, SupabaseStorage, supabase_storage
 from tests.fakes.openrouter import OpenRouterServer
+from tests.fakes.storage import DEFAULT_SERVICE_KEY, StorageServer
 
 LOCAL_PUBLIC_BASE = "http://127.0.0.1:8080"
 
@@ -133,6 +134,16 @@ async def flow_deps(
             )
     finally:
         await db.close()
+
+
+@asynccontextmanager
+async def supabase_on(storage_server: StorageServer) -> AsyncIterator[SupabaseStorage]:
+    """Our SupabaseStorage client on the Supabase Storage fake (bucket `works`), closed after."""
+    storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
+    try:
+        yield storage
+    finally:
+        await storage.aclose()
 
 
 async def claim(deps: FlowDeps, job_id: str) -> ClaimedJob:

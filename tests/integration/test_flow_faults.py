@@ -22,9 +22,9 @@ from orchestrator.flow import run_job
 from orchestrator.jobs import Outcome
 from orchestrator.outcomes import cancel, fail
 from orchestrator.outputs import JobWake
-from orchestrator.storage import output_path, supabase_storage
+from orchestrator.storage import output_path
 from tests.fakes.openrouter import default_reply, is_image_request
-from tests.fakes.storage import DEFAULT_SERVICE_KEY, StoredObject
+from tests.fakes.storage import StoredObject
 from tests.integration.flowkit import (
     ScriptedWorker,
     claim,
@@ -34,6 +34,7 @@ from tests.integration.flowkit import (
     insert,
     png_b64,
     rows,
+    supabase_on,
 )
 from tests.integration.lockkit import await_a_lock_waiter, job_row_locked, work_row_free
 
@@ -190,11 +191,8 @@ def drive_with_supabase(url, endpoint, openrouter_server, tmp_path, job_id, *, s
     """drive(), storing through Supabase Storage's API (the fake) instead of a local folder."""
 
     async def run():
-        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
-        try:
+        async with supabase_on(storage_server) as storage:
             return await drive(url, endpoint, openrouter_server, tmp_path, job_id, storage=storage)
-        finally:
-            await storage.aclose()
 
     return asyncio.run(run())
 
@@ -234,8 +232,7 @@ def test_the_title_model_is_shown_the_public_url_or_a_thumbnail(
     job_id, _ = insert(migrated_url, {"prompt": "make it red", "image_base64": png_b64()})
 
     async def run():
-        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
-        try:
+        async with supabase_on(storage_server) as storage:
             return await drive(
                 migrated_url,
                 endpoint,
@@ -245,8 +242,6 @@ def test_the_title_model_is_shown_the_public_url_or_a_thumbnail(
                 storage=storage,
                 title_image=title_image,
             )
-        finally:
-            await storage.aclose()
 
     assert asyncio.run(run()) is Outcome.COMPLETED
     job, file = rows(migrated_url, job_id)
@@ -295,16 +290,13 @@ def test_a_failed_upload_ends_the_title_asked_for_beside_it(
     storage_server.fail_next(500, delay_s=0.5)
 
     async def run():
-        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
-        try:
-            async with flow_deps(
-                migrated_url, endpoint, openrouter_server, tmp_path, storage=storage
-            ) as deps:
-                outcome = await run_job(await claim(deps, job_id), deps, JobWake())
-                titles = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_title"]
-                return outcome, [t for t in titles if not t.done()]
-        finally:
-            await storage.aclose()
+        async with (
+            supabase_on(storage_server) as storage,
+            flow_deps(migrated_url, endpoint, openrouter_server, tmp_path, storage=storage) as deps,
+        ):
+            outcome = await run_job(await claim(deps, job_id), deps, JobWake())
+            titles = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_title"]
+            return outcome, [t for t in titles if not t.done()]
 
     status, titles_running = asyncio.run(run())
     assert (status, titles_running) == (Outcome.RETRY_LATER, [])
@@ -631,28 +623,27 @@ def test_a_job_stopped_while_its_unproven_upload_ends_still_removes_it(
     storage_server.slow_next(1.0)
 
     async def stopped_mid_upload():
-        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
-        try:
-            async with flow_deps(
+        async with (
+            supabase_on(storage_server) as storage,
+            flow_deps(
                 migrated_url,
                 endpoint_for(ScriptedWorker()),
                 openrouter_server,
                 tmp_path,
                 storage=storage,
-            ) as deps:
-                job = await claim(deps, job_id)
-                unpacked = await flow_finalize.unpack({"image": bad}, deps)
-                storing = asyncio.create_task(flow_finalize.store(job, unpacked, deps))
-                async with asyncio.timeout(10):
-                    while storage_server.writing == 0:  # the upload reached Storage
-                        await asyncio.sleep(0.01)
-                await asyncio.sleep(0.3)  # the proof of a 320x240 image has failed by now
-                storing.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await storing
-                return deps.uploads.free == deps.uploads.max_bytes
-        finally:
-            await storage.aclose()
+            ) as deps,
+        ):
+            job = await claim(deps, job_id)
+            unpacked = await flow_finalize.unpack({"image": bad}, deps)
+            storing = asyncio.create_task(flow_finalize.store(job, unpacked, deps))
+            async with asyncio.timeout(10):
+                while storage_server.writing == 0:  # the upload reached Storage
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)  # the proof of a 320x240 image has failed by now
+            storing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await storing
+            return deps.uploads.free == deps.uploads.max_bytes
 
     assert asyncio.run(stopped_mid_upload())
     time.sleep(1.2)  # past the slow answer: an upload left running would have landed by now

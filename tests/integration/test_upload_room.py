@@ -12,11 +12,9 @@ import pytest
 from PIL import Image
 
 from orchestrator.outputs import OutputSlots
-from orchestrator.storage import supabase_storage
 from orchestrator.uploads import UploadBudget
-from tests.fakes.storage import DEFAULT_SERVICE_KEY
 from tests.integration.faultkit import running, until_finished
-from tests.integration.flowkit import ScriptedWorker, insert, png_b64, rows
+from tests.integration.flowkit import ScriptedWorker, insert, png_b64, rows, supabase_on
 
 UPLOAD_S = 2.0
 SIDE = 256  # noise: a PNG of ~200 KB, past the 64 KB a poll reads without an output slot
@@ -37,20 +35,19 @@ def finish_two_jobs(url, endpoint, openrouter_server, storage_server, tmp_path, 
     storage_server.slow_next(UPLOAD_S, times=2)
 
     async def run():
-        storage = supabase_storage(storage_server.url, DEFAULT_SERVICE_KEY, "works")
-        try:
-            async with running(
+        async with (
+            supabase_on(storage_server) as storage,
+            running(
                 url,
                 endpoint,
                 openrouter_server,
                 tmp_path,
                 storage=storage,
                 wrap=lambda deps: replace(deps, **deps_changes),
-            ):
-                for job_id in job_ids:
-                    await until_finished(url, job_id, 30)
-        finally:
-            await storage.aclose()
+            ),
+        ):
+            for job_id in job_ids:
+                await until_finished(url, job_id, 30)
 
     asyncio.run(run())
     assert [rows(url, job_id)[0]["job_status"] for job_id in job_ids] == ["completed"] * 2
